@@ -1,0 +1,89 @@
+"""The LLMService object as a whole, and parsing a manifest into it with field-path errors."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .. import GROUP, KIND, VERSION
+from .rules import FieldError, name_errors, spec_errors
+from .spec import LLMServiceSpec
+from .status import LLMServiceStatus
+
+API_VERSION = f"{GROUP}/{VERSION}"
+
+
+class Metadata(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+    namespace: str = "default"
+    uid: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class LLMService(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+    api_version: Literal["llmservice.dev/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["LLMService"] = KIND
+    metadata: Metadata
+    spec: LLMServiceSpec
+    status: LLMServiceStatus | None = None
+
+
+class InvalidLLMService(ValueError):
+    def __init__(self, errors: list[FieldError]):
+        self.errors = errors
+        super().__init__("\n".join(str(e) for e in errors))
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif str(part).startswith(("function-", "literal[")):  # pydantic union branch labels
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _pydantic_errors(err: ValidationError) -> list[FieldError]:
+    out = []
+    for e in err.errors(include_url=False):
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field: remove it or check its spelling (fields are camelCase)"
+        elif e["type"] == "literal_error":
+            msg = msg.replace("Input should be", "must be one of")
+        out.append(FieldError(_path(e["loc"]), msg))
+    return out
+
+
+def parse(doc: Any) -> LLMService:
+    """Validate a manifest the way `kubectl apply` would; raises InvalidLLMService with every
+    problem found, each naming its field path."""
+    if not isinstance(doc, dict):
+        raise InvalidLLMService([FieldError("(document)", "must be a YAML mapping (an LLMService manifest)")])
+    if doc.get("kind") != KIND or doc.get("apiVersion") != API_VERSION:
+        raise InvalidLLMService(
+            [
+                FieldError(
+                    "apiVersion/kind",
+                    f"must be {API_VERSION} / {KIND}, got {doc.get('apiVersion')} / {doc.get('kind')}",
+                )
+            ]
+        )
+    try:
+        svc = LLMService.model_validate(doc)
+    except ValidationError as err:
+        raise InvalidLLMService(_pydantic_errors(err)) from None
+    errors = name_errors(svc.metadata.name) + spec_errors(svc.spec)
+    if errors:
+        raise InvalidLLMService(errors)
+    return svc

@@ -1,0 +1,308 @@
+"""LLMService spec: typed models with defaults. The CRD schema is generated from these."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from ..catalog import ACCELERATORS
+
+AcceleratorType = Literal[tuple(ACCELERATORS)]  # type: ignore[valid-type]
+
+# Hugging Face id (org/name), gs://bucket/path, s3://bucket/path, pvc://claim[/path].
+SOURCE_PATTERN = (
+    r"^([A-Za-z0-9][\w.-]*/[\w.-]+|(gs|s3)://[a-z0-9][a-z0-9._-]+(/.*)?|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?)$"
+)
+REMOTE_PATTERN = r"^(gs|s3)://[a-z0-9][a-z0-9._-]+(/.*)?$"
+K8S_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+SIZE_PATTERN = r"^[0-9]+(Ki|Mi|Gi)?$"
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class SecretKeyRef(Model):
+    """A key in a Secret in the LLMService's namespace."""
+
+    name: Annotated[str, Field(pattern=K8S_NAME, max_length=253, description="Secret name.")]
+    key: str = Field("token", description="Key inside the Secret.")
+
+
+class LoraSpec(Model):
+    """Multi-LoRA serving: adapters are loaded on demand from a bucket prefix."""
+
+    source: str = Field(
+        pattern=REMOTE_PATTERN,
+        description="Bucket prefix holding one folder per adapter (gs://... or s3://...). "
+        "Requests name an adapter as `<model name>:<adapter folder>`.",
+    )
+    max_adapters_per_replica: int = Field(16, ge=1, description="Adapters kept loaded per replica.")
+
+
+class ModelSpec(Model):
+    """Which model to serve and where its weights come from."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$",
+        max_length=128,
+        description="Served model name: the `model` field clients send.",
+    )
+    source: str = Field(
+        max_length=1024,
+        description="Weights: a Hugging Face id (google/gemma-4-e2b-it), gs://bucket/path, "
+        "s3://bucket/path or pvc://claim/path (a PersistentVolumeClaim in the namespace).",
+    )
+    tokenizer: str | None = Field(None, description="Hugging Face id of a different tokenizer.")
+    hf_token_secret: SecretKeyRef | None = Field(
+        None, description="Secret with a Hugging Face token, exposed to Ray pods as HF_TOKEN."
+    )
+    lora: LoraSpec | None = Field(None, description="Serve LoRA adapters on top of the base model.")
+
+
+class SpeculativeSpec(Model):
+    """vLLM speculative decoding."""
+
+    method: Literal["ngram", "eagle", "eagle3", "mtp", "draft-model"] = Field(
+        description="ngram needs no extra model; eagle, eagle3 and draft-model need `model`."
+    )
+    model: str | None = Field(None, description="Draft or EAGLE head model (Hugging Face id or path).")
+    num_speculative_tokens: int = Field(3, ge=1, le=16, description="Tokens proposed per step.")
+
+
+class EngineSpec(Model):
+    """vLLM engine settings. Unset fields keep vLLM's defaults."""
+
+    tensor_parallel_size: int = Field(1, ge=1, le=64, description="GPUs/chips that shard each layer.")
+    pipeline_parallel_size: int = Field(1, ge=1, le=16, description="Pipeline stages per replica.")
+    data_parallel_size: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Data-parallel ranks (DP attention, e.g. for MoE models): above 1 the app "
+        "is built with build_dp_openai_app and each rank is one Serve replica.",
+    )
+    max_model_len: int | None = Field(None, ge=1, description="Context length (prompt + output).")
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="Fraction of accelerator memory vLLM may use."
+    )
+    quantization: Literal["fp8", "awq", "gptq", "bitsandbytes", "compressed-tensors", "modelopt"] | None = Field(
+        None, description="Weight quantization method."
+    )
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] | None = Field(
+        None, description="KV-cache dtype; fp8 halves KV memory on H100/H200/B200."
+    )
+    enable_prefix_caching: bool = Field(True, description="Reuse KV cache across shared prompt prefixes.")
+    speculative: SpeculativeSpec | None = Field(None, description="Speculative decoding.")
+    extra_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Other vLLM engine arguments, snake_case as in vLLM's EngineArgs "
+        "(e.g. max_num_seqs: 512). Fields with a typed setting above are rejected here.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+
+class AcceleratorSpec(Model):
+    """Hardware for each model replica."""
+
+    type: AcceleratorType = Field(
+        description="nvidia-b200 (A4), nvidia-h200 (A3 Ultra), nvidia-h100 (A3 High), "
+        "nvidia-h100-mega (A3 Mega), nvidia-gb200 (A4X, Arm), nvidia-l4 (G2), tpu-v5e, tpu-v6e, "
+        "tpu-v5p, tpu-7x."
+    )
+    per_replica: int | None = Field(
+        None,
+        ge=1,
+        description="GPUs per model replica. Defaults to tensorParallelSize x "
+        "pipelineParallelSize; must equal it when set. TPUs take the chip count from `topology`.",
+    )
+    topology: str | None = Field(
+        None,
+        pattern=r"^[0-9]+x[0-9]+(x[0-9]+)?$",
+        max_length=11,
+        description="TPU slice topology per replica (e.g. 2x4, 4x4, 2x2x2). Required for TPUs.",
+    )
+    provisioning: Literal["on-demand", "spot", "spot-with-fallback", "flex-start", "reservation"] = Field(
+        "on-demand",
+        description="on-demand; spot; spot-with-fallback (spot nodes preferred, on-demand "
+        "nodes when spot is unavailable); flex-start (DWS); reservation (needs `reservation`).",
+    )
+    reservation: str | None = Field(
+        None, pattern=K8S_NAME, description="Compute Engine reservation name (provisioning: reservation)."
+    )
+    machine_type: str | None = Field(None, description="Override the machine type the catalog picks (GPU pools only).")
+
+
+class ReplicaSpec(Model):
+    """Model replica range; Serve autoscales inside it and worker pods/nodes follow."""
+
+    min: int = Field(1, ge=0, le=1000, description="Minimum replicas; 0 scales to zero when idle.")
+    max: int = Field(1, ge=1, le=1000, description="Maximum replicas.")
+    initial: int | None = Field(None, ge=0, le=1000, description="Replicas at start (default: min).")
+
+
+class AutoscalingSpec(Model):
+    """Ray Serve autoscaling. Ray LLM's own default target is 1e9 (never scales), so it is
+    always set."""
+
+    target_ongoing_requests: int = Field(32, ge=1, description="In-flight requests per replica to aim for.")
+    max_ongoing_requests: int | None = Field(
+        None, ge=1, description="Hard cap of in-flight requests per replica (default: 4 x target)."
+    )
+    upscale_delay_seconds: int = Field(30, ge=0, description="Sustained load before adding replicas.")
+    downscale_delay_seconds: int = Field(600, ge=0, description="Sustained idleness before removing replicas.")
+    downscale_to_zero_delay_seconds: int | None = Field(
+        None, ge=0, description="Idle time before the last replica goes (replicas.min: 0)."
+    )
+
+
+class RoutingSpec(Model):
+    """How requests pick a replica."""
+
+    policy: Literal["least-loaded", "round-robin", "prefix-aware", "session-affinity"] = Field(
+        "least-loaded",
+        description="least-loaded: fewest in-flight requests (HAProxy leastconn). round-robin. "
+        "prefix-aware: requests sharing a prompt prefix go to the replica that has it cached "
+        "(needs engine.enablePrefixCaching). session-affinity: same X-Session-Id header, same "
+        "replica (needs directStreaming: false).",
+    )
+    direct_streaming: bool = Field(
+        True,
+        description="Tokens stream replica -> HAProxy -> client, skipping the Python ingress "
+        "(Ray 2.60: one model per application).",
+    )
+
+
+class RateLimitSpec(Model):
+    """Per-key request rate limit at the edge sidecar (429 with Retry-After above it)."""
+
+    requests_per_minute: int = Field(ge=1, description="Requests per minute allowed per API key.")
+
+
+class IngressSpec(Model):
+    """The edge HAProxy sidecar in front of Ray Serve: API keys, rate limits, TLS, body size."""
+
+    sidecar: bool = Field(True, description="Run the edge sidecar; false exposes Ray Serve's port directly.")
+    api_keys_secret: str | None = Field(
+        None,
+        pattern=K8S_NAME,
+        description="Secret whose key `api-keys.map` holds lines `<api-key> <client-name>`; "
+        "requests need `Authorization: Bearer <api-key>`.",
+    )
+    rate_limit: RateLimitSpec | None = Field(None, description="Per-key request rate limit (needs apiKeysSecret).")
+    tls_secret: str | None = Field(
+        None, pattern=K8S_NAME, description="kubernetes.io/tls Secret: the sidecar terminates TLS."
+    )
+    max_body_size: str = Field("16Mi", pattern=SIZE_PATTERN, description="Largest request body (413 above).")
+
+
+class PlacementSpec(Model):
+    """Where replicas land."""
+
+    compact: bool = Field(
+        False, description="Keep each multi-node replica inside one topology domain (and COMPACT node pools)."
+    )
+    topology_level: Literal["block", "subblock", "host"] = Field(
+        "block", description="Domain for compact placement: gce-topology-block, -subblock or -host."
+    )
+    zones: list[Annotated[str, Field(pattern=r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")]] = Field(
+        default_factory=list, description="Zones for node pools and pods (default: the cluster's)."
+    )
+    spread_across_zones: bool = Field(False, description="Spread replicas evenly across `zones`.")
+
+
+class NodePoolSpec(Model):
+    """GKE node pools the operator creates for this service."""
+
+    managed: bool = Field(False, description="Create and size node pools through the GKE API.")
+    disk_size_gb: int = Field(200, ge=50, description="Boot disk per node.")
+    disk_type: Literal["pd-balanced", "pd-ssd", "hyperdisk-balanced"] = Field(
+        "hyperdisk-balanced", description="Boot disk type (A4/A3 Ultra/TPU machines need hyperdisk)."
+    )
+    service_account: str | None = Field(None, description="Node service account email.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Extra node labels.")
+
+
+class Resources(Model):
+    """CPU and memory of a container."""
+
+    cpu: str = Field(pattern=r"^[0-9]+(\.[0-9]+|m)?$", description="CPU request and limit.")
+    memory: str = Field(pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)?$", description="Memory request and limit.")
+
+
+class RaySpec(Model):
+    """The Ray cluster behind the service."""
+
+    version: str = Field("2.60.0", pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$", description="Ray version.")
+    image: str | None = Field(None, description="Ray image with vLLM (default: the operator's setting).")
+    head_resources: Resources = Field(
+        default_factory=lambda: Resources(cpu="4", memory="16Gi"),
+        description="Head pod resources (the head runs no model).",
+    )
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment for every Ray container.")
+
+
+class UpgradeSpec(Model):
+    """How a changed spec reaches the running cluster."""
+
+    strategy: Literal["new-cluster", "incremental", "none"] = Field(
+        "new-cluster",
+        description="new-cluster: blue/green RayCluster swap. incremental: shift traffic in "
+        "steps through Gateway API (needs gatewayClassName; ingress.sidecar: false). none: in place.",
+    )
+    gateway_class_name: str | None = Field(None, description="Gateway class for incremental upgrades.")
+    max_surge_percent: int = Field(100, ge=1, le=100, description="Extra capacity (%) the new cluster may add.")
+    step_size_percent: int = Field(10, ge=1, le=100, description="Traffic (%) shifted per step.")
+    interval_seconds: int = Field(30, ge=1, description="Seconds between traffic steps.")
+
+
+class FaultToleranceSpec(Model):
+    """GCS fault tolerance: Ray metadata kept in Redis so a head restart keeps serving."""
+
+    redis_address: str = Field(pattern=r"^[A-Za-z0-9.-]+:[0-9]+$", description="host:port of Redis.")
+    redis_password_secret: SecretKeyRef | None = Field(None, description="Secret with the Redis password.")
+
+
+class PoolSpec(Model):
+    """One side of prefill/decode disaggregation."""
+
+    replicas: ReplicaSpec = Field(default_factory=ReplicaSpec)
+    tensor_parallel_size: int | None = Field(None, ge=1, le=64, description="Default: engine.tensorParallelSize.")
+
+
+class PrefillDecodeSpec(Model):
+    """Prefill/decode disaggregation: separate pools exchange KV cache (build_pd_openai_app)."""
+
+    prefill: PoolSpec = Field(default_factory=PoolSpec)
+    decode: PoolSpec = Field(default_factory=PoolSpec)
+    kv_connector: Literal["NixlConnector", "LMCacheConnectorV1"] = Field(
+        "NixlConnector", description="vLLM KV connector that moves KV cache from prefill to decode."
+    )
+
+
+class ObservabilitySpec(Model):
+    """Metrics collection."""
+
+    metrics: bool = Field(True, description="Prometheus scraping of Ray, vLLM and HAProxy metrics (PodMonitor).")
+
+
+class LLMServiceSpec(Model):
+    """Desired state of an LLM endpoint."""
+
+    model: ModelSpec
+    accelerator: AcceleratorSpec
+    engine: EngineSpec = Field(default_factory=EngineSpec)
+    replicas: ReplicaSpec = Field(default_factory=ReplicaSpec)
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
+    routing: RoutingSpec = Field(default_factory=RoutingSpec)
+    ingress: IngressSpec = Field(default_factory=IngressSpec)
+    placement: PlacementSpec = Field(default_factory=PlacementSpec)
+    node_pool: NodePoolSpec = Field(default_factory=NodePoolSpec)
+    ray: RaySpec = Field(default_factory=RaySpec)
+    upgrade: UpgradeSpec = Field(default_factory=UpgradeSpec)
+    fault_tolerance: FaultToleranceSpec | None = Field(None)
+    prefill_decode: PrefillDecodeSpec | None = Field(None)
+    observability: ObservabilitySpec = Field(default_factory=ObservabilitySpec)
+    suspend: bool = Field(False, description="Delete the Ray cluster but keep the LLMService.")

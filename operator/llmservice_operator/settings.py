@@ -1,0 +1,45 @@
+"""Operator-wide settings: defaults an LLMService can leave out, and where the GKE cluster is."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GKECluster(BaseModel):
+    project: str
+    location: str
+    cluster: str
+
+    @property
+    def path(self) -> str:
+        return f"projects/{self.project}/locations/{self.location}/clusters/{self.cluster}"
+
+
+class OperatorSettings(BaseModel):
+    """Operator-wide defaults. Plain data: the renderer never reads the environment."""
+
+    gpu_ray_image: str = Field(
+        "rayproject/ray-llm:2.60.0-py311-cu128", description="Default image for GPU services (Ray + vLLM)."
+    )
+    tpu_ray_image: str = Field(
+        "rayproject/ray-llm:2.60.0-py311-tpu", description="Default image for TPU services (Ray + vLLM TPU)."
+    )
+    edge_image: str = Field("haproxy:2.8.25-alpine", description="Image of the edge HAProxy sidecar.")
+    cluster_domain: str = "cluster.local"
+    monitoring: Literal["gmp", "prometheus-operator", "none"] = Field(
+        "gmp", description="gmp: GKE Managed Prometheus PodMonitoring; prometheus-operator: PodMonitor."
+    )
+    gke: GKECluster | None = Field(None, description="GKE cluster for managed node pools.")
+
+
+class _EnvSettings(OperatorSettings, BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LLMSERVICE_", env_nested_delimiter="__")
+
+
+def settings_from_env() -> OperatorSettings:
+    """Settings from LLMSERVICE_* variables (the Helm chart sets them), e.g.
+    LLMSERVICE_GPU_RAY_IMAGE, LLMSERVICE_GKE__PROJECT."""
+    return OperatorSettings.model_validate(_EnvSettings().model_dump())

@@ -1,0 +1,137 @@
+"""Every validation rule rejects bad input with its field path and a fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmservice_operator.api import RULES, InvalidLLMService, parse
+
+from .conftest import sample_doc, with_spec
+
+GPU = "gemma-b200.yaml"
+TPU = "tpu-v6e-4x4-multihost.yaml"
+
+# (base sample, spec changes, field path, words the message must contain)
+CASES = [
+    (GPU, {"model__source": "ftp://weights/x"}, "spec.model.source", "Hugging Face id"),
+    (GPU, {"model__source": "just-a-name"}, "spec.model.source", "gs://bucket/path"),
+    (GPU, {"replicas": {"min": 5, "max": 2}}, "spec.replicas.min", "<= replicas.max"),
+    (GPU, {"replicas": {"min": 1, "max": 2, "initial": 4}}, "spec.replicas.initial", "between"),
+    (TPU, {"accelerator": {"type": "tpu-v6e"}}, "spec.accelerator.topology", "required for TPU"),
+    (GPU, {"accelerator__topology": "2x4"}, "spec.accelerator.topology", "only to TPU"),
+    (TPU, {"accelerator__topology": "3x3"}, "spec.accelerator.topology", "tpu-v6e: 1x1"),
+    (TPU, {"engine__tensorParallelSize": 8}, "spec.engine.tensorParallelSize", "chips in accelerator.topology"),
+    (TPU, {"accelerator__perReplica": 16}, "spec.accelerator.perReplica", "taken from accelerator.topology"),
+    (GPU, {"accelerator__perReplica": 2}, "spec.accelerator.perReplica", "must equal engine.tensorParallelSize"),
+    (GPU, {"engine__tensorParallelSize": 16}, "spec.engine.tensorParallelSize", "pipelineParallelSize instead"),
+    (
+        GPU,
+        {"engine__tensorParallelSize": 4, "engine__pipelineParallelSize": 3},
+        "spec.engine.pipelineParallelSize",
+        "whole nodes",
+    ),
+    (GPU, {"accelerator__provisioning": "reservation"}, "spec.accelerator.reservation", "is required"),
+    (GPU, {"accelerator__reservation": "res-a"}, "spec.accelerator.reservation", "only used with"),
+    (TPU, {"accelerator__machineType": "ct6e-standard-8t"}, "spec.accelerator.machineType", "TPU machine types"),
+    (
+        GPU,
+        {"routing": {"policy": "prefix-aware"}, "engine__enablePrefixCaching": False},
+        "spec.engine.enablePrefixCaching",
+        "prefix-aware",
+    ),
+    (
+        GPU,
+        {"prefillDecode": {"prefill": {}, "decode": {}}, "replicas": None},
+        "spec.routing.directStreaming",
+        "exactly one model",
+    ),
+    (GPU, {"routing": {"policy": "session-affinity"}}, "spec.routing.policy", "directStreaming: false"),
+    (GPU, {"ingress": {"rateLimit": {"requestsPerMinute": 10}}}, "spec.ingress.rateLimit", "apiKeysSecret"),
+    (GPU, {"ingress": {"sidecar": False, "tlsSecret": "tls"}}, "spec.ingress.sidecar", "must be true"),
+    (
+        GPU,
+        {"upgrade": {"strategy": "incremental"}, "ingress": {"sidecar": False}},
+        "spec.upgrade.gatewayClassName",
+        "required",
+    ),
+    (
+        GPU,
+        {"upgrade": {"strategy": "incremental", "gatewayClassName": "gke-l7"}},
+        "spec.upgrade.strategy",
+        "sidecar: false",
+    ),
+    (
+        GPU,
+        {"placement": {"spreadAcrossZones": True, "zones": ["us-central1-a"]}},
+        "spec.placement.spreadAcrossZones",
+        "two",
+    ),
+    (GPU, {"engine__speculative": {"method": "eagle"}}, "spec.engine.speculative.model", "eagle"),
+    (
+        GPU,
+        {"prefillDecode": {}, "routing": {"directStreaming": False}, "engine__dataParallelSize": 2},
+        "spec.prefillDecode",
+        "dataParallelSize",
+    ),
+    (TPU, {"prefillDecode": {}, "routing": {"directStreaming": False}}, "spec.prefillDecode", "needs GPUs"),
+    (GPU, {"engine__extraArgs": {"tensor_parallel_size": 2}}, "spec.engine.extraArgs", "engine.tensorParallelSize"),
+]
+
+# Schema-level errors (types, enums, unknown fields) carry their path as well.
+SCHEMA_CASES = [
+    (GPU, {"accelerator": {"type": "nvidia-a100"}}, "spec.accelerator.type", "must be one of"),
+    (GPU, {"replicas": {"min": -1, "max": 2}}, "spec.replicas.min", "greater than or equal to 0"),
+    (GPU, {"engine__tensorParalelSize": 2}, "spec.engine.tensorParalelSize", "unknown field"),
+    (GPU, {"ingress": {"maxBodySize": "16MB"}}, "spec.ingress.maxBodySize", "pattern"),
+    (GPU, {"engine__gpuMemoryUtilization": 1.5}, "spec.engine.gpuMemoryUtilization", "less than or equal to 1"),
+]
+
+
+def _errors(doc) -> list[str]:
+    with pytest.raises(InvalidLLMService) as exc:
+        parse(doc)
+    return [str(e) for e in exc.value.errors]
+
+
+@pytest.mark.parametrize(("base", "changes", "path", "words"), CASES + SCHEMA_CASES)
+def test_bad_input_names_field_and_fix(base, changes, path, words):
+    errors = _errors(with_spec(sample_doc(base), **changes))
+    matching = [e for e in errors if e.startswith(path + ": ")]
+    assert matching, f"no error for {path}; got {errors}"
+    assert any(words in e for e in matching), matching
+
+
+def test_every_rule_has_a_bad_input_case():
+    hit = set()
+    for base, changes, _path, _words in CASES:
+        for e in _errors(with_spec(sample_doc(base), **changes)):
+            hit.add(e)
+    for rule in RULES:
+        assert f"spec.{rule.field}: {rule.message}" in hit, f"rule not exercised: {rule.field}: {rule.message}"
+
+
+def test_all_errors_reported_at_once():
+    doc = with_spec(sample_doc(GPU), replicas={"min": 3, "max": 1}, model__source="ftp://x/y")
+    paths = {e.split(":")[0] for e in _errors(doc)}
+    assert {"spec.replicas.min", "spec.model.source"} <= paths
+
+
+def test_long_name_rejected():
+    doc = sample_doc(GPU)
+    doc["metadata"]["name"] = "a" * 41
+    assert any(e.startswith("metadata.name: must be at most 40") for e in _errors(doc))
+
+
+def test_wrong_kind():
+    doc = sample_doc(GPU)
+    doc["kind"] = "RayService"
+    assert _errors(doc)[0].startswith("apiVersion/kind: must be llmservice.dev/v1alpha1 / LLMService")
+
+
+def test_defaults_are_filled():
+    svc = parse(sample_doc(GPU))
+    s = svc.spec
+    assert s.routing.direct_streaming and s.ingress.sidecar and s.engine.enable_prefix_caching
+    assert s.autoscaling.target_ongoing_requests == 64
+    assert s.upgrade.strategy == "new-cluster"
+    assert s.ray.version == "2.60.0"
