@@ -1,0 +1,41 @@
+"""Pure, deterministic rendering: (LLMService, operator settings) -> desired objects.
+
+No network, no kopf, no clock: the same input gives byte-identical output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..api.resource import LLMService
+from ..settings import OperatorSettings
+from . import edge, nodepools, policy, rayservice
+
+
+@dataclass(frozen=True)
+class Rendered:
+    ray_service: dict[str, Any]
+    edge_config: dict[str, Any] | None
+    pdb: dict[str, Any]
+    monitoring: dict[str, Any] | None
+    node_pools: list[dict[str, Any]] = field(default_factory=list)
+
+    def kubernetes_objects(self) -> list[dict[str, Any]]:
+        """In apply order: the edge config exists before pods that mount it."""
+        objs = [self.edge_config, self.ray_service, self.pdb, self.monitoring]
+        return [o for o in objs if o is not None]
+
+
+def render(svc: LLMService, settings: OperatorSettings | None = None) -> Rendered:
+    settings = settings or OperatorSettings()
+    return Rendered(
+        ray_service=rayservice.ray_service(svc, settings),
+        edge_config=edge.config_map(svc) if svc.spec.ingress.sidecar else None,
+        pdb=policy.pod_disruption_budget(svc),
+        monitoring=policy.monitoring(svc, settings),
+        node_pools=nodepools.node_pools(svc) if svc.spec.node_pool.managed else [],
+    )
+
+
+__all__ = ["Rendered", "render"]

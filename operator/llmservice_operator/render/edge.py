@@ -1,0 +1,145 @@
+"""The edge HAProxy sidecar: API keys, per-key rate limits, body size, TLS, metrics.
+
+It runs in every Ray pod that serves traffic and forwards to Ray Serve's own HAProxy on
+localhost, so the Service can target it without another network hop.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from typing import Any
+
+import jinja2
+
+from ..api.resource import LLMService
+from ..settings import OperatorSettings
+from . import names
+from .serve_config import SERVE_PORT
+
+EDGE_PORT = 8100
+EDGE_METRICS_PORT = 8405
+CONFIG_DIR = "/usr/local/etc/haproxy"
+KEYS_DIR = "/etc/llmservice/api-keys"
+TLS_DIR = "/etc/llmservice/tls"
+API_KEYS_FILE = "api-keys.map"  # the key the API-keys Secret must hold
+STREAM_TIMEOUT = "3600s"  # matches Ray's RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S: long token streams
+_UNITS = {"": 1, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}
+
+
+def size_bytes(quantity: str) -> int:
+    m = re.fullmatch(r"([0-9]+)(Ki|Mi|Gi)?", quantity)
+    assert m, f"validated by the schema: {quantity}"
+    return int(m.group(1)) * _UNITS[m.group(2) or ""]
+
+
+@cache
+def _template() -> jinja2.Template:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("llmservice_operator.render", "templates"),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    return env.get_template("haproxy.cfg.j2")
+
+
+def haproxy_cfg(
+    svc: LLMService,
+    *,
+    bind_address: str = "0.0.0.0",
+    edge_port: int = EDGE_PORT,
+    metrics_port: int = EDGE_METRICS_PORT,
+    serve_port: int = SERVE_PORT,
+    config_dir: str = CONFIG_DIR,
+    keys_dir: str = KEYS_DIR,
+    tls_dir: str = TLS_DIR,
+) -> str:
+    """haproxy.cfg text. Ports and paths are parameters so tests can run it on loopback."""
+    ing = svc.spec.ingress
+    rate = ing.rate_limit.requests_per_minute if ing.rate_limit else None
+    return _template().render(
+        name=svc.metadata.name,
+        namespace=svc.metadata.namespace,
+        bind_address=bind_address,
+        edge_port=edge_port,
+        metrics_port=metrics_port,
+        serve_port=serve_port,
+        maxconn=4096,
+        nbthread=2,
+        hard_stop_after="120s",
+        stream_timeout=STREAM_TIMEOUT,
+        max_body_bytes=size_bytes(ing.max_body_size),
+        api_keys=ing.api_keys_secret is not None,
+        api_keys_map=f"{keys_dir}/{API_KEYS_FILE}",
+        rate_limit=rate,
+        retry_after=60,
+        tls=ing.tls_secret is not None,
+        tls_cert=f"{tls_dir}/tls.crt",
+        config_dir=config_dir,
+    )
+
+
+def config_map(svc: LLMService) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": names.child(svc.metadata.name, "edge"),
+            "namespace": svc.metadata.namespace,
+            "labels": names.labels(svc.metadata.name),
+        },
+        "data": {"haproxy.cfg": haproxy_cfg(svc)},
+    }
+
+
+def volumes(svc: LLMService) -> list[dict[str, Any]]:
+    ing = svc.spec.ingress
+    vols: list[dict[str, Any]] = [
+        {"name": "edge-config", "configMap": {"name": names.child(svc.metadata.name, "edge")}}
+    ]
+    if ing.api_keys_secret:
+        vols.append(
+            {
+                "name": "edge-api-keys",
+                "secret": {"secretName": ing.api_keys_secret, "items": [{"key": API_KEYS_FILE, "path": API_KEYS_FILE}]},
+            }
+        )
+    if ing.tls_secret:
+        # HAProxy loads <crt>.key beside a certificate that has no key of its own.
+        items = [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.crt.key"}]
+        vols.append({"name": "edge-tls", "secret": {"secretName": ing.tls_secret, "items": items}})
+    return vols
+
+
+def container(svc: LLMService, settings: OperatorSettings) -> dict[str, Any]:
+    ing = svc.spec.ingress
+    mounts = [{"name": "edge-config", "mountPath": CONFIG_DIR, "readOnly": True}]
+    if ing.api_keys_secret:
+        mounts.append({"name": "edge-api-keys", "mountPath": KEYS_DIR, "readOnly": True})
+    if ing.tls_secret:
+        mounts.append({"name": "edge-tls", "mountPath": TLS_DIR, "readOnly": True})
+    probe_scheme = "HTTPS" if ing.tls_secret else "HTTP"
+    return {
+        "name": "edge",
+        "image": settings.edge_image,
+        "args": ["-f", f"{CONFIG_DIR}/haproxy.cfg"],
+        "ports": [
+            {"name": "edge", "containerPort": EDGE_PORT, "protocol": "TCP"},
+            {"name": "edge-metrics", "containerPort": EDGE_METRICS_PORT, "protocol": "TCP"},
+        ],
+        "readinessProbe": {
+            "httpGet": {"path": "/-/healthz", "port": EDGE_PORT, "scheme": probe_scheme},
+            "periodSeconds": 5,
+        },
+        "livenessProbe": {"httpGet": {"path": "/livez", "port": EDGE_METRICS_PORT}, "periodSeconds": 10},
+        "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 99,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": mounts,
+    }

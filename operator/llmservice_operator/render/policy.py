@@ -1,0 +1,63 @@
+"""Objects around the Ray cluster: PodDisruptionBudget and Prometheus scraping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..api.resource import LLMService
+from ..settings import OperatorSettings
+from . import names
+
+
+def _meta(svc: LLMService, suffix: str = "") -> dict[str, Any]:
+    return {
+        "name": names.child(svc.metadata.name, suffix),
+        "namespace": svc.metadata.namespace,
+        "labels": names.labels(svc.metadata.name),
+    }
+
+
+def pod_disruption_budget(svc: LLMService) -> dict[str, Any]:
+    """Voluntary evictions (node upgrades, drains) take one worker pod at a time: a lost pod
+    is a lost model replica (or a whole TPU slice replica), which takes minutes to reload."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(svc, "workers"),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": {"llmservice.dev/name": svc.metadata.name, "ray.io/node-type": "worker"}},
+        },
+    }
+
+
+def _endpoints(svc: LLMService) -> list[dict[str, Any]]:
+    eps = [{"port": "metrics", "path": "/metrics"}]  # Ray + vLLM metrics on the Ray container
+    if svc.spec.ingress.sidecar:
+        eps.append({"port": "edge-metrics", "path": "/metrics"})
+    return eps
+
+
+def monitoring(svc: LLMService, settings: OperatorSettings) -> dict[str, Any] | None:
+    if not svc.spec.observability.metrics or settings.monitoring == "none":
+        return None
+    selector = {"matchLabels": {"llmservice.dev/name": svc.metadata.name}}
+    if settings.monitoring == "gmp":
+        return {
+            "apiVersion": "monitoring.googleapis.com/v1",
+            "kind": "PodMonitoring",
+            "metadata": _meta(svc),
+            "spec": {
+                "selector": selector,
+                "endpoints": [{"port": e["port"], "path": e["path"], "interval": "30s"} for e in _endpoints(svc)],
+            },
+        }
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PodMonitor",
+        "metadata": _meta(svc),
+        "spec": {
+            "selector": selector,
+            "podMetricsEndpoints": [{"port": e["port"], "path": e["path"], "interval": "30s"} for e in _endpoints(svc)],
+        },
+    }

@@ -1,0 +1,213 @@
+"""The KubeRay RayService (ray.io/v1): serveConfigV2 plus the Ray cluster that runs it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+
+from ..api.resource import LLMService
+from ..api.spec import LLMServiceSpec
+from ..settings import OperatorSettings
+from . import edge, names, scheduling
+from .serve_config import MODELS_MOUNT, SERVE_PORT, serve_config
+from .shape import WorkerBounds, worker_bounds
+
+RAY_CONTAINER = "ray"
+_HAPROXY_BALANCE = {
+    "least-loaded": "leastconn",
+    "round-robin": "roundrobin",
+    "prefix-aware": "leastconn",
+    "session-affinity": "hdr(x-session-id)",
+}
+# Workers get most of the node's CPU and memory; the rest is left for GKE system pods.
+_WORKER_CPU_PER_ACCEL = {"gpu": 8, "tpu": 24}
+_WORKER_MEM_PER_ACCEL_GI = {"gpu": 64, "tpu": 96}
+
+
+def ray_env(svc: LLMService) -> list[dict[str, Any]]:
+    """Env for every Ray container. Serve reads these at controller/proxy start, so they must
+    be pod env (runtime_env is too late)."""
+    spec = svc.spec
+    env: dict[str, str] = {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_HAPROXY_BALANCE_ALGORITHM": _HAPROXY_BALANCE[spec.routing.policy],
+        "VLLM_USE_RAY_V2_EXECUTOR_BACKEND": "1",
+    }
+    if spec.routing.direct_streaming:
+        env["RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"] = "1"
+        if spec.routing.policy == "prefix-aware":
+            # The router needs the prompt to pick the replica holding its prefix.
+            env["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] = "1"
+    env.update(spec.ray.env)
+    out: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(env.items())]
+    if spec.model.hf_token_secret:
+        ref = spec.model.hf_token_secret
+        out.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    return out
+
+
+def _image(spec: LLMServiceSpec, settings: OperatorSettings, is_tpu: bool) -> str:
+    return spec.ray.image or (settings.tpu_ray_image if is_tpu else settings.gpu_ray_image)
+
+
+def _volumes(svc: LLMService) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    vols: list[dict[str, Any]] = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    mounts: list[dict[str, Any]] = [{"name": "dshm", "mountPath": "/dev/shm"}]
+    if svc.spec.model.source.startswith("pvc://"):
+        claim = svc.spec.model.source.removeprefix("pvc://").split("/", 1)[0]
+        vols.append({"name": "models", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        mounts.append({"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True})
+    return vols, mounts
+
+
+def _pod(
+    svc: LLMService,
+    settings: OperatorSettings,
+    ray_container: dict[str, Any],
+    is_tpu: bool,
+    extra_spec: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    vols, mounts = _volumes(svc)
+    ray_container = {
+        **ray_container,
+        "image": _image(svc.spec, settings, is_tpu),
+        "env": ray_env(svc),
+        "volumeMounts": mounts,
+    }
+    containers = [ray_container]
+    if svc.spec.ingress.sidecar:
+        containers.append(edge.container(svc, settings))
+        vols += edge.volumes(svc)
+    pod_spec: dict[str, Any] = {"containers": containers, "volumes": vols, **(extra_spec or {})}
+    return {"metadata": {"labels": names.labels(svc.metadata.name)}, "spec": pod_spec}
+
+
+def head_group(svc: LLMService, settings: OperatorSettings) -> dict[str, Any]:
+    r = svc.spec.ray.head_resources
+    res = {"cpu": r.cpu, "memory": r.memory}
+    container = {
+        "name": RAY_CONTAINER,
+        "ports": [
+            {"name": "gcs", "containerPort": 6379},
+            {"name": "dashboard", "containerPort": 8265},
+            {"name": "client", "containerPort": 10001},
+            {"name": "serve", "containerPort": SERVE_PORT},
+            {"name": "metrics", "containerPort": 8080},
+        ],
+        "resources": {"requests": res, "limits": res},
+    }
+    is_tpu = svc.spec.accelerator.type.startswith("tpu")
+    return {
+        # num-cpus 0: no model replica or Serve actor that needs CPU lands on the head.
+        "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
+        "template": _pod(svc, settings, container, is_tpu),
+    }
+
+
+def worker_group(svc: LLMService, settings: OperatorSettings, wb: WorkerBounds) -> dict[str, Any]:
+    sh = wb.shape
+    acc = sh.accelerator
+    group = wb.role if wb.role in ("prefill", "decode") else acc.family
+    cpu = str(_WORKER_CPU_PER_ACCEL[acc.family] * sh.per_pod)
+    mem = f"{_WORKER_MEM_PER_ACCEL_GI[acc.family] * sh.per_pod}Gi"
+    container = {
+        "name": RAY_CONTAINER,
+        "resources": {
+            "requests": {"cpu": cpu, "memory": mem, acc.resource: str(sh.per_pod)},
+            "limits": {"memory": mem, acc.resource: str(sh.per_pod)},
+        },
+    }
+    extra: dict[str, Any] = {
+        "nodeSelector": scheduling.node_selector(svc.spec, sh),
+        "tolerations": scheduling.tolerations(sh),
+    }
+    aff = scheduling.affinity(svc.spec, sh, svc.metadata.name, group)
+    if aff:
+        extra["affinity"] = aff
+    spread = scheduling.spread(svc.spec, svc.metadata.name, group)
+    if spread:
+        extra["topologySpreadConstraints"] = spread
+    start: dict[str, str] = {}
+    if not sh.tpu:
+        # Advertise the accelerator type before any node exists, so the autoscaler can scale
+        # from zero for Serve LLM's `accelerator_type:<X>` resource demand.
+        start["resources"] = json.dumps({f"accelerator_type:{acc.ray_type}": 1})
+    return {
+        "groupName": group,
+        "replicas": wb.min_groups,
+        "minReplicas": wb.min_groups,
+        "maxReplicas": wb.max_groups,
+        "numOfHosts": sh.num_of_hosts,
+        "rayStartParams": start,
+        "template": _pod(svc, settings, container, acc.is_tpu, extra),
+    }
+
+
+def ray_cluster_spec(svc: LLMService, settings: OperatorSettings) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "rayVersion": svc.spec.ray.version,
+        "enableInTreeAutoscaling": True,
+        "autoscalerOptions": {"version": "v2", "upscalingMode": "Default", "idleTimeoutSeconds": 60},
+        "headGroupSpec": head_group(svc, settings),
+        "workerGroupSpecs": [worker_group(svc, settings, wb) for wb in worker_bounds(svc.spec)],
+    }
+    ft = svc.spec.fault_tolerance
+    if ft:
+        gcs: dict[str, Any] = {"redisAddress": ft.redis_address}
+        if ft.redis_password_secret:
+            ref = ft.redis_password_secret
+            gcs["redisPassword"] = {"valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+        spec["gcsFaultToleranceOptions"] = gcs
+    return spec
+
+
+def upgrade_strategy(spec: LLMServiceSpec) -> dict[str, Any]:
+    u = spec.upgrade
+    kind = {"new-cluster": "NewCluster", "incremental": "NewClusterWithIncrementalUpgrade", "none": "None"}[u.strategy]
+    out: dict[str, Any] = {"type": kind}
+    if u.strategy == "incremental":
+        out["clusterUpgradeOptions"] = {
+            "maxSurgePercent": u.max_surge_percent,
+            "stepSizePercent": u.step_size_percent,
+            "intervalSeconds": u.interval_seconds,
+            "gatewayClassName": u.gateway_class_name,
+        }
+    return out
+
+
+def serve_service(svc: LLMService) -> dict[str, Any]:
+    """KubeRay keeps this Service pointed at the active cluster's serving pods; naming it after
+    the LLMService gives the endpoint http://<name>.<namespace>.svc:8000/v1."""
+    target = "edge" if svc.spec.ingress.sidecar else "serve"
+    return {
+        "metadata": {"name": svc.metadata.name, "labels": names.labels(svc.metadata.name)},
+        "spec": {"ports": [{"name": "serve", "port": SERVE_PORT, "targetPort": target, "protocol": "TCP"}]},
+    }
+
+
+def ray_service(svc: LLMService, settings: OperatorSettings) -> dict[str, Any]:
+    spec = svc.spec
+    body: dict[str, Any] = {
+        "serveConfigV2": yaml.safe_dump(serve_config(spec), sort_keys=False),
+        "rayClusterConfig": ray_cluster_spec(svc, settings),
+        "upgradeStrategy": upgrade_strategy(spec),
+        "serveService": serve_service(svc),
+        # The head runs no replica; keep it in the Service only for scale-from-zero, where
+        # its fallback proxy holds requests while the first replica starts.
+        "excludeHeadPodFromServeSvc": all(wb.replicas.min > 0 for wb in worker_bounds(spec)),
+    }
+    if spec.suspend:
+        body["suspend"] = True
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": {
+            "name": svc.metadata.name,
+            "namespace": svc.metadata.namespace,
+            "labels": names.labels(svc.metadata.name),
+        },
+        "spec": body,
+    }

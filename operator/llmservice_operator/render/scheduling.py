@@ -1,0 +1,99 @@
+"""Where Ray worker pods may and should land: node selectors, tolerations, affinity, spread."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..api.spec import LLMServiceSpec
+from ..catalog import labels
+from .shape import Shape
+
+GROUP_LABEL = "ray.io/group"
+REPLICA_LABEL = "ray.io/worker-group-replica-name"  # KubeRay sets it on multi-host pods
+
+
+def node_selector(spec: LLMServiceSpec, sh: Shape) -> dict[str, str]:
+    acc = sh.accelerator
+    sel = {acc.node_label: acc.gke_label}
+    if sh.tpu:
+        # GKE's TPU webhook requires the topology selector; Ray's autoscaler reads both.
+        sel[labels.TPU_TOPOLOGY] = sh.tpu.topology
+    provisioning = spec.accelerator.provisioning
+    if provisioning == "spot":
+        sel[labels.SPOT] = "true"
+    elif provisioning == "flex-start":
+        sel[labels.FLEX_START] = "true"
+    elif provisioning == "reservation":
+        assert spec.accelerator.reservation
+        sel[labels.RESERVATION_NAME] = spec.accelerator.reservation
+    return dict(sorted(sel.items()))
+
+
+def tolerations(sh: Shape) -> list[dict[str, Any]]:
+    key = labels.TPU_TAINT_KEY if sh.tpu else labels.GPU_TAINT_KEY
+    return [
+        {"key": key, "operator": "Exists", "effect": "NoSchedule"},
+        # Spot nodes may carry GKE's spot taint when a pool sets it; flex-start/queued nodes do.
+        {"key": labels.SPOT, "operator": "Equal", "value": "true", "effect": "NoSchedule"},
+        {"key": labels.QUEUED_TAINT, "operator": "Exists", "effect": "NoSchedule"},
+    ]
+
+
+def _group_selector(svc_name: str, group: str) -> dict[str, Any]:
+    return {"matchLabels": {"llmservice.dev/name": svc_name, GROUP_LABEL: group}}
+
+
+def affinity(spec: LLMServiceSpec, sh: Shape, svc_name: str, group: str) -> dict[str, Any] | None:
+    out: dict[str, Any] = {}
+    node_terms: list[dict[str, Any]] = []
+    if spec.placement.zones:
+        node_terms.append({"key": labels.ZONE, "operator": "In", "values": list(spec.placement.zones)})
+    if node_terms:
+        out["nodeAffinity"] = {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": node_terms}]}
+        }
+    if spec.accelerator.provisioning == "spot-with-fallback":
+        # One worker group, spot preferred by the scheduler: Ray's autoscaler has no priority
+        # between groups, so two groups could grow on-demand while spot capacity sits free.
+        pref = {
+            "weight": 100,
+            "preference": {"matchExpressions": [{"key": labels.SPOT, "operator": "In", "values": ["true"]}]},
+        }
+        out.setdefault("nodeAffinity", {})["preferredDuringSchedulingIgnoredDuringExecution"] = [pref]
+
+    pod_affinity: dict[str, Any] = {}
+    if sh.tpu and sh.tpu.multi_host:
+        # Every host of one replica inside one slice (a multi-host slice is one node pool).
+        # matchLabelKeys narrows the term to pods of the same KubeRay replica.
+        pod_affinity["requiredDuringSchedulingIgnoredDuringExecution"] = [
+            {
+                "labelSelector": _group_selector(svc_name, group),
+                "matchLabelKeys": [REPLICA_LABEL],
+                "topologyKey": labels.NODEPOOL,
+            }
+        ]
+    elif sh.accelerator.topology_labels and (spec.placement.compact or sh.pods_per_replica > 1):
+        # Multi-node GPU replicas talk over the fabric: prefer one topology domain.
+        level = labels.TOPOLOGY_LEVELS[spec.placement.topology_level]
+        pod_affinity["preferredDuringSchedulingIgnoredDuringExecution"] = [
+            {
+                "weight": 100,
+                "podAffinityTerm": {"labelSelector": _group_selector(svc_name, group), "topologyKey": level},
+            }
+        ]
+    if pod_affinity:
+        out["podAffinity"] = pod_affinity
+    return out or None
+
+
+def spread(spec: LLMServiceSpec, svc_name: str, group: str) -> list[dict[str, Any]] | None:
+    if not spec.placement.spread_across_zones:
+        return None
+    return [
+        {
+            "maxSkew": 1,
+            "topologyKey": labels.ZONE,
+            "whenUnsatisfiable": "DoNotSchedule",
+            "labelSelector": _group_selector(svc_name, group),
+        }
+    ]

@@ -1,0 +1,126 @@
+"""Ray Serve config (KubeRay `serveConfigV2`) running Ray Serve LLM's OpenAI app builders."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..api.spec import LLMServiceSpec, ReplicaSpec
+from .shape import serve_bounds, shape
+
+SERVE_PORT = 8000
+MODELS_MOUNT = "/mnt/models"  # pvc:// sources are mounted here
+PREFIX_ROUTER = "ray.serve.llm.request_router:PrefixCacheAffinityRouter"
+BUILDERS = {
+    "openai": "ray.serve.llm:build_openai_app",
+    "dp": "ray.serve.llm:build_dp_openai_app",
+    "pd": "ray.serve.llm:build_pd_openai_app",
+}
+
+
+def model_source(source: str) -> str | dict[str, str]:
+    if source.startswith(("gs://", "s3://")):
+        return {"bucket_uri": source}
+    if source.startswith("pvc://"):
+        _, _, path = source.removeprefix("pvc://").partition("/")
+        return f"{MODELS_MOUNT}/{path}".rstrip("/")
+    return source
+
+
+def engine_kwargs(spec: LLMServiceSpec, tensor_parallel_size: int | None = None) -> dict[str, Any]:
+    e = spec.engine
+    kwargs: dict[str, Any] = {
+        "tensor_parallel_size": tensor_parallel_size or e.tensor_parallel_size,
+        "pipeline_parallel_size": e.pipeline_parallel_size,
+        "enable_prefix_caching": e.enable_prefix_caching,
+    }
+    optional = {
+        "max_model_len": e.max_model_len,
+        "gpu_memory_utilization": e.gpu_memory_utilization,
+        "quantization": e.quantization,
+        "kv_cache_dtype": e.kv_cache_dtype,
+    }
+    kwargs.update({k: v for k, v in optional.items() if v is not None})
+    if e.data_parallel_size > 1:
+        kwargs["data_parallel_size"] = e.data_parallel_size
+    if e.speculative:
+        sp = e.speculative
+        conf: dict[str, Any] = {
+            "method": "draft_model" if sp.method == "draft-model" else sp.method,
+            "num_speculative_tokens": sp.num_speculative_tokens,
+        }
+        if sp.model:
+            conf["model"] = sp.model
+        if sp.method == "ngram":
+            conf["prompt_lookup_max"] = 4
+        kwargs["speculative_config"] = conf
+    if spec.model.lora:
+        kwargs["enable_lora"] = True
+    if spec.prefill_decode:
+        kwargs["kv_transfer_config"] = {"kv_connector": spec.prefill_decode.kv_connector, "kv_role": "kv_both"}
+    kwargs.update(e.extra_args)
+    return dict(sorted(kwargs.items()))
+
+
+def autoscaling_config(spec: LLMServiceSpec, replicas: ReplicaSpec) -> dict[str, Any]:
+    a = spec.autoscaling
+    conf: dict[str, Any] = {
+        "min_replicas": replicas.min,
+        "max_replicas": replicas.max,
+        "initial_replicas": replicas.initial if replicas.initial is not None else replicas.min,
+        # Ray LLM defaults this to 1e9 (never scales): always set it.
+        "target_ongoing_requests": a.target_ongoing_requests,
+        "upscale_delay_s": a.upscale_delay_seconds,
+        "downscale_delay_s": a.downscale_delay_seconds,
+    }
+    if a.downscale_to_zero_delay_seconds is not None:
+        conf["downscale_to_zero_delay_s"] = a.downscale_to_zero_delay_seconds
+    return conf
+
+
+def llm_config(spec: LLMServiceSpec, replicas: ReplicaSpec, tensor_parallel_size: int | None = None) -> dict[str, Any]:
+    """One entry of Ray Serve LLM's `llm_configs` (validated in tests against Ray's LLMConfig)."""
+    sh = shape(spec, tensor_parallel_size)
+    loading: dict[str, Any] = {"model_id": spec.model.name, "model_source": model_source(spec.model.source)}
+    if spec.model.tokenizer:
+        loading["tokenizer_source"] = spec.model.tokenizer
+    deployment: dict[str, Any] = {
+        "autoscaling_config": autoscaling_config(spec, replicas),
+        "max_ongoing_requests": spec.autoscaling.max_ongoing_requests or 4 * spec.autoscaling.target_ongoing_requests,
+    }
+    if spec.routing.policy == "prefix-aware":
+        deployment["request_router_config"] = {"request_router_class": PREFIX_ROUTER}
+    conf: dict[str, Any] = {
+        "model_loading_config": loading,
+        "accelerator_type": sh.accelerator.ray_type,
+        "engine_kwargs": engine_kwargs(spec, tensor_parallel_size),
+        "deployment_config": deployment,
+    }
+    if sh.tpu:
+        # Ray reserves the whole slice for the replica (SlicePlacementGroup) from the topology.
+        conf["accelerator_config"] = {"kind": "tpu", "topology": sh.tpu.topology}
+    if spec.model.lora:
+        conf["lora_config"] = {
+            "dynamic_lora_loading_path": spec.model.lora.source,
+            "max_num_adapters_per_replica": spec.model.lora.max_adapters_per_replica,
+        }
+    return conf
+
+
+def application(spec: LLMServiceSpec) -> dict[str, Any]:
+    roles = {role: (r, tp) for role, r, tp in serve_bounds(spec)}
+    if spec.prefill_decode:
+        builder = "pd"
+        args = {role + "_config": llm_config(spec, *roles[role]) for role in ("prefill", "decode")}
+    elif spec.engine.data_parallel_size > 1:
+        builder, args = "dp", {"llm_config": llm_config(spec, *roles["dp"])}
+    else:
+        builder, args = "openai", {"llm_configs": [llm_config(spec, *roles["llm"])]}
+    return {"name": "llm", "route_prefix": "/", "import_path": BUILDERS[builder], "args": args}
+
+
+def serve_config(spec: LLMServiceSpec) -> dict[str, Any]:
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": "0.0.0.0", "port": SERVE_PORT},
+        "applications": [application(spec)],
+    }

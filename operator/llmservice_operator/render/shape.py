@@ -1,0 +1,105 @@
+"""How one model replica maps onto pods and nodes, and the replica bounds at every level.
+
+The three autoscalers are kept consistent from one source, spec.replicas: Serve replicas
+[min, max] -> Ray worker pods [min x pods, max x pods] -> GKE nodes [min x nodes, max x nodes].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..api.spec import LLMServiceSpec, ReplicaSpec
+from ..catalog import Accelerator, TpuSlice, get, tpu_slice
+
+
+@dataclass(frozen=True)
+class Shape:
+    accelerator: Accelerator
+    per_replica: int  # GPUs or TPU chips one Serve replica uses
+    per_pod: int  # accelerators each Ray worker pod requests
+    pods_per_replica: int
+    machine_type: str
+    tpu: TpuSlice | None = None
+
+    @property
+    def num_of_hosts(self) -> int:
+        """KubeRay numOfHosts: multi-host TPU slices are created and deleted as a unit."""
+        return self.pods_per_replica if self.tpu else 1
+
+    @property
+    def pods_per_node(self) -> int:
+        node = self.accelerator.node_size_for(self.per_pod) if not self.tpu else self.per_pod
+        return max(1, node // self.per_pod)
+
+    def nodes(self, replicas: int) -> int:
+        """Nodes needed for `replicas` model replicas (small replicas share a node)."""
+        pods = replicas * self.pods_per_replica
+        return -(-pods // self.pods_per_node)
+
+
+def shape(spec: LLMServiceSpec, tensor_parallel_size: int | None = None) -> Shape:
+    acc = get(spec.accelerator.type)
+    if acc.is_tpu:
+        assert spec.accelerator.topology, "validated: TPU needs topology"
+        s = tpu_slice(acc, spec.accelerator.topology)
+        return Shape(acc, s.chips, s.chips_per_host, s.hosts, s.machine_type, s)
+    tp = tensor_parallel_size or spec.engine.tensor_parallel_size
+    per_replica = tp * spec.engine.pipeline_parallel_size
+    node = acc.node_size_for(per_replica)
+    per_pod = min(per_replica, node)
+    machine = spec.accelerator.machine_type or acc.machine_type(node)
+    assert machine, f"catalog: {acc.key} has no {node}-GPU machine"
+    return Shape(acc, per_replica, per_pod, -(-per_replica // node), machine)
+
+
+def serve_bounds(spec: LLMServiceSpec) -> list[tuple[str, ReplicaSpec, int | None]]:
+    """(role, replica range, tensor parallel override) per Serve deployment."""
+    if spec.prefill_decode:
+        pd = spec.prefill_decode
+        return [
+            ("prefill", pd.prefill.replicas, pd.prefill.tensor_parallel_size),
+            ("decode", pd.decode.replicas, pd.decode.tensor_parallel_size),
+        ]
+    if spec.engine.data_parallel_size > 1:
+        # Each DP rank is one Serve replica; a DP group is deployed whole.
+        dp = spec.engine.data_parallel_size
+        r = spec.replicas
+        return [("dp", ReplicaSpec(min=r.min * dp, max=r.max * dp), None)]
+    return [("llm", spec.replicas, None)]
+
+
+@dataclass(frozen=True)
+class WorkerBounds:
+    role: str
+    shape: Shape
+    replicas: ReplicaSpec  # Serve replicas of this role
+
+    @property
+    def min_pods(self) -> int:
+        return self.replicas.min * self.shape.pods_per_replica
+
+    @property
+    def max_pods(self) -> int:
+        return self.replicas.max * self.shape.pods_per_replica
+
+    @property
+    def min_nodes(self) -> int:
+        return self.shape.nodes(self.replicas.min)
+
+    @property
+    def max_nodes(self) -> int:
+        return self.shape.nodes(self.replicas.max)
+
+    @property
+    def min_groups(self) -> int:
+        """KubeRay `minReplicas`: counts multi-host units (a TPU slice is one)."""
+        return self.min_pods // self.shape.num_of_hosts
+
+    @property
+    def max_groups(self) -> int:
+        return self.max_pods // self.shape.num_of_hosts
+
+
+def worker_bounds(spec: LLMServiceSpec) -> list[WorkerBounds]:
+    """One Ray worker group per Serve role (prefill and decode may differ in size)."""
+    return [WorkerBounds(role, shape(spec, tp), r) for role, r, tp in serve_bounds(spec)]

@@ -1,0 +1,214 @@
+"""What each sample renders to, checked against the real upstream schemas and tools."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from google.cloud import container_v1
+from ray.llm._internal.serve.core.configs.llm_config import LLMConfig
+
+from llmservice_operator.api import parse
+from llmservice_operator.render import render
+from llmservice_operator.render.shape import worker_bounds
+from llmservice_operator.yamlio import dump_all
+
+from .conftest import ROOT, SAMPLES, sample_doc, with_spec
+from .kube_schema import check, kuberay_crd, open_api_schema
+
+GOLDEN = ROOT / "tests" / "golden"
+
+
+def _cli_render(path: Path) -> str:
+    out = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "llmservice"), "render", str(path)], capture_output=True, text=True, check=True
+    )
+    return out.stdout
+
+
+@pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.stem)
+def test_golden(path):
+    """`make render-samples` refreshes these after an intended change; review the diff."""
+    assert _cli_render(path) == (GOLDEN / path.name).read_text()
+
+
+def test_output_is_deterministic(sample, settings):
+    a = dump_all(render(sample, settings).kubernetes_objects())
+    b = dump_all(render(parse(json.loads(json.dumps(sample.model_dump(by_alias=True)))), settings).kubernetes_objects())
+    assert a == b
+
+
+def _llm_configs(rs: dict) -> list[dict]:
+    app = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]
+    args = app["args"]
+    return args.get("llm_configs") or [args[k] for k in ("llm_config", "prefill_config", "decode_config") if k in args]
+
+
+def _router_class_exists(path: str) -> bool:
+    """Ray validates a router by importing it, which needs vLLM; check the class is defined
+    in the module's source instead."""
+    module, _, cls = path.partition(":")
+    ray_dir = Path(importlib.util.find_spec("ray").origin).parent
+    source = ray_dir.parent / (module.replace(".", "/") + ".py")  # importing ray.serve.llm needs vLLM
+    return source.is_file() and f"class {cls}(" in source.read_text()
+
+
+def test_llm_configs_validate_against_ray(sample, settings):
+    for conf in _llm_configs(render(sample, settings).ray_service):
+        conf = copy.deepcopy(conf)
+        router = conf["deployment_config"].pop("request_router_config", None)
+        if router:
+            assert _router_class_exists(router["request_router_class"])
+        parsed = LLMConfig.model_validate(conf)
+        auto = parsed.deployment_config["autoscaling_config"]
+        assert auto["target_ongoing_requests"] < 1e9, "Ray LLM's default never scales"
+
+
+@pytest.fixture(scope="module")
+def rayservice_schema():
+    return open_api_schema(kuberay_crd("rayservices"), "v1")
+
+
+def test_rayservice_matches_kuberay_crd(sample, settings, rayservice_schema):
+    assert check(render(sample, settings).ray_service, rayservice_schema) == []
+
+
+def test_schema_check_catches_typos(rayservice_schema, settings):
+    """The check above must be able to fail: a misspelt field is reported, not pruned."""
+    rs = render(parse(sample_doc("gemma-b200.yaml")), settings).ray_service
+    rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["maxReplica"] = 3
+    assert any("maxReplica: unknown field" in p for p in check(rs, rayservice_schema))
+
+
+def test_names_fit_in_63_characters(sample, settings):
+    for obj in render(sample, settings).kubernetes_objects():
+        assert len(obj["metadata"]["name"]) <= 63
+    for pool in render(sample, settings).node_pools:
+        assert len(pool["name"]) <= 40
+
+
+def test_ray_env_turns_on_the_fast_path(settings):
+    rs = render(parse(sample_doc("gemma-b200.yaml")), settings).ray_service
+    cluster = rs["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+    for pod in pods:
+        ray = pod["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in ray["env"]}
+        assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"  # head AND workers
+        assert env["RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"] == "1"
+        assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+        assert env["VLLM_USE_RAY_V2_EXECUTOR_BACKEND"] == "1"
+        assert {"name": "dshm", "mountPath": "/dev/shm"} in ray["volumeMounts"]
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert "nvidia.com/gpu" not in head
+
+
+def test_bounds_are_consistent_across_the_three_autoscalers(settings):
+    """Serve [1, 2] replicas of TP 16 on 4-host slices -> KubeRay [1, 2] slices of 4 pods ->
+    two slice node pools of 4 nodes."""
+    svc = parse(sample_doc("tpu-v6e-4x4-multihost.yaml"))
+    out = render(svc, settings)
+    group = out.ray_service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    assert (group["minReplicas"], group["maxReplicas"], group["numOfHosts"]) == (1, 2, 4)
+    assert group["template"]["spec"]["containers"][0]["resources"]["limits"]["google.com/tpu"] == "4"
+    sel = group["template"]["spec"]["nodeSelector"]
+    assert sel == {"cloud.google.com/gke-tpu-accelerator": "tpu-v6e-slice", "cloud.google.com/gke-tpu-topology": "4x4"}
+    term = group["template"]["spec"]["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+    assert term["matchLabelKeys"] == ["ray.io/worker-group-replica-name"]
+    assert [p["autoscaling"]["total_max_node_count"] for p in out.node_pools] == [4, 4]
+    assert all(p["placement_policy"]["tpu_topology"] == "4x4" for p in out.node_pools)
+
+
+def test_small_gpu_replicas_share_a_node(settings):
+    svc = parse(sample_doc("gemma-b200.yaml"))
+    wb = worker_bounds(svc.spec)[0]
+    assert (wb.min_pods, wb.max_pods, wb.min_nodes, wb.max_nodes) == (8, 8, 1, 1)
+    svc = parse(with_spec(sample_doc("gemma-b200.yaml"), engine__tensorParallelSize=8, engine__pipelineParallelSize=2))
+    wb = worker_bounds(svc.spec)[0]
+    assert (wb.shape.per_pod, wb.shape.pods_per_replica, wb.max_nodes) == (8, 2, 16)
+
+
+def test_multi_node_gpu_replicas_prefer_one_topology_block(settings):
+    svc = parse(with_spec(sample_doc("gemma-b200.yaml"), engine__tensorParallelSize=8, engine__pipelineParallelSize=2))
+    group = render(svc, settings).ray_service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    pref = group["template"]["spec"]["affinity"]["podAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert pref[0]["podAffinityTerm"]["topologyKey"] == "cloud.google.com/gce-topology-block"
+
+
+def test_spot_with_fallback(settings):
+    out = render(parse(sample_doc("l4-spot-fallback.yaml")), settings)
+    [group] = out.ray_service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    pref = group["template"]["spec"]["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert pref[0]["preference"]["matchExpressions"][0]["key"] == "cloud.google.com/gke-spot"
+    assert "cloud.google.com/gke-spot" not in group["template"]["spec"]["nodeSelector"]
+    assert [p.get("config", {}).get("spot", False) for p in out.node_pools] == [True, False]
+    # Scale to zero: the head stays in the Service so its fallback proxy can hold requests.
+    assert out.ray_service["spec"]["excludeHeadPodFromServeSvc"] is False
+
+
+def test_node_pools_map_onto_gke_messages(sample, settings):
+    for pool in render(sample.model_copy(update={"spec": sample.spec}), settings).node_pools:
+        msg = container_v1.NodePool(**pool)  # proto-plus rejects unknown fields
+        assert msg.name == pool["name"]
+        assert msg.autoscaling.total_max_node_count >= msg.autoscaling.total_min_node_count
+
+
+def test_gpu_node_pool_facts(settings):
+    svc = parse(with_spec(sample_doc("gemma-b200.yaml"), nodePool={"managed": True}))
+    [pool] = render(svc, settings).node_pools
+    msg = container_v1.NodePool(**pool)
+    assert msg.config.machine_type == "a4-highgpu-8g"
+    [acc] = msg.config.accelerators
+    assert (acc.accelerator_type, acc.accelerator_count) == ("nvidia-b200", 8)
+    assert (
+        acc.gpu_driver_installation_config.gpu_driver_version
+        == container_v1.GPUDriverInstallationConfig.GPUDriverVersion.LATEST
+    )
+    assert [(t.key, t.effect) for t in msg.config.taints] == [
+        ("nvidia.com/gpu", container_v1.NodeTaint.Effect.NO_SCHEDULE)
+    ]
+    assert msg.config.labels["llmservice-dev-owner"] == "gemma"
+
+
+def test_prefix_aware_routing_and_lora(settings):
+    rs = render(parse(sample_doc("prefix-aware-lora.yaml")), settings).ray_service
+    [conf] = _llm_configs(rs)
+    assert conf["deployment_config"]["request_router_config"]["request_router_class"].endswith(
+        "PrefixCacheAffinityRouter"
+    )
+    assert conf["lora_config"]["dynamic_lora_loading_path"] == "gs://example-adapters/llama-3.1-8b"
+    env = {
+        e["name"]: e.get("value")
+        for e in rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] == "1"
+
+
+def test_builders_follow_the_serving_pattern(settings):
+    def app(doc):
+        return yaml.safe_load(render(parse(doc), settings).ray_service["spec"]["serveConfigV2"])["applications"][0]
+
+    assert app(sample_doc("gemma-b200.yaml"))["import_path"] == "ray.serve.llm:build_openai_app"
+    pd = app(sample_doc("prefill-decode.yaml"))
+    assert pd["import_path"] == "ray.serve.llm:build_pd_openai_app"
+    assert pd["args"]["decode_config"]["engine_kwargs"]["tensor_parallel_size"] == 4
+    assert pd["args"]["prefill_config"]["engine_kwargs"]["kv_transfer_config"]["kv_connector"] == "NixlConnector"
+    dp = app(with_spec(sample_doc("gemma-b200.yaml"), engine__dataParallelSize=4))
+    assert dp["import_path"] == "ray.serve.llm:build_dp_openai_app"
+    assert dp["args"]["llm_config"]["engine_kwargs"]["data_parallel_size"] == 4
+
+
+def test_model_sources(settings):
+    def loading(source):
+        doc = with_spec(sample_doc("gemma-b200.yaml"), model__source=source)
+        return _llm_configs(render(parse(doc), settings).ray_service)[0]["model_loading_config"]["model_source"]
+
+    assert loading("gs://bkt/gemma") == {"bucket_uri": "gs://bkt/gemma"}
+    assert loading("s3://bkt/gemma") == {"bucket_uri": "s3://bkt/gemma"}
+    assert loading("pvc://weights/gemma") == "/mnt/models/gemma"
+    assert loading("google/gemma-4-e2b-it") == "google/gemma-4-e2b-it"
