@@ -1,0 +1,137 @@
+"""The `llmservice` command: render, validate, crd (and, later, run and dev-cluster verbs)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from .api import InvalidLLMService, LLMService, parse
+from .api.crd import crd
+from .render import render
+from .settings import settings_from_env
+from .yamlio import dump, dump_all
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+
+
+def _error(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+
+
+class Output(StrEnum):
+    yaml = "yaml"
+    json = "json"
+
+
+class Fail(Exception):
+    """A user-facing failure: printed as one line, exit 1."""
+
+
+def _documents(path: Path) -> list[Any]:
+    try:
+        text = sys.stdin.read() if str(path) == "-" else path.read_text()
+    except OSError as e:
+        raise Fail(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise Fail(f"{path}: not valid YAML{where}: {problem}") from None
+    if not docs:
+        raise Fail(f"{path}: no YAML documents found")
+    return docs
+
+
+def _load(path: Path) -> tuple[list[LLMService], list[str]]:
+    services, problems = [], []
+    for i, doc in enumerate(_documents(path)):
+        label = f"{path}" + (f" (document {i + 1})" if i else "")
+        if isinstance(doc, dict) and doc.get("kind") not in (None, "LLMService"):
+            continue  # other objects in the same file (Secrets, Namespaces) are not ours
+        try:
+            services.append(parse(doc))
+        except InvalidLLMService as e:
+            problems += [f"{label}: {fe}" for fe in e.errors]
+    if not services and not problems:
+        problems.append(f"{path}: no LLMService found")
+    return services, problems
+
+
+def _dump(objs: list[dict[str, Any]], output: Output) -> str:
+    if output is Output.json:
+        return json.dumps(objs if len(objs) != 1 else objs[0], indent=2) + "\n"
+    return dump_all(objs)
+
+
+def _node_pool_doc(svc: LLMService, pool: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "container.googleapis.com/v1",
+        "kind": "NodePool",
+        "metadata": {
+            "name": pool["name"],
+            "annotations": {"llmservice.dev/note": "created through the GKE API by the operator, not kubectl"},
+        },
+        "spec": pool,
+    }
+
+
+@app.command("render")
+def render_cmd(
+    file: Annotated[Path, typer.Argument(help="LLMService manifest (- for stdin).")],
+    output: Annotated[Output, typer.Option("-o", "--output")] = Output.yaml,
+    kubernetes_only: Annotated[
+        bool, typer.Option("--kubernetes-only", help="Leave out GKE node pools (output is kubectl-appliable).")
+    ] = False,
+) -> None:
+    """Print what each LLMService becomes: RayService, edge config, PDB, monitoring, node pools."""
+    try:
+        services, problems = _load(file)
+    except Fail as e:
+        _error(str(e))
+        raise typer.Exit(1) from None
+    if problems:
+        for p in problems:
+            _error(p)
+        raise typer.Exit(1)
+    settings = settings_from_env()
+    objs: list[dict[str, Any]] = []
+    for svc in services:
+        out = render(svc, settings)
+        objs += out.kubernetes_objects()
+        if not kubernetes_only:
+            objs += [_node_pool_doc(svc, p) for p in out.node_pools]
+    sys.stdout.write(_dump(objs, output))
+
+
+@app.command()
+def validate(file: Annotated[Path, typer.Argument(help="LLMService manifest (- for stdin).")]) -> None:
+    """Check manifests offline with the same rules as the CRD; exit 1 listing every error."""
+    try:
+        services, problems = _load(file)
+    except Fail as e:
+        _error(str(e))
+        raise typer.Exit(1) from None
+    for p in problems:
+        _error(p)
+    if problems:
+        raise typer.Exit(1)
+    for svc in services:
+        typer.echo(f"{file}: {svc.metadata.namespace}/{svc.metadata.name} is valid")
+
+
+@app.command("crd")
+def crd_cmd() -> None:
+    """Print the LLMService CustomResourceDefinition generated from the API models."""
+    sys.stdout.write(dump(crd()))
+
+
+if __name__ == "__main__":
+    app()
