@@ -21,9 +21,6 @@ _HAPROXY_BALANCE = {
     "prefix-aware": "leastconn",
     "session-affinity": "hdr(x-session-id)",
 }
-# Workers get most of the node's CPU and memory; the rest is left for GKE system pods.
-_WORKER_CPU_PER_ACCEL = {"gpu": 8, "tpu": 24}
-_WORKER_MEM_PER_ACCEL_GI = {"gpu": 64, "tpu": 96}
 
 
 def ray_env(svc: LLMService) -> list[dict[str, Any]]:
@@ -111,8 +108,7 @@ def worker_group(svc: LLMService, settings: OperatorSettings, wb: WorkerBounds) 
     sh = wb.shape
     acc = sh.accelerator
     group = wb.role if wb.role in ("prefill", "decode") else acc.family
-    cpu = str(_WORKER_CPU_PER_ACCEL[acc.family] * sh.per_pod)
-    mem = f"{_WORKER_MEM_PER_ACCEL_GI[acc.family] * sh.per_pod}Gi"
+    cpu, mem = sh.pod_requests()
     container = {
         "name": RAY_CONTAINER,
         "resources": {

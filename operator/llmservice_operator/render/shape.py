@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..api.spec import LLMServiceSpec, ReplicaSpec
-from ..catalog import Accelerator, TpuSlice, get, tpu_slice
+from ..catalog import Accelerator, Machine, TpuSlice, get, tpu_slice
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,7 @@ class Shape:
     per_pod: int  # accelerators each Ray worker pod requests
     pods_per_replica: int
     machine_type: str
+    node: Machine  # catalog machine the pod's requests are sized from
     tpu: TpuSlice | None = None
 
     @property
@@ -28,8 +29,15 @@ class Shape:
 
     @property
     def pods_per_node(self) -> int:
-        node = self.accelerator.node_size_for(self.per_pod) if not self.tpu else self.per_pod
-        return max(1, node // self.per_pod)
+        return max(1, self.node.accelerators // self.per_pod)
+
+    def pod_requests(self) -> tuple[str, str]:
+        """CPU and memory for one worker pod: its share of the node, less a fifth kept for
+        GKE system pods and the edge sidecar."""
+        share = self.per_pod / self.node.accelerators
+        cpu = max(1, int(self.node.vcpus * share * 0.8))
+        mem = max(1, int(self.node.memory_gib * share * 0.8))
+        return str(cpu), f"{mem}Gi"
 
     def nodes(self, replicas: int) -> int:
         """Nodes needed for `replicas` model replicas (small replicas share a node)."""
@@ -42,14 +50,16 @@ def shape(spec: LLMServiceSpec, tensor_parallel_size: int | None = None) -> Shap
     if acc.is_tpu:
         assert spec.accelerator.topology, "validated: TPU needs topology"
         s = tpu_slice(acc, spec.accelerator.topology)
-        return Shape(acc, s.chips, s.chips_per_host, s.hosts, s.machine_type, s)
+        node = acc.machine(s.chips_per_host)
+        assert node
+        return Shape(acc, s.chips, s.chips_per_host, s.hosts, s.machine_type, node, s)
     tp = tensor_parallel_size or spec.engine.tensor_parallel_size
     per_replica = tp * spec.engine.pipeline_parallel_size
-    node = acc.node_size_for(per_replica)
-    per_pod = min(per_replica, node)
-    machine = spec.accelerator.machine_type or acc.machine_type(node)
-    assert machine, f"catalog: {acc.key} has no {node}-GPU machine"
-    return Shape(acc, per_replica, per_pod, -(-per_replica // node), machine)
+    node = acc.machine(acc.node_size_for(per_replica))
+    assert node, f"catalog: {acc.key} has no machine for {per_replica} GPUs"
+    per_pod = min(per_replica, node.accelerators)
+    machine = spec.accelerator.machine_type or node.name
+    return Shape(acc, per_replica, per_pod, -(-per_replica // node.accelerators), machine, node)
 
 
 def serve_bounds(spec: LLMServiceSpec) -> list[tuple[str, ReplicaSpec, int | None]]:
