@@ -76,4 +76,8 @@ def test_defaults_in_schema_match_models():
     assert schema["autoscaling"]["properties"]["targetOngoingRequests"]["default"] == 32
     assert schema["routing"]["properties"]["directStreaming"]["default"] is True
     assert schema["routing"]["default"] == {}
+    # Optional objects stay absent: a defaulted `prefillDecode: {}` would switch the pattern on.
+    for optional in ("prefillDecode", "faultTolerance"):
+        assert "default" not in schema[optional], optional
+    assert "default" not in schema["engine"]["properties"]["speculative"]
     assert svc.spec.routing.direct_streaming is True

@@ -18,7 +18,8 @@ from .status import LLMServiceStatus
 _DROP = {"title", "additionalProperties"}
 
 
-def _structural(node: Any, defs: dict[str, Any]) -> Any:
+def _structural(node: Any, defs: dict[str, Any], optional: bool = False) -> Any:
+    """`optional`: the field may be absent (Optional[...]), so it gets no `default: {}`."""
     if isinstance(node, list):
         return [_structural(n, defs) for n in node]
     if not isinstance(node, dict):
@@ -27,14 +28,14 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         target = dict(defs[node["$ref"].rsplit("/", 1)[-1]])
         # Field-level description/default win over the referenced model's docstring.
         target.update({k: v for k, v in node.items() if k != "$ref"})
-        return _structural(target, defs)
+        return _structural(target, defs, optional)
     if "anyOf" in node:  # Optional[X]: X, not required (absence means null)
         options = [o for o in node["anyOf"] if o.get("type") != "null"]
         if len(options) == 1:
             merged = {**options[0], **{k: v for k, v in node.items() if k != "anyOf"}}
             if merged.get("default", 0) is None:
                 del merged["default"]
-            return _structural(merged, defs)
+            return _structural(merged, defs, optional=True)
     out: dict[str, Any] = {}
     for key, value in node.items():
         if key in _DROP and not (key == "additionalProperties" and isinstance(value, dict)):
@@ -49,7 +50,7 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
             out[key] = {name: _structural(v, defs) for name, v in value.items()}
             continue
         out[key] = _structural(value, defs)
-    if out.get("type") == "object" and "properties" in out and not out.get("required"):
+    if out.get("type") == "object" and "properties" in out and not out.get("required") and not optional:
         # Defaults of nested objects apply only when the object exists: default it to {} when
         # every field has a default, so the API server fills the whole tree.
         out.setdefault("default", {})

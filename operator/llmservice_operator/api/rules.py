@@ -94,7 +94,7 @@ RULES: tuple[Rule, ...] = (
         "model.source",
         "must be a Hugging Face id (org/name), gs://bucket/path, s3://bucket/path or pvc://claim/path",
         lambda s: re.fullmatch(SOURCE_PATTERN, s.model.source) is None,
-        f"self.model.source.matches('{SOURCE_PATTERN}')",
+        f"self.model.source.matches(r'{SOURCE_PATTERN}')",  # raw string: CEL rejects the \\w escape
     ),
     Rule(
         "replicas.min",
