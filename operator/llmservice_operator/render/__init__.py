@@ -17,7 +17,7 @@ from . import edge, nodepools, policy, rayservice
 class Rendered:
     ray_service: dict[str, Any]
     edge_config: dict[str, Any] | None
-    pdb: dict[str, Any]
+    pdb: dict[str, Any] | None
     monitoring: dict[str, Any] | None
     node_pools: list[dict[str, Any]] = field(default_factory=list)
 

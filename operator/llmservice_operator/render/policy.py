@@ -7,6 +7,7 @@ from typing import Any
 from ..api.resource import LLMService
 from ..settings import OperatorSettings
 from . import names
+from .shape import worker_bounds
 
 
 def _meta(svc: LLMService, suffix: str = "") -> dict[str, Any]:
@@ -17,15 +18,20 @@ def _meta(svc: LLMService, suffix: str = "") -> dict[str, Any]:
     }
 
 
-def pod_disruption_budget(svc: LLMService) -> dict[str, Any]:
-    """Voluntary evictions (node upgrades, drains) take one worker pod at a time: a lost pod
-    is a lost model replica (or a whole TPU slice replica), which takes minutes to reload."""
+def pod_disruption_budget(svc: LLMService) -> dict[str, Any] | None:
+    """Voluntary evictions (node upgrades, drains) never take the workers below the pods that
+    `replicas.min` needs: a lost pod is a lost model replica, minutes to reload. An integer
+    minAvailable, because the pods' owner (a RayCluster) has no scale subresource, which
+    maxUnavailable and percentages need."""
+    floor = sum(wb.min_pods for wb in worker_bounds(svc.spec))
+    if floor == 0:
+        return None
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": _meta(svc, "workers"),
         "spec": {
-            "maxUnavailable": 1,
+            "minAvailable": floor,
             "selector": {"matchLabels": {"llmservice.dev/name": svc.metadata.name, "ray.io/node-type": "worker"}},
         },
     }

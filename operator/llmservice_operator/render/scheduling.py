@@ -10,6 +10,7 @@ from .shape import Shape
 
 GROUP_LABEL = "ray.io/group"
 REPLICA_LABEL = "ray.io/worker-group-replica-name"  # KubeRay sets it on multi-host pods
+HOSTNAME = "kubernetes.io/hostname"
 
 
 def node_selector(spec: LLMServiceSpec, sh: Shape) -> dict[str, str]:
@@ -79,6 +80,16 @@ def affinity(spec: LLMServiceSpec, sh: Shape, svc_name: str, group: str) -> dict
             {
                 "weight": 100,
                 "podAffinityTerm": {"labelSelector": _group_selector(svc_name, group), "topologyKey": level},
+            }
+        ]
+    elif sh.pods_per_node > 1:
+        # Small replicas (e.g. 1 GPU on an 8-GPU node) pack onto nodes the group already uses:
+        # the default scheduler spreads them, leaving no node free for a whole-node replica and
+        # keeping more nodes up than the cluster autoscaler could otherwise remove.
+        pod_affinity["preferredDuringSchedulingIgnoredDuringExecution"] = [
+            {
+                "weight": 50,
+                "podAffinityTerm": {"labelSelector": _group_selector(svc_name, group), "topologyKey": HOSTNAME},
             }
         ]
     if pod_affinity:
