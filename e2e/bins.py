@@ -25,6 +25,10 @@ from pathlib import Path
 
 VERSIONS_FILE = Path(__file__).with_name("versions.toml")
 STAMP = ".complete"
+# Bump a component's recipe when what is built or copied for it changes (same version).
+RECIPES = {"kwok": 2}
+# kwok's own stage definitions: nodes become Ready and heartbeat, pods go Running at once.
+KWOK_STAGES = ("node/fast", "node/heartbeat", "pod/fast")
 
 
 def cache_root() -> Path:
@@ -43,8 +47,13 @@ class Component:
         return cache_root() / "bin" / self.name / self.version
 
     @property
+    def stamp(self) -> str:
+        return f"{self.module}@{self.version} recipe {RECIPES.get(self.name, 1)}\n"
+
+    @property
     def ready(self) -> bool:
-        return (self.bin_dir / STAMP).exists()
+        stamp = self.bin_dir / STAMP
+        return stamp.exists() and stamp.read_text() == self.stamp
 
 
 def load_versions(path: Path = VERSIONS_FILE) -> dict[str, Component]:
@@ -122,6 +131,13 @@ def build_etcd(c: Component, work: Path, out: Path) -> None:
 
 def build_kwok(c: Component, work: Path, out: Path) -> None:
     _build_main(c, f"{c.module}/cmd/kwok", work, out / "kwok")
+    src = _module_dir(c.module, c.version, work) / "kustomize" / "stage"
+    stages = out / "stages"
+    stages.mkdir()
+    for stage in KWOK_STAGES:
+        for f in sorted((src / stage).glob("*.yaml")):
+            if f.name != "kustomization.yaml":
+                shutil.copyfile(f, stages / f"{stage.replace('/', '-')}-{f.name}")
 
 
 def build_helm(c: Component, work: Path, out: Path) -> None:
@@ -159,7 +175,7 @@ def ensure(names: list[str] | None = None) -> dict[str, float]:
             out.mkdir(parents=True)
             work = cache_root() / "src" / f"{c.name}-{c.version}"
             BUILDERS[name](c, work, out)
-            (out / STAMP).write_text(f"{c.module}@{c.version}\n")
+            (out / STAMP).write_text(c.stamp)
         timings[name] = time.monotonic() - start
         print(f"{name:<11} {c.version:<9} {timings[name]:7.1f}s  {c.bin_dir}", flush=True)
     return timings
