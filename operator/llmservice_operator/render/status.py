@@ -1,0 +1,172 @@
+"""LLMService status from what the cluster reports: pure, so every transition is unit-tested.
+
+Inputs are the LLMService, the live RayService (or None), problems found before applying
+(missing Secrets, render errors), and the previous conditions (to keep lastTransitionTime).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..api.resource import LLMService
+from ..settings import OperatorSettings
+from . import names
+from .serve_config import SERVE_PORT
+from .shape import worker_bounds
+
+HEALTHY_APPS = {"RUNNING"}
+FAILED_APPS = {"DEPLOY_FAILED", "UNHEALTHY"}
+
+
+@dataclass(frozen=True)
+class Observed:
+    generation: int
+    ray_service: dict[str, Any] | None
+    problems: list[str]
+
+
+def _cond(ctype: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
+    return {"type": ctype, "status": "True" if ok else "False", "reason": reason, "message": message}
+
+
+def _ray_condition(rs: dict[str, Any], ctype: str) -> dict[str, Any] | None:
+    return next((c for c in rs.get("status", {}).get("conditions", []) if c.get("type") == ctype), None)
+
+
+def _apps(rs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return rs.get("status", {}).get("activeServiceStatus", {}).get("applicationStatuses") or {}
+
+
+def endpoint(svc: LLMService, settings: OperatorSettings) -> str:
+    scheme = "https" if svc.spec.ingress.tls_secret else "http"
+    return f"{scheme}://{svc.metadata.name}.{svc.metadata.namespace}.svc:{SERVE_PORT}/v1"
+
+
+def replicas(svc: LLMService, rs: dict[str, Any] | None) -> dict[str, int]:
+    """Model replicas from the active cluster's worker pods (pods per replica > 1 for
+    multi-host TPU slices and multi-node GPU replicas)."""
+    cluster = (rs or {}).get("status", {}).get("activeServiceStatus", {}).get("rayClusterStatus") or {}
+    groups = worker_bounds(svc.spec)
+    per = groups[0].shape.pods_per_replica if len(groups) == 1 else 1
+    return {
+        "ready": int(cluster.get("readyWorkerReplicas", 0)) // per,
+        "desired": int(cluster.get("desiredWorkerReplicas", 0)) // per,
+    }
+
+
+def conditions(svc: LLMService, obs: Observed) -> tuple[str, list[dict[str, Any]]]:
+    """(phase, [Ready, Progressing, Degraded])."""
+    rs = obs.ray_service
+    spec_seen = rs is not None and rs.get("status", {}).get("observedGeneration") == rs["metadata"].get("generation")
+    if obs.problems:
+        message = "; ".join(obs.problems)
+        live = "the running RayService was left unchanged" if rs else "nothing was deployed"
+        ready = _ray_condition(rs, "Ready") if rs else None
+        serving = bool(ready and ready.get("status") == "True")
+        return "Degraded", [
+            _cond("Ready", serving, "ServingPreviousSpec" if serving else "NotDeployed", live),
+            _cond("Progressing", False, "Blocked", message),
+            _cond("Degraded", True, "InvalidReference", message),
+        ]
+    if svc.spec.suspend:
+        return "Suspended", [
+            _cond("Ready", False, "Suspended", "spec.suspend is true: the Ray cluster is deleted"),
+            _cond("Progressing", False, "Suspended", ""),
+            _cond("Degraded", False, "Suspended", ""),
+        ]
+    if rs is None:
+        return "Pending", [
+            _cond("Ready", False, "Creating", "creating the RayService"),
+            _cond("Progressing", True, "Creating", "creating the RayService"),
+            _cond("Degraded", False, "AsExpected", ""),
+        ]
+    ready = _ray_condition(rs, "Ready") or {}
+    upgrading = _ray_condition(rs, "UpgradeInProgress") or {}
+    apps = _apps(rs)
+    failed = {n: a for n, a in apps.items() if a.get("status") in FAILED_APPS}
+    serving = (
+        ready.get("status") == "True" and bool(apps) and all(a.get("status") in HEALTHY_APPS for a in apps.values())
+    )
+    if failed:
+        detail = "; ".join(f"{n}: {a.get('status')}: {a.get('message', '')}".rstrip(": ") for n, a in failed.items())
+        degraded = _cond("Degraded", True, "ServeApplicationFailed", detail)
+    else:
+        degraded = _cond("Degraded", False, "AsExpected", "")
+    if upgrading.get("status") == "True":
+        progressing = _cond("Progressing", True, "Upgrading", upgrading.get("message", "new Ray cluster starting"))
+    elif not spec_seen:
+        progressing = _cond("Progressing", True, "Reconciling", "KubeRay has not yet observed the latest spec")
+    elif not serving:
+        progressing = _cond("Progressing", True, "Deploying", ready.get("message") or "waiting for serve endpoints")
+    else:
+        progressing = _cond("Progressing", False, "Reconciled", "")
+    if serving:
+        n = rs.get("status", {}).get("numServeEndpoints", 0)
+        ready_c = _cond("Ready", True, "ServingTraffic", f"{n} serve endpoint(s)")
+    else:
+        ready_c = _cond("Ready", False, ready.get("reason") or "Deploying", ready.get("message", ""))
+    phase = "Ready" if serving else ("Degraded" if failed else "Provisioning")
+    return phase, [ready_c, progressing, degraded]
+
+
+def _keep_transition_times(new: list[dict[str, Any]], old: list[dict[str, Any]], now: str) -> list[dict[str, Any]]:
+    previous = {c.get("type"): c for c in old}
+    out = []
+    for c in new:
+        before = previous.get(c["type"])
+        same = before is not None and before.get("status") == c["status"]
+        out.append({**c, "lastTransitionTime": before.get("lastTransitionTime", now) if same else now})
+    return out
+
+
+def status(
+    svc: LLMService, obs: Observed, settings: OperatorSettings, previous: dict[str, Any], now: str
+) -> dict[str, Any]:
+    phase, conds = conditions(svc, obs)
+    conds = [{**c, "observedGeneration": obs.generation} for c in conds]
+    rs = obs.ray_service
+    rs_status = (rs or {}).get("status") or {}
+    # The active cluster serves; before the first one is ready, KubeRay reports it as pending.
+    cluster = (rs_status.get("activeServiceStatus") or {}).get("rayClusterName") or (
+        rs_status.get("pendingServiceStatus") or {}
+    ).get("rayClusterName")
+    return {
+        "observedGeneration": obs.generation,
+        "phase": phase,
+        "conditions": _keep_transition_times(conds, previous.get("conditions", []), now),
+        "endpoint": endpoint(svc, settings) if phase == "Ready" else previous.get("endpoint"),
+        "replicas": replicas(svc, rs),
+        "children": {
+            k: v
+            for k, v in {
+                "rayService": svc.metadata.name if rs else None,
+                "rayCluster": cluster,
+                "serveService": svc.metadata.name if rs else None,
+                "edgeConfig": names.child(svc.metadata.name, "edge") if svc.spec.ingress.sidecar else None,
+            }.items()
+            if v
+        },
+    }
+
+
+def invalid(problems: list[str], generation: int, previous: dict[str, Any], now: str) -> dict[str, Any]:
+    """Status of a manifest the renderer rejects (a rule CEL cannot express)."""
+    message = "; ".join(problems)
+    conds = [
+        _cond("Ready", False, "InvalidSpec", "nothing was applied"),
+        _cond("Progressing", False, "Blocked", message),
+        _cond("Degraded", True, "InvalidSpec", message),
+    ]
+    conds = [{**c, "observedGeneration": generation} for c in conds]
+    return {
+        "observedGeneration": generation,
+        "phase": "Degraded",
+        "conditions": _keep_transition_times(conds, previous.get("conditions", []), now),
+    }
+
+
+def without_times(status: dict[str, Any]) -> dict[str, Any]:
+    """For "did anything change?": transition times alone never justify a write."""
+    conds = [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in status.get("conditions") or []]
+    return {**status, "conditions": conds}
