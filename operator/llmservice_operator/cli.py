@@ -127,6 +127,38 @@ def validate(file: Annotated[Path, typer.Argument(help="LLMService manifest (- f
         typer.echo(f"{file}: {svc.metadata.namespace}/{svc.metadata.name} is valid")
 
 
+@app.command()
+def run(
+    namespace: Annotated[
+        list[str] | None, typer.Option("--namespace", "-n", help="Watch this namespace (repeat); default: all.")
+    ] = None,
+    peering: Annotated[
+        str | None, typer.Option(help="kopf peering name: replicas elect one active operator (needs the peering CRDs).")
+    ] = None,
+    health_address: Annotated[
+        str, typer.Option(help="Liveness/readiness endpoint host:port (/healthz).")
+    ] = "0.0.0.0:8080",
+    metrics_address: Annotated[str, typer.Option(help="Prometheus metrics host:port (/metrics).")] = "0.0.0.0:9090",
+    log_format: Annotated[str, typer.Option(help="json or text.")] = "json",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the operator: reconcile LLMServices into RayServices and report their status."""
+    from .controller.run import run as run_operator
+
+    if log_format not in ("json", "text"):
+        _error("--log-format must be json or text")
+        raise typer.Exit(2)
+    run_operator(
+        settings_from_env(),
+        namespaces=namespace or [],
+        peering=peering,
+        health_address=health_address,
+        metrics_address=metrics_address,
+        json_logs=log_format == "json",
+        verbose=verbose,
+    )
+
+
 @app.command("crd")
 def crd_cmd() -> None:
     """Print the LLMService CustomResourceDefinition generated from the API models."""

@@ -33,6 +33,9 @@ class OperatorSettings(BaseModel):
         "gmp", description="gmp: GKE Managed Prometheus PodMonitoring; prometheus-operator: PodMonitor."
     )
     gke: GKECluster | None = Field(None, description="GKE cluster for managed node pools.")
+    retry_delay_seconds: float = Field(
+        30, gt=0, description="Retry delay while a service waits for a missing Secret or PVC."
+    )
 
 
 class _EnvSettings(OperatorSettings, BaseSettings):

@@ -1,0 +1,104 @@
+"""The few API calls the controller makes, over the official kubernetes client."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import threading
+from functools import cached_property
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
+
+from .. import FIELD_MANAGER, GROUP, KIND, VERSION
+
+USER_AGENT = "llmservice-operator"
+
+
+class Kube:
+    """Thread-safe enough for kopf's sync handlers: the dynamic client caches discovery."""
+
+    def __init__(self, api_client: client.ApiClient | None = None):
+        if api_client is None:
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            api_client = client.ApiClient()
+        api_client.user_agent = USER_AGENT
+        self.api = api_client
+        self._lock = threading.Lock()
+
+    @cached_property
+    def dynamic(self) -> DynamicClient:
+        with self._lock:
+            return DynamicClient(self.api)
+
+    def _resource(self, api_version: str, kind: str) -> Any:
+        return self.dynamic.resources.get(api_version=api_version, kind=kind)
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._resource(api_version, kind).get(name=name, namespace=namespace).to_dict()
+        except NotFoundError:
+            return None
+
+    def get_llmservice(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.get(f"{GROUP}/{VERSION}", KIND, namespace, name)
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply as our field manager; force: the operator owns these fields."""
+        res = self._resource(obj["apiVersion"], obj["kind"])
+        return res.server_side_apply(
+            body=obj,
+            name=obj["metadata"]["name"],
+            namespace=obj["metadata"].get("namespace"),
+            field_manager=FIELD_MANAGER,
+            force_conflicts=True,
+        ).to_dict()
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        with contextlib.suppress(NotFoundError):
+            self._resource(api_version, kind).delete(name=name, namespace=namespace)
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        res = self._resource(f"{GROUP}/{VERSION}", KIND)
+        res.status.patch(
+            body={"status": status},
+            name=name,
+            namespace=namespace,
+            content_type="application/merge-patch+json",
+        )
+
+    def kind_served(self, api_version: str, kind: str) -> bool:
+        try:
+            self._resource(api_version, kind)
+        except ResourceNotFoundError:
+            return False
+        return True
+
+    def event(self, owner: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        meta = owner["metadata"]
+        now = dt.datetime.now(dt.UTC)
+        body = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
+            involved_object=client.V1ObjectReference(
+                api_version=owner["apiVersion"],
+                kind=owner["kind"],
+                name=meta["name"],
+                namespace=meta["namespace"],
+                uid=meta["uid"],
+                resource_version=meta.get("resourceVersion"),
+            ),
+            type=type_,
+            reason=reason,
+            message=message[:1024],
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+            source=client.V1EventSource(component=FIELD_MANAGER),
+            reporting_component=FIELD_MANAGER,
+        )
+        client.CoreV1Api(self.api).create_namespaced_event(meta["namespace"], body)

@@ -1,0 +1,162 @@
+"""One level-triggered reconcile of an LLMService: read, decide (render/), write only what differs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..api import InvalidLLMService, LLMService, parse
+from ..render import render
+from ..render import status as status_mod
+from ..settings import OperatorSettings
+from . import metrics, preflight
+from .drift import merge_patch, up_to_date
+from .kube import Kube
+
+log = logging.getLogger(__name__)
+
+# Children that may come and go with the spec (sidecar off, min 0, monitoring off).
+OPTIONAL_CHILDREN = (
+    ("v1", "ConfigMap", "-edge"),
+    ("policy/v1", "PodDisruptionBudget", "-workers"),
+)
+
+
+@dataclass
+class Outcome:
+    phase: str | None = None
+    applied: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    status_written: bool = False
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _owner_ref(body: dict[str, Any]) -> dict[str, Any]:
+    meta = body["metadata"]
+    return {
+        "apiVersion": body["apiVersion"],
+        "kind": body["kind"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+class Reconciler:
+    def __init__(self, kube: Kube, settings: OperatorSettings):
+        self.kube = kube
+        self.settings = settings
+        self._locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+        self._unserved: set[str] = set()
+
+    def _get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.kube.get("v1", kind, namespace, name)
+
+    def reconcile(self, namespace: str, name: str) -> Outcome | None:
+        """Serialised per object: kopf's change handlers and child events may both call it."""
+        with self._locks[(namespace, name)], metrics.DURATION.time():
+            try:
+                outcome = self._reconcile(namespace, name)
+            except Exception as e:
+                metrics.ERRORS.labels(type(e).__name__).inc()
+                raise
+            metrics.RECONCILES.labels("applied" if outcome and outcome.applied else "unchanged").inc()
+            return outcome
+
+    def _reconcile(self, namespace: str, name: str) -> Outcome | None:
+        body = self.kube.get_llmservice(namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            metrics.set_phase(namespace, name, None)
+            return None  # children go with it through their ownerReferences
+        out = Outcome()
+        svc: LLMService | None = None
+        try:
+            svc = parse(body)
+        except InvalidLLMService as e:  # rules CEL cannot express (engine.extraArgs)
+            out.problems = [str(x) for x in e.errors]
+        if svc is not None:
+            out.problems += preflight.problems(svc, lambda k, ns, n: self._get(k, ns, n))
+        ray_service = self.kube.get("ray.io/v1", "RayService", namespace, name)
+        if svc is not None and not out.problems:
+            ray_service = self._apply_children(body, svc, ray_service, out)
+        self._write_status(body, svc, ray_service, out)
+        metrics.set_phase(namespace, name, out.phase)
+        return out
+
+    def _apply_children(
+        self, body: dict[str, Any], svc: LLMService, ray_service: dict[str, Any] | None, out: Outcome
+    ) -> dict[str, Any] | None:
+        rendered = render(svc, self.settings)
+        desired = rendered.kubernetes_objects()
+        owner = _owner_ref(body)
+        for obj in desired:
+            if not self._served(obj):
+                continue
+            obj["metadata"]["ownerReferences"] = [owner]
+            is_rs = obj["kind"] == "RayService"
+            live = (
+                ray_service
+                if is_rs
+                else self.kube.get(obj["apiVersion"], obj["kind"], svc.metadata.namespace, obj["metadata"]["name"])
+            )
+            if up_to_date(live, obj):
+                continue
+            live = self.kube.apply(obj)
+            metrics.WRITES.labels(obj["kind"]).inc()
+            out.applied.append(f"{obj['kind']}/{obj['metadata']['name']}")
+            if is_rs:
+                ray_service = live
+        self._prune(svc, {(o["kind"], o["metadata"]["name"]) for o in desired}, out)
+        return ray_service
+
+    def _served(self, obj: dict[str, Any]) -> bool:
+        """Monitoring CRDs may be absent (no Prometheus operator / GMP): skip, say so once."""
+        key = f"{obj['apiVersion']}/{obj['kind']}"
+        if key in self._unserved:
+            return False
+        if obj["kind"] in ("PodMonitoring", "PodMonitor") and not self.kube.kind_served(obj["apiVersion"], obj["kind"]):
+            log.warning("%s is not served by this cluster: metrics scraping objects are skipped", key)
+            self._unserved.add(key)
+            return False
+        return True
+
+    def _prune(self, svc: LLMService, wanted: set[tuple[str, str]], out: Outcome) -> None:
+        for api_version, kind, suffix in OPTIONAL_CHILDREN:
+            child = f"{svc.metadata.name}{suffix}"
+            if (kind, child) in wanted:
+                continue
+            live = self.kube.get(api_version, kind, svc.metadata.namespace, child)
+            owners = (live or {}).get("metadata", {}).get("ownerReferences") or []
+            if live and any(o.get("kind") == "LLMService" and o.get("name") == svc.metadata.name for o in owners):
+                self.kube.delete(api_version, kind, svc.metadata.namespace, child)
+                out.applied.append(f"-{kind}/{child}")
+
+    def _write_status(
+        self, body: dict[str, Any], svc: LLMService | None, ray_service: dict[str, Any] | None, out: Outcome
+    ) -> None:
+        previous = body.get("status") or {}
+        generation = body["metadata"].get("generation", 0)
+        if svc is None:
+            new = status_mod.invalid(out.problems, generation, previous, _now())
+        else:
+            obs = status_mod.Observed(generation, ray_service, out.problems)
+            new = status_mod.status(svc, obs, self.settings, previous, _now())
+        out.phase = new["phase"]
+        if status_mod.without_times(new) == status_mod.without_times({k: previous.get(k) for k in new}):
+            return
+        self.kube.patch_status(body["metadata"]["namespace"], body["metadata"]["name"], merge_patch(previous, new))
+        out.status_written = True
+        if new["phase"] != previous.get("phase"):
+            # The condition that explains the new phase becomes the Event.
+            explains = {"Ready": "Ready", "Degraded": "Degraded"}.get(new["phase"], "Progressing")
+            cond = next(c for c in new["conditions"] if c["type"] == explains)
+            message = cond["message"] or f"phase {previous.get('phase') or '-'} -> {new['phase']}"
+            self.kube.event(body, "Warning" if new["phase"] == "Degraded" else "Normal", cond["reason"], message)

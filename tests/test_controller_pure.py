@@ -1,0 +1,48 @@
+"""The controller's pure helpers: when to write, and what references must exist."""
+
+from __future__ import annotations
+
+from llmservice_operator.api import parse
+from llmservice_operator.controller.drift import contains, merge_patch, up_to_date
+from llmservice_operator.controller.preflight import problems
+
+from .conftest import sample_doc, with_spec
+
+
+def test_contains_ignores_server_added_fields():
+    desired = {"spec": {"a": 1, "l": [{"x": 1}]}}
+    live = {"spec": {"a": 1, "b": 2, "l": [{"x": 1, "default": True}]}, "status": {}}
+    assert contains(live, desired)
+    assert not contains({"spec": {"a": 2, "l": [{"x": 1}]}}, desired)
+    assert not contains({"spec": {"a": 1, "l": [{"x": 1}, {"x": 2}]}}, desired)
+    assert not contains({"spec": {"l": [{"x": 1}]}}, desired)
+
+
+def test_up_to_date_needs_a_live_object():
+    obj = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"k": "v"}}
+    assert not up_to_date(None, obj)
+    assert up_to_date({"metadata": {"name": "a", "uid": "u"}, "data": {"k": "v"}}, obj)
+    assert not up_to_date({"metadata": {"name": "a"}, "data": {"k": "edited"}}, obj)
+
+
+def test_merge_patch_nulls_what_went_away():
+    prev = {"phase": "Ready", "children": {"rayCluster": "a", "edgeConfig": "e"}, "endpoint": "x"}
+    new = {"phase": "Degraded", "children": {"rayCluster": "a"}}
+    assert merge_patch(prev, new) == {
+        "phase": "Degraded",
+        "children": {"rayCluster": "a", "edgeConfig": None},
+        "endpoint": None,
+    }
+
+
+def test_preflight_names_missing_secrets_and_keys():
+    svc = parse(with_spec(sample_doc("prefix-aware-lora.yaml"), model__source="pvc://weights/llama"))
+    objects = {("Secret", "default", "hf-token"): {"data": {"other": "x"}}}
+    found = problems(svc, lambda kind, ns, name: objects.get((kind, ns, name)))
+    assert "spec.model.hfTokenSecret: Secret default/hf-token has no key token: add it" in found
+    assert "spec.ingress.apiKeysSecret: Secret default/llm-keys not found: create it" in found
+    assert "spec.model.source: PersistentVolumeClaim default/weights not found: create it" in found
+    objects[("Secret", "default", "hf-token")] = {"data": {"token": "x"}}
+    objects[("Secret", "default", "llm-keys")] = {"data": {"api-keys.map": "x"}}
+    objects[("PersistentVolumeClaim", "default", "weights")] = {}
+    assert problems(svc, lambda kind, ns, name: objects.get((kind, ns, name))) == []
