@@ -106,6 +106,9 @@ class Cluster:
 
     node_file: Path = nodes.DEFAULT_NODES
     with_kuberay: bool = True
+    # Namespaces the KubeRay operator watches. Elsewhere RayServices are left alone, so tests
+    # can play KubeRay by writing RayService status themselves.
+    kuberay_namespaces: tuple[str, ...] = ("default", "kuberay")
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="llmservice-e2e-")))
     processes: list[Process] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
@@ -216,8 +219,15 @@ class Cluster:
 
     # -- components ------------------------------------------------------------------------
 
+    def kubeconfig_for(self, user: str, groups: tuple[str, ...] = ()) -> Path:
+        """A kubeconfig with its own client certificate: the audit log tells its requests apart."""
+        crt, key = self.pki.issue(f"user-{user}", user, org=",".join(groups) or None)
+        path = self.workdir / f"kubeconfig-{user}"
+        self._write_kubeconfig(path, crt, key)
+        return path
+
     def _pki(self) -> None:
-        pki = PKI(self.workdir / "pki")
+        self.pki = pki = PKI(self.workdir / "pki")
         self.ca = pki.ca
         self.serving = pki.issue("apiserver", "kube-apiserver", server=True)
         self.admin = pki.issue("admin", "llmservice-e2e-admin", org="system:masters")
@@ -289,8 +299,9 @@ class Cluster:
         path.write_text(yaml.safe_dump(policy))
         return path
 
-    def _write_kubeconfig(self) -> None:
-        crt, key = self.admin
+    def _write_kubeconfig(self, path: Path | None = None, crt: Path | None = None, key: Path | None = None) -> None:
+        if crt is None or key is None:
+            crt, key = self.admin
         config = {
             "apiVersion": "v1",
             "kind": "Config",
@@ -299,7 +310,7 @@ class Cluster:
             "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "admin"}}],
             "current-context": "e2e",
         }
-        self.kubeconfig.write_text(yaml.safe_dump(config))
+        (path or self.kubeconfig).write_text(yaml.safe_dump(config))
 
     def _apiserver_ready(self) -> bool:
         ctx = ssl.create_default_context(cafile=str(self.ca))
@@ -368,6 +379,15 @@ class Cluster:
         expected = len(self.node_objects)
         self._wait(f"{expected} Ready nodes", lambda: self.ready_nodes() == expected)
 
+    def audit_writes(self, user: str) -> list[dict[str, Any]]:
+        """Write requests (create/update/patch/delete) `user` made, from the audit log."""
+        out = []
+        for line in (self.workdir / "audit.log").read_text().splitlines():
+            ev = json.loads(line)
+            if ev.get("user", {}).get("username") == user and ev.get("stage") == "ResponseComplete":
+                out.append(ev)
+        return out
+
     def ready_nodes(self) -> int:
         """Ready and schedulable: the not-ready taint admission adds is gone."""
         return sum(
@@ -393,6 +413,7 @@ class Cluster:
                 f"-health-probe-bind-address={HOST}:{self.ports['kuberay-health']}",
                 "-enable-leader-election=false",
                 "-log-stdout-encoder=console",
+                f"-watch-namespace={','.join(self.kuberay_namespaces)}",
             ],
             env=env,
         )

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from e2e.cluster import Cluster
+from e2e.cluster import HOST, Cluster, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +29,81 @@ def namespace(cluster: Cluster) -> Iterator[str]:
     cluster.kubectl("create", "namespace", name)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def kuberay_namespace(cluster: Cluster) -> Iterator[str]:
+    """The namespace the real KubeRay operator watches; emptied after each test so the next
+    one finds the simulated nodes free."""
+    name = "kuberay"
+    if cluster.kubectl("get", "namespace", name, check=False).returncode != 0:
+        cluster.kubectl("create", "namespace", name)
+    yield name
+    for kind in ("llmservices.llmservice.dev", "rayservices.ray.io"):
+        cluster.kubectl("delete", kind, "--all", "-n", name, "--ignore-not-found", "--wait=false", check=False)
+    cluster.wait_for(
+        "the kuberay namespace to empty",
+        lambda: (
+            not cluster.get_json("pods", "-n", name)["items"]
+            and not cluster.get_json("rayclusters", "-n", name)["items"]
+        ),
+        timeout=90,
+    )
+
+
+class Operator:
+    """`llmservice run` as a process, with its own client certificate (user llmservice-operator)."""
+
+    USER = "llmservice-operator"
+
+    def __init__(self, cluster: Cluster):
+        self.cluster = cluster
+        self.health_port, self.metrics_port = free_port(), free_port()
+        self.log = cluster.workdir / "operator.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.cluster.kubeconfig_for(self.USER, ("system:masters",))),
+            "LLMSERVICE_RETRY_DELAY_SECONDS": "2",
+        }
+        cli = str(Path(sys.executable).with_name("llmservice"))
+        args = [cli, "run", "--log-format", "text", "--health-address", f"{HOST}:{self.health_port}",
+                "--metrics-address", f"{HOST}:{self.metrics_port}"]  # fmt: skip
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.cluster.wait_for("the operator's /healthz", self.healthy, timeout=60)
+
+    def healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"operator exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+        return Cluster._http_ok(self.health_port, "/healthz")
+
+    def metric(self, name: str, **labels: str) -> float:
+        text = urllib.request.urlopen(f"http://{HOST}:{self.metrics_port}/metrics", timeout=5).read().decode()
+        want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        for line in text.splitlines():
+            if line.startswith(f"{name}{{{want}}} ") or (not want and line.startswith(f"{name} ")):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: Cluster) -> Iterator[Operator]:
+    cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / "llmservice.dev_llmservices.yaml"))
+    cluster.wait_established(["llmservices.llmservice.dev"])
+    op = Operator(cluster)
+    op.start()
+    yield op
+    op.stop()

@@ -79,7 +79,8 @@ def test_our_crd_is_accepted_and_enforces_rules(cluster: Cluster, namespace: str
     assert "spot-with-fallback" in explain
 
 
-def test_b200_rayservice_becomes_raycluster_on_b200_nodes(cluster: Cluster, namespace: str):
+def test_b200_rayservice_becomes_raycluster_on_b200_nodes(cluster: Cluster, kuberay_namespace: str):
+    namespace = kuberay_namespace
     rs = _apply_rendered(cluster, sample_doc("gemma-b200.yaml"), namespace)
     cluster.wait_for(
         "KubeRay to create the RayCluster",
@@ -99,7 +100,8 @@ def test_b200_rayservice_becomes_raycluster_on_b200_nodes(cluster: Cluster, name
     assert group["replicas"] == 8
 
 
-def test_multi_host_tpu_replicas_stay_inside_one_slice(cluster: Cluster, namespace: str):
+def test_multi_host_tpu_replicas_stay_inside_one_slice(cluster: Cluster, kuberay_namespace: str):
+    namespace = kuberay_namespace
     doc = with_spec(sample_doc("tpu-v6e-4x4-multihost.yaml"), replicas={"min": 2, "max": 2})
     _apply_rendered(cluster, doc, namespace)
     workers = _running(cluster, namespace, "ray.io/node-type=worker", 8)
