@@ -1,14 +1,17 @@
 """`make demo`: the product's main job on the embedded default.
 
 Starts (or reuses) the local control plane with simulated GKE nodes and the real KubeRay
-operator, installs the LLMService CRD, applies every sample LLMService, renders each into its
-children and applies them, then shows where KubeRay's pods were placed.
+operator, installs the LLMService CRD, starts the operator (`llmservice run`), applies every
+sample LLMService, and shows what the operator made of them and where KubeRay's pods landed.
 """
 
 from __future__ import annotations
 
+import base64
 import collections
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,7 +26,7 @@ from llmservice_operator.settings import OperatorSettings
 from . import cluster as cl
 
 ROOT = Path(__file__).resolve().parents[1]
-console = Console()
+console = Console(soft_wrap=True)
 
 
 class Running(cl.Cluster):
@@ -48,21 +51,44 @@ def _cluster() -> cl.Cluster:
     return c
 
 
+def _start_operator(c: cl.Cluster) -> None:
+    """`llmservice run` in the background, stopped by `make cluster-down` with the rest."""
+    state = json.loads(cl.STATE_FILE.read_text())
+    if state.get("operator_pid"):
+        return
+    log = c.workdir / "operator.log"
+    env = {"KUBECONFIG": str(c.kubeconfig_for("llmservice-operator", ("system:masters",))), "PATH": ""}
+    cli = str(Path(sys.executable).with_name("llmservice"))
+    args = [cli, "run", "--log-format", "text", "--health-address", f"{cl.HOST}:{cl.free_port()}",
+            "--metrics-address", f"{cl.HOST}:{cl.free_port()}"]  # fmt: skip
+    with log.open("ab") as out:
+        proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    state["operator_pid"] = proc.pid
+    state["pids"].append(proc.pid)
+    cl.STATE_FILE.write_text(json.dumps(state, indent=2))
+    console.print(f"operator started (pid {proc.pid}, log {log})")
+
+
+def _secret(name: str, key: str, value: str) -> dict:
+    data = {key: base64.b64encode(value.encode()).decode()}
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "default"}, "data": data}
+
+
 def main() -> None:
     c = _cluster()
     c.kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / "llmservice.dev_llmservices.yaml"))
     c.wait_established(["llmservices.llmservice.dev"])
-    # No Prometheus operator or GMP here: leave monitoring objects out of the demo.
-    settings = OperatorSettings(monitoring="none")
+    _start_operator(c)
+    # Secrets the samples reference (placeholders: nothing downloads a model here).
+    c.apply([_secret("hf-token", "token", "hf_demo"), _secret("llm-keys", "api-keys.map", "sk-demo demo-team\n")])
+    settings = OperatorSettings()
     expected = 0
     for path in sorted((ROOT / "manifests" / "samples").glob("*.yaml")):
         doc = yaml.safe_load(path.read_text())
         c.apply([doc])  # the API server validates it against the CRD's schema and CEL rules
-        out = render(parse(doc), settings)
-        c.apply(out.kubernetes_objects())
-        group = out.ray_service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+        group = render(parse(doc), settings).ray_service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
         expected += 1 + sum(g["replicas"] * g["numOfHosts"] for g in group)
-        console.print(f"applied {path.name}: {doc['metadata']['name']}")
+        console.print(f"applied {path.name}: LLMService {doc['metadata']['name']}")
 
     def pods() -> list[dict]:
         return c.get_json("pods", "-l", "llmservice.dev/name")["items"]
@@ -93,8 +119,12 @@ def _show(c: cl.Cluster, pods: list[dict]) -> None:
         table.add_row(svc, role, ", ".join(f"{k}: {v}" for k, v in sorted(where.items())))
     console.print(table)
     console.print(
+        "kwok simulates the nodes: containers never start, so Ray never reports ready and the\n"
+        "services stay Provisioning. `make test` plays KubeRay's status to show the Ready path.\n"
         f"Look around:  export KUBECONFIG={c.kubeconfig}\n"
         "              kubectl get llmsvc,rayservices,rayclusters,pods -o wide\n"
+        "              kubectl describe llmsvc gemma; kubectl explain llmservice.spec\n"
+        f"              operator log: {c.workdir / 'operator.log'}\n"
         "              kubectl get nodes -L cloud.google.com/gke-nodepool,cloud.google.com/gke-accelerator\n"
         "Stop it:      make cluster-down"
     )
