@@ -30,6 +30,7 @@ fmt: $(STAMP)
 ## Regenerate crds/ from the API models (a test fails when they drift).
 crds: $(STAMP)
 	$(BIN)/llmservice crd > crds/llmservice.dev_llmservices.yaml
+	$(BIN)/llmservice crd --kopf-peering > crds/kopf-peering.yaml
 
 ## Golden files for the samples (tests compare against them).
 render-samples: $(STAMP)

@@ -7,8 +7,8 @@ import json
 import yaml
 
 from llmservice_operator.api import parse
-from llmservice_operator.api.crd import crd
-from llmservice_operator.yamlio import dump
+from llmservice_operator.api.crd import crd, kopf_peering_crds
+from llmservice_operator.yamlio import dump, dump_all
 
 from .conftest import ROOT, SAMPLES
 from .kube_schema import check, open_api_schema
@@ -18,6 +18,8 @@ CRD_FILE = ROOT / "crds" / "llmservice.dev_llmservices.yaml"
 
 def test_checked_in_crd_matches_models():
     assert CRD_FILE.read_text() == dump(crd()), "crds/ drifted from the API models: run `make crds`"
+    peering = (ROOT / "crds" / "kopf-peering.yaml").read_text()
+    assert peering == dump_all(kopf_peering_crds()), "run `make crds`"
 
 
 def _walk(node, path=""):

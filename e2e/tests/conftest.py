@@ -56,20 +56,22 @@ class Operator:
 
     USER = "llmservice-operator"
 
-    def __init__(self, cluster: Cluster):
+    def __init__(self, cluster: Cluster, user: str = USER, args: tuple[str, ...] = ("--log-format", "text")):
         self.cluster = cluster
+        self.user = user
+        self.args = args
         self.health_port, self.metrics_port = free_port(), free_port()
-        self.log = cluster.workdir / "operator.log"
+        self.log = cluster.workdir / f"{user}.log"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
         env = {
             **os.environ,
-            "KUBECONFIG": str(self.cluster.kubeconfig_for(self.USER, ("system:masters",))),
+            "KUBECONFIG": str(self.cluster.kubeconfig_for(self.user, ("system:masters",))),
             "LLMSERVICE_RETRY_DELAY_SECONDS": "2",
         }
         cli = str(Path(sys.executable).with_name("llmservice"))
-        args = [cli, "run", "--log-format", "text", "--health-address", f"{HOST}:{self.health_port}",
+        args = [cli, "run", *self.args, "--health-address", f"{HOST}:{self.health_port}",
                 "--metrics-address", f"{HOST}:{self.metrics_port}"]  # fmt: skip
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -12,7 +13,7 @@ import typer
 import yaml
 
 from .api import InvalidLLMService, LLMService, parse
-from .api.crd import crd
+from .api.crd import crd, kopf_peering_crds
 from .render import render
 from .settings import settings_from_env
 from .yamlio import dump, dump_all
@@ -133,7 +134,12 @@ def run(
         list[str] | None, typer.Option("--namespace", "-n", help="Watch this namespace (repeat); default: all.")
     ] = None,
     peering: Annotated[
-        str | None, typer.Option(help="kopf peering name: replicas elect one active operator (needs the peering CRDs).")
+        str | None,
+        typer.Option(help="kopf peering object: replicas elect one active operator (crds/kopf-peering.yaml)."),
+    ] = None,
+    priority: Annotated[
+        int | None,
+        typer.Option(help="Peering priority; the highest live one is active. Default: random, so replicas differ."),
     ] = None,
     health_address: Annotated[
         str, typer.Option(help="Liveness/readiness endpoint host:port (/healthz).")
@@ -152,6 +158,7 @@ def run(
         settings_from_env(),
         namespaces=namespace or [],
         peering=peering,
+        priority=priority if priority is not None else random.randint(1, 1_000_000),
         health_address=health_address,
         metrics_address=metrics_address,
         json_logs=log_format == "json",
@@ -160,9 +167,11 @@ def run(
 
 
 @app.command("crd")
-def crd_cmd() -> None:
+def crd_cmd(
+    kopf_peering: Annotated[bool, typer.Option(help="Print the kopf peering CRDs instead.")] = False,
+) -> None:
     """Print the LLMService CustomResourceDefinition generated from the API models."""
-    sys.stdout.write(dump(crd()))
+    sys.stdout.write(dump_all(kopf_peering_crds()) if kopf_peering else dump(crd()))
 
 
 if __name__ == "__main__":

@@ -146,3 +146,33 @@ def crd() -> dict[str, Any]:
             ],
         },
     }
+
+
+def kopf_peering_crds() -> list[dict[str, Any]]:
+    """The CRDs kopf's peering (leader election between operator replicas) reads and writes:
+    kopf keeps each replica's priority and heartbeat in the peering object's `status`."""
+    out = []
+    for kind, scope in (("ClusterKopfPeering", "Cluster"), ("KopfPeering", "Namespaced")):
+        plural = kind.lower() + "s"
+        schema = {
+            "type": "object",
+            "properties": {
+                "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+            },
+        }
+        out.append(
+            {
+                "apiVersion": "apiextensions.k8s.io/v1",
+                "kind": "CustomResourceDefinition",
+                "metadata": {"name": f"{plural}.kopf.dev"},
+                "spec": {
+                    "group": "kopf.dev",
+                    "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+                    "scope": scope,
+                    "versions": [
+                        {"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": schema}}
+                    ],
+                },
+            }
+        )
+    return out

@@ -18,6 +18,7 @@ def run(
     *,
     namespaces: list[str],
     peering: str | None,
+    priority: int,
     health_address: str,
     metrics_address: str,
     json_logs: bool,
@@ -33,5 +34,6 @@ def run(
         namespaces=namespaces,
         standalone=peering is None,
         peering_name=peering,
+        priority=priority,
         liveness_endpoint=f"http://{health_address}/healthz",
     )

@@ -1,0 +1,68 @@
+"""Two operator replicas with kopf peering: one acts, the other waits and takes over."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from e2e.cluster import Cluster
+from tests.conftest import sample_doc
+
+from .conftest import ROOT, Operator
+
+pytestmark = pytest.mark.e2e
+PEERING = "llmservice-e2e"
+
+
+def _writers(cluster: Cluster, namespace: str, users: tuple[str, ...]) -> set[str]:
+    return {
+        e["user"]["username"]
+        for u in users
+        for e in cluster.audit_writes(u)
+        if e["objectRef"].get("namespace") == namespace and e["objectRef"].get("resource") == "rayservices"
+    }
+
+
+def _apply(cluster: Cluster, namespace: str, name: str) -> None:
+    doc = sample_doc("tpu-v6e-2x4.yaml")
+    doc["metadata"].update(name=name, namespace=namespace)
+    cluster.apply([doc])
+
+
+def test_only_the_leader_reconciles_and_a_follower_takes_over(cluster: Cluster, operator: Operator, namespace: str):
+    operator.stop()  # the suite's standalone operator would act in every namespace
+    cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / "kopf-peering.yaml"))
+    cluster.wait_established(["kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"])
+    cluster.apply(
+        [{"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": PEERING, "namespace": namespace}}]
+    )
+    common = ("-n", namespace, "--peering", PEERING, "--log-format", "json")
+    leader = Operator(cluster, "operator-a", (*common, "--priority", "200"))
+    follower = Operator(cluster, "operator-b", (*common, "--priority", "100"))
+    users = (leader.user, follower.user)
+    try:
+        leader.start()
+        follower.start()
+        cluster.wait_for(
+            "both replicas in the peering",
+            lambda: len(cluster.get_json("kopfpeering", PEERING, "-n", namespace).get("status") or {}) == 2,
+            timeout=30,
+        )
+        _apply(cluster, namespace, "first")
+        cluster.wait_for(
+            "the leader to create the RayService", lambda: _writers(cluster, namespace, users) == {leader.user}
+        )
+        leader.stop()  # a graceful stop removes it from the peering: the follower resumes
+        _apply(cluster, namespace, "second")
+        cluster.wait_for(
+            "the follower to take over",
+            lambda: follower.user in _writers(cluster, namespace, users),
+            timeout=60,
+        )
+        for line in follower.log.read_text().splitlines():
+            json.loads(line)  # --log-format json: every line is one JSON object
+    finally:
+        leader.stop()
+        follower.stop()
+        operator.start()
