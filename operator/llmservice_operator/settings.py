@@ -12,6 +12,7 @@ class GKECluster(BaseModel):
     project: str
     location: str
     cluster: str
+    endpoint: str | None = Field(None, description="GKE API endpoint override (tests); default: Google's.")
 
     @property
     def path(self) -> str:
