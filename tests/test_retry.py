@@ -14,6 +14,8 @@ def test_backoff_grows_and_success_cancels(monkeypatch):
     r = Retrier(lambda ns, n: None, problem_delay=7)
     for _ in range(8):
         r.failed("ns", "a")
+        r.failed("ns", "a")  # more events before the retry fires do not push it further out
+        r._timers.pop(("ns", "a"))  # the timer fired
     assert delays == [1, 2, 5, 10, 30, 60, 60, 60]
     r.blocked("ns", "a")
     assert delays[-1] == 7 and r.pending() == 1

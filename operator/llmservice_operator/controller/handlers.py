@@ -39,7 +39,9 @@ def reconcile(namespace: str, name: str) -> None:
         log.warning("reconcile %s/%s failed, will retry: %s", namespace, name, e)
         _retrier.failed(namespace, name)
         return
-    if outcome is not None and outcome.problems:
+    if outcome is not None and outcome.busy:
+        _retrier.waiting(namespace, name)  # poll the GKE operation again, with backoff
+    elif outcome is not None and outcome.problems:
         # Missing Secrets/PVCs are not watched (that needs cluster-wide Secret access): retry.
         _retrier.blocked(namespace, name)
     else:

@@ -63,6 +63,15 @@ class Kube:
         with contextlib.suppress(NotFoundError):
             self._resource(api_version, kind).delete(name=name, namespace=namespace)
 
+    def set_finalizers(self, namespace: str, name: str, finalizers: list[str]) -> None:
+        res = self._resource(f"{GROUP}/{VERSION}", KIND)
+        res.patch(
+            body={"metadata": {"finalizers": finalizers}},
+            name=name,
+            namespace=namespace,
+            content_type="application/merge-patch+json",
+        )
+
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         res = self._resource(f"{GROUP}/{VERSION}", KIND)
         res.status.patch(

@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..api import InvalidLLMService, LLMService, parse
+from ..gke import NodePools
 from ..render import render
 from ..render import status as status_mod
+from ..render.nodepools import node_pools as render_node_pools
 from ..settings import OperatorSettings
 from . import metrics, preflight
 from .drift import merge_patch, up_to_date
@@ -26,12 +28,20 @@ OPTIONAL_CHILDREN = (
 )
 
 
+FINALIZER = "llmservice.dev/node-pools"  # only on services with managed node pools
+NO_GKE = (
+    "spec.nodePool.managed: the operator has no GKE cluster configured: set LLMSERVICE_GKE__PROJECT, "
+    "LLMSERVICE_GKE__LOCATION and LLMSERVICE_GKE__CLUSTER (Helm: gke.*)"
+)
+
+
 @dataclass
 class Outcome:
     phase: str | None = None
     applied: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     status_written: bool = False
+    busy: bool = False  # a GKE operation is under way: look again soon
 
 
 def _now() -> str:
@@ -51,9 +61,10 @@ def _owner_ref(body: dict[str, Any]) -> dict[str, Any]:
 
 
 class Reconciler:
-    def __init__(self, kube: Kube, settings: OperatorSettings):
+    def __init__(self, kube: Kube, settings: OperatorSettings, node_pools: NodePools | None = None):
         self.kube = kube
         self.settings = settings
+        self.node_pools = node_pools
         self._locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
         self._unserved: set[str] = set()
 
@@ -73,9 +84,12 @@ class Reconciler:
 
     def _reconcile(self, namespace: str, name: str) -> Outcome | None:
         body = self.kube.get_llmservice(namespace, name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
+        if body is None:
             metrics.set_phase(namespace, name, None)
-            return None  # children go with it through their ownerReferences
+            return None
+        if body["metadata"].get("deletionTimestamp"):
+            metrics.set_phase(namespace, name, None)
+            return self._finalize(body)  # children go with it through their ownerReferences
         out = Outcome()
         svc: LLMService | None = None
         try:
@@ -84,12 +98,47 @@ class Reconciler:
             out.problems = [str(x) for x in e.errors]
         if svc is not None:
             out.problems += preflight.problems(svc, lambda k, ns, n: self._get(k, ns, n))
+        pool_problems, pools = self._sync_node_pools(body, svc, out)
         ray_service = self.kube.get("ray.io/v1", "RayService", namespace, name)
         if svc is not None and not out.problems:
             ray_service = self._apply_children(body, svc, ray_service, out)
-        self._write_status(body, svc, ray_service, out)
+        self._write_status(body, svc, ray_service, out, pool_problems, pools)
         metrics.set_phase(namespace, name, out.phase)
         return out
+
+    def _sync_node_pools(
+        self, body: dict[str, Any], svc: LLMService | None, out: Outcome
+    ) -> tuple[list[str], list[dict[str, Any]]]:
+        """GKE node pools for services that ask for them; the finalizer makes deletion wait
+        until the pools are gone."""
+        meta = body["metadata"]
+        finalizers = meta.get("finalizers") or []
+        managed = svc is not None and svc.spec.node_pool.managed
+        if not managed:
+            if FINALIZER in finalizers and svc is not None:  # unmanaged now: pools stay for the user
+                self.kube.set_finalizers(meta["namespace"], meta["name"], [f for f in finalizers if f != FINALIZER])
+            return [], []
+        assert svc is not None
+        if self.node_pools is None:
+            return [NO_GKE], []
+        if FINALIZER not in finalizers:
+            self.kube.set_finalizers(meta["namespace"], meta["name"], [*finalizers, FINALIZER])
+        sync = self.node_pools.sync((meta["namespace"], meta["name"]), render_node_pools(svc))
+        out.busy = out.busy or sync.busy
+        return sync.problems, sync.pools
+
+    def _finalize(self, body: dict[str, Any]) -> Outcome | None:
+        meta = body["metadata"]
+        finalizers = meta.get("finalizers") or []
+        if FINALIZER not in finalizers:
+            return None
+        if self.node_pools is not None:
+            sync = self.node_pools.delete_owned((meta["namespace"], meta["name"]))
+            if sync.busy or sync.problems:
+                return Outcome(busy=True, problems=sync.problems)
+        # Released also when the pools were already gone (or GKE was never configured).
+        self.kube.set_finalizers(meta["namespace"], meta["name"], [f for f in finalizers if f != FINALIZER])
+        return None
 
     def _apply_children(
         self, body: dict[str, Any], svc: LLMService, ray_service: dict[str, Any] | None, out: Outcome
@@ -140,14 +189,20 @@ class Reconciler:
                 out.applied.append(f"-{kind}/{child}")
 
     def _write_status(
-        self, body: dict[str, Any], svc: LLMService | None, ray_service: dict[str, Any] | None, out: Outcome
+        self,
+        body: dict[str, Any],
+        svc: LLMService | None,
+        ray_service: dict[str, Any] | None,
+        out: Outcome,
+        pool_problems: list[str],
+        pools: list[dict[str, Any]],
     ) -> None:
         previous = body.get("status") or {}
         generation = body["metadata"].get("generation", 0)
         if svc is None:
             new = status_mod.invalid(out.problems, generation, previous, _now())
         else:
-            obs = status_mod.Observed(generation, ray_service, out.problems)
+            obs = status_mod.Observed(generation, ray_service, out.problems, pool_problems, pools)
             new = status_mod.status(svc, obs, self.settings, previous, _now())
         out.phase = new["phase"]
         if status_mod.without_times(new) == status_mod.without_times({k: previous.get(k) for k in new}):

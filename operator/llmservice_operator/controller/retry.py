@@ -19,17 +19,17 @@ class Retrier:
         self._failures: dict[Key, int] = {}
         self._stopped = False
 
-    def _schedule(self, key: Key, delay: float) -> None:
+    def _schedule(self, key: Key, delay: float) -> bool:
+        """Start a timer unless one is already pending: events between retries (our own status
+        writes, KubeRay's updates) must not push the retry further out."""
         with self._lock:
-            if self._stopped:
-                return
-            old = self._timers.pop(key, None)
-            if old:
-                old.cancel()
+            if self._stopped or key in self._timers:
+                return False
             timer = threading.Timer(delay, self._fire, args=key)
             timer.daemon = True
             self._timers[key] = timer
             timer.start()
+            return True
 
     def _fire(self, namespace: str, name: str) -> None:
         with self._lock:
@@ -39,8 +39,12 @@ class Retrier:
     def failed(self, namespace: str, name: str) -> None:
         key = (namespace, name)
         n = self._failures.get(key, 0)
-        self._failures[key] = n + 1
-        self._schedule(key, BACKOFF[min(n, len(BACKOFF) - 1)])
+        if self._schedule(key, BACKOFF[min(n, len(BACKOFF) - 1)]):
+            self._failures[key] = n + 1
+
+    def waiting(self, namespace: str, name: str) -> None:
+        """Something outside is in progress (a GKE operation): look again with backoff."""
+        self.failed(namespace, name)
 
     def blocked(self, namespace: str, name: str) -> None:
         self._failures.pop((namespace, name), None)

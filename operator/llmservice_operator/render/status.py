@@ -6,7 +6,7 @@ Inputs are the LLMService, the live RayService (or None), problems found before 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..api.resource import LLMService
@@ -23,7 +23,9 @@ FAILED_APPS = {"DEPLOY_FAILED", "UNHEALTHY"}
 class Observed:
     generation: int
     ray_service: dict[str, Any] | None
-    problems: list[str]
+    problems: list[str]  # block applying: missing references, invalid spec
+    pool_problems: list[str] = field(default_factory=list)  # GKE refused: quota, stockout, permission
+    node_pools: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _cond(ctype: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
@@ -124,6 +126,11 @@ def status(
     svc: LLMService, obs: Observed, settings: OperatorSettings, previous: dict[str, Any], now: str
 ) -> dict[str, Any]:
     phase, conds = conditions(svc, obs)
+    if obs.pool_problems and not obs.problems:
+        # The Ray side may be fine; the nodes it needs are not coming: say why, in GKE's words.
+        phase = "Degraded"
+        conds = [c for c in conds if c["type"] != "Degraded"]
+        conds.append(_cond("Degraded", True, "NodePoolError", "; ".join(obs.pool_problems)))
     conds = [{**c, "observedGeneration": obs.generation} for c in conds]
     rs = obs.ray_service
     rs_status = (rs or {}).get("status") or {}
@@ -147,6 +154,7 @@ def status(
             }.items()
             if v
         },
+        **({"nodePools": obs.node_pools} if svc.spec.node_pool.managed else {}),
     }
 
 
