@@ -25,9 +25,9 @@ def _pool(svc: LLMService, wb: WorkerBounds, suffix: str, spot: bool) -> dict[st
     spec = svc.spec
     sh = wb.shape
     acc = sh.accelerator
-    name = names.child(
-        svc.metadata.name, wb.role if wb.role in ("prefill", "decode") else "", suffix, limit=POOL_NAME_LIMIT
-    )
+    # Node pool names are cluster-wide: the namespace keeps same-named services apart.
+    base = f"{svc.metadata.namespace}-{svc.metadata.name}"
+    name = names.child(base, wb.role if wb.role in ("prefill", "decode") else "", suffix, limit=POOL_NAME_LIMIT)
     node_labels = {
         OWNER_LABEL: svc.metadata.name,
         OWNER_NS_LABEL: svc.metadata.namespace,
