@@ -24,7 +24,7 @@ def _node(pool: dict[str, Any], index: int, zone: str) -> dict[str, Any]:
         KWOK_LABEL: "kwok",
         labels.NODEPOOL: pool["name"],
         labels.MACHINE_TYPE: machine.name,
-        labels.ZONE: pool.get("zone", zone),
+        labels.ZONE: pool.get("zones", [zone])[index % len(pool.get("zones", [zone]))],
         "topology.kubernetes.io/region": zone.rsplit("-", 1)[0],
         "kubernetes.io/hostname": name,
         "kubernetes.io/arch": acc.arch if acc else "amd64",

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from e2e.cluster import HOST, Cluster, free_port
+from e2e.fake_gke import FakeGKE, FakeGKEServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,8 +57,15 @@ class Operator:
 
     USER = "llmservice-operator"
 
-    def __init__(self, cluster: Cluster, user: str = USER, args: tuple[str, ...] = ("--log-format", "text")):
+    def __init__(
+        self,
+        cluster: Cluster,
+        user: str = USER,
+        args: tuple[str, ...] = ("--log-format", "text"),
+        env: dict[str, str] | None = None,
+    ):
         self.cluster = cluster
+        self.extra_env = env or {}
         self.user = user
         self.args = args
         self.health_port, self.metrics_port = free_port(), free_port()
@@ -69,6 +77,7 @@ class Operator:
             **os.environ,
             "KUBECONFIG": str(self.cluster.kubeconfig_for(self.user, ("system:masters",))),
             "LLMSERVICE_RETRY_DELAY_SECONDS": "2",
+            **self.extra_env,
         }
         cli = str(Path(sys.executable).with_name("llmservice"))
         args = [cli, "run", *self.args, "--health-address", f"{HOST}:{self.health_port}",
@@ -102,10 +111,26 @@ class Operator:
 
 
 @pytest.fixture(scope="session")
-def operator(cluster: Cluster) -> Iterator[Operator]:
+def fake_gke() -> Iterator[FakeGKEServer]:
+    """The GKE API stand-in the suite's operator manages node pools through."""
+    with FakeGKEServer(FakeGKE(op_seconds=1.0)) as server:
+        yield server
+
+
+GKE_PARENT = "projects/e2e-project/locations/us-central1/clusters/e2e"
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: Cluster, fake_gke: FakeGKEServer) -> Iterator[Operator]:
     cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / "llmservice.dev_llmservices.yaml"))
     cluster.wait_established(["llmservices.llmservice.dev"])
-    op = Operator(cluster)
+    gke_env = {
+        "LLMSERVICE_GKE__PROJECT": "e2e-project",
+        "LLMSERVICE_GKE__LOCATION": "us-central1",
+        "LLMSERVICE_GKE__CLUSTER": "e2e",
+        "LLMSERVICE_GKE__ENDPOINT": fake_gke.endpoint,
+    }
+    op = Operator(cluster, env=gke_env)
     op.start()
     yield op
     op.stop()

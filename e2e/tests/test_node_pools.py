@@ -1,0 +1,71 @@
+"""Managed GKE node pools through the operator: created, reported, deleted with the service."""
+
+from __future__ import annotations
+
+import pytest
+
+from e2e.cluster import Cluster
+from e2e.fake_gke import FakeGKEServer
+from tests.conftest import sample_doc
+
+from .conftest import GKE_PARENT, Operator
+from .test_operator import _cond, _events, _get, _in, _wait_status
+
+pytestmark = pytest.mark.e2e
+FINALIZER = "llmservice.dev/node-pools"
+
+
+def _pools(fake_gke: FakeGKEServer, namespace: str) -> dict[str, dict]:
+    return {n: p for n, p in fake_gke.fake.pools.get(GKE_PARENT, {}).items() if n.startswith(namespace)}
+
+
+def _running(status: dict) -> bool:
+    pools = status.get("nodePools") or []
+    return len(pools) == 2 and all(p["state"] == "RUNNING" for p in pools)
+
+
+def test_pools_are_created_reported_and_deleted_with_the_service(
+    cluster: Cluster, operator: Operator, fake_gke: FakeGKEServer, namespace: str
+):
+    cluster.apply([_in(sample_doc("l4-spot-fallback.yaml"), namespace)])
+    status = _wait_status(cluster, namespace, "qwen-l4", _running, "node pools RUNNING", timeout=60)
+    assert {p["name"] for p in status["nodePools"]} == {f"{namespace}-qwen-l4-spot", f"{namespace}-qwen-l4-ondemand"}
+    assert all(p["maxNodes"] == 4 for p in status["nodePools"])
+    assert FINALIZER in _get(cluster, "llmsvc", namespace, "qwen-l4")["metadata"]["finalizers"]
+    cluster.kubectl("delete", "llmsvc", "qwen-l4", "-n", namespace, "--wait=false")
+    cluster.wait_for(
+        "pools deleted, then the LLMService",
+        lambda: not _pools(fake_gke, namespace) and _get(cluster, "llmsvc", namespace, "qwen-l4") is None,
+        timeout=60,
+    )
+
+
+def test_finalizer_is_released_when_the_pools_are_already_gone(
+    cluster: Cluster, operator: Operator, fake_gke: FakeGKEServer, namespace: str
+):
+    cluster.apply([_in(sample_doc("l4-spot-fallback.yaml"), namespace)])
+    _wait_status(cluster, namespace, "qwen-l4", _running, "node pools RUNNING", timeout=60)
+    for name in list(_pools(fake_gke, namespace)):  # someone deleted them by hand
+        del fake_gke.fake.pools[GKE_PARENT][name]
+    cluster.kubectl("delete", "llmsvc", "qwen-l4", "-n", namespace, "--wait=false")
+    cluster.wait_for("the LLMService to go", lambda: _get(cluster, "llmsvc", namespace, "qwen-l4") is None, timeout=30)
+
+
+def test_quota_errors_degrade_with_gkes_message(
+    cluster: Cluster, operator: Operator, fake_gke: FakeGKEServer, namespace: str
+):
+    fake_gke.fake.gpu_quota["nvidia-l4"] = 2
+    try:
+        cluster.apply([_in(sample_doc("l4-spot-fallback.yaml"), namespace)])
+        status = _wait_status(cluster, namespace, "qwen-l4", lambda s: s.get("phase") == "Degraded", "Degraded", 60)
+        degraded = _cond(status, "Degraded")
+        assert degraded["reason"] == "NodePoolError"
+        assert 'Insufficient regional quota to satisfy request: resource "NVIDIA_L4_GPUS"' in degraded["message"]
+        # The RayService is still applied: pods can use capacity that exists.
+        assert _get(cluster, "rayservice", namespace, "qwen-l4") is not None
+        cluster.wait_for(
+            "a Warning Event", lambda: ("Warning", "NodePoolError") in _events(cluster, namespace, "qwen-l4")
+        )
+    finally:
+        fake_gke.fake.gpu_quota.clear()
+        cluster.kubectl("delete", "llmsvc", "qwen-l4", "-n", namespace, "--wait=false", check=False)

@@ -1,0 +1,57 @@
+"""Topology-aware placement, decided by the real kube-scheduler on simulated GKE nodes."""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import pytest
+
+from e2e.cluster import Cluster
+from llmservice_operator.api import parse
+from llmservice_operator.catalog import labels
+from llmservice_operator.render import render
+from llmservice_operator.settings import OperatorSettings
+from tests.conftest import sample_doc, with_spec
+
+pytestmark = pytest.mark.e2e
+
+
+def _deploy(cluster: Cluster, doc: dict[str, Any], namespace: str, workers: int) -> list[dict[str, str]]:
+    """Apply what the operator would, wait for `workers` Running worker pods, return their nodes' labels."""
+    doc["metadata"]["namespace"] = namespace
+    cluster.apply(render(parse(doc), OperatorSettings(monitoring="none")).kubernetes_objects())
+    sel = f"llmservice.dev/name={doc['metadata']['name']},ray.io/node-type=worker"
+
+    def pods() -> list[dict]:
+        return cluster.get_json("pods", "-n", namespace, "-l", sel)["items"]
+
+    cluster.wait_for(
+        f"{workers} Running workers",
+        lambda: len(pods()) == workers and all(p["status"].get("phase") == "Running" for p in pods()),
+        timeout=90,
+    )
+    nodes = {n["metadata"]["name"]: n["metadata"]["labels"] for n in cluster.get_json("nodes")["items"]}
+    return [nodes[p["spec"]["nodeName"]] for p in pods()]
+
+
+def test_multi_node_gpu_replica_stays_in_one_topology_block(cluster: Cluster, kuberay_namespace: str):
+    doc = with_spec(sample_doc("gemma-b200.yaml"), engine__tensorParallelSize=8, engine__pipelineParallelSize=2)
+    doc = with_spec(doc, replicas={"min": 1, "max": 1})
+    placed = _deploy(cluster, doc, kuberay_namespace, workers=2)
+    assert len({n["kubernetes.io/hostname"] for n in placed}) == 2, "one 8-GPU pod per node"
+    assert len({n[labels.TOPOLOGY_BLOCK] for n in placed}) == 1, placed
+
+
+def test_spot_first_and_spread_across_zones(cluster: Cluster, kuberay_namespace: str):
+    doc = with_spec(sample_doc("l4-spot-fallback.yaml"), replicas={"min": 2, "max": 4})
+    placed = _deploy(cluster, doc, kuberay_namespace, workers=2)
+    assert all(n.get(labels.SPOT) == "true" for n in placed), "spot nodes are used first"
+    assert {n[labels.ZONE] for n in placed} == {"us-central1-a", "us-central1-b"}, "one replica per zone"
+
+
+def test_on_demand_takes_over_when_spot_is_full(cluster: Cluster, kuberay_namespace: str):
+    # Two spot nodes with one L4 each: the third replica goes to the on-demand pool.
+    doc = with_spec(sample_doc("l4-spot-fallback.yaml"), replicas={"min": 3, "max": 4})
+    placed = _deploy(cluster, doc, kuberay_namespace, workers=3)
+    assert collections.Counter(n[labels.NODEPOOL] for n in placed) == {"g2-l4-spot": 2, "g2-l4": 1}
