@@ -1,0 +1,62 @@
+{{- define "llmservice.name" -}}llmservice-operator{{- end }}
+
+{{- define "llmservice.labels" -}}
+app.kubernetes.io/name: llmservice-operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
+{{- end }}
+
+{{- define "llmservice.selector" -}}
+app.kubernetes.io/name: llmservice-operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* The peering object kopf elects a leader in: one per release. */}}
+{{- define "llmservice.peering" -}}{{ .Release.Name }}-llmservice-operator{{- end }}
+
+{{- define "llmservice.clusterwide" -}}{{ if .Values.watchNamespaces }}false{{ else }}true{{ end }}{{- end }}
+
+{{- define "llmservice.checkGke" -}}
+{{- $g := .Values.gke | default dict -}}
+{{- $set := list $g.project $g.location $g.cluster | compact | len -}}
+{{- if and (gt $set 0) (lt $set 3) -}}
+{{- fail "gke.project, gke.location and gke.cluster go together: set all three (or none to leave node pools unmanaged)" -}}
+{{- end -}}
+{{- end }}
+
+{{/* Least privilege for what one namespace needs: no list/watch of Secrets, no delete of
+RayServices (garbage collection removes them with their LLMService). */}}
+{{- define "llmservice.namespacedRules" -}}
+- apiGroups: [llmservice.dev]
+  resources: [llmservices]
+  verbs: [get, list, watch, patch]
+- apiGroups: [llmservice.dev]
+  resources: [llmservices/status]
+  verbs: [get, patch]
+- apiGroups: [ray.io]
+  resources: [rayservices]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [monitoring.googleapis.com]
+  resources: [podmonitorings]
+  verbs: [get, create, patch]
+- apiGroups: [monitoring.coreos.com]
+  resources: [podmonitors]
+  verbs: [get, create, patch]
+- apiGroups: [""]
+  resources: [secrets, persistentvolumeclaims]
+  verbs: [get]
+- apiGroups: ["", events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+- apiGroups: [kopf.dev]
+  resources: [kopfpeerings]
+  verbs: [get, list, watch, patch]
+{{- end }}
