@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint fmt crds check-crds render-samples e2e-bins cluster-up cluster-down demo clean
+.PHONY: test lint fmt crds manifests render-samples e2e-bins cluster-up cluster-down demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,6 +31,11 @@ fmt: $(STAMP)
 crds: $(STAMP)
 	$(BIN)/llmservice crd > crds/llmservice.dev_llmservices.yaml
 	$(BIN)/llmservice crd --kopf-peering > crds/kopf-peering.yaml
+
+## Plain manifests for kustomize, rendered from the Helm chart.
+manifests: e2e-bins
+	$$($(PY) -m e2e.bins --print-dir helm)/helm template llmservice-operator charts/llmservice-operator \
+	  --namespace llmservice-system --include-crds --kube-version 1.36.3 2>/dev/null > manifests/kustomize/operator.yaml
 
 ## Golden files for the samples (tests compare against them).
 render-samples: $(STAMP)
