@@ -226,6 +226,14 @@ class Cluster:
         self._write_kubeconfig(path, crt, key)
         return path
 
+    def kubeconfig_with_token(self, name: str, token: str) -> Path:
+        """A kubeconfig that authenticates with a bearer token (a ServiceAccount's, say)."""
+        path = self.workdir / f"kubeconfig-{name}"
+        config = yaml.safe_load(self.kubeconfig.read_text())
+        config["users"] = [{"name": "admin", "user": {"token": token}}]
+        path.write_text(yaml.safe_dump(config))
+        return path
+
     def _pki(self) -> None:
         self.pki = pki = PKI(self.workdir / "pki")
         self.ca = pki.ca

@@ -63,8 +63,10 @@ class Operator:
         user: str = USER,
         args: tuple[str, ...] = ("--log-format", "text"),
         env: dict[str, str] | None = None,
+        kubeconfig: Path | None = None,
     ):
         self.cluster = cluster
+        self.kubeconfig = kubeconfig
         self.extra_env = env or {}
         self.user = user
         self.args = args
@@ -75,7 +77,7 @@ class Operator:
     def start(self) -> None:
         env = {
             **os.environ,
-            "KUBECONFIG": str(self.cluster.kubeconfig_for(self.user, ("system:masters",))),
+            "KUBECONFIG": str(self.kubeconfig or self.cluster.kubeconfig_for(self.user, ("system:masters",))),
             "LLMSERVICE_RETRY_DELAY_SECONDS": "2",
             **self.extra_env,
         }

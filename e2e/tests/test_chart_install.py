@@ -1,0 +1,95 @@
+"""The Helm chart installed into a real API server; the operator acting with its ServiceAccount."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import yaml
+
+from e2e import bins
+from e2e.cluster import Cluster
+from tests.conftest import sample_doc
+
+from .conftest import ROOT, Operator
+from .test_operator import _get, _in, _secrets, _wait_status
+
+pytestmark = pytest.mark.e2e
+NS = "llmservice-system"
+SA = f"system:serviceaccount:{NS}:llmservice-operator"
+
+
+def helm(cluster: Cluster, *args: str) -> subprocess.CompletedProcess:
+    exe = bins.load_versions()["helm"].bin_dir / "helm"
+    res = subprocess.run([str(exe), "--kubeconfig", str(cluster.kubeconfig), *args], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    return res
+
+
+def can_i(cluster: Cluster, *args: str) -> bool:
+    res = cluster.kubectl("auth", "can-i", *args, f"--as={SA}", check=False)
+    return res.stdout.strip() == "yes"
+
+
+@pytest.fixture
+def installed(cluster: Cluster):
+    helm(cluster, "install", "llmsvc", str(ROOT / "charts" / "llmservice-operator"), "-n", NS, "--create-namespace")
+    yield
+    helm(cluster, "uninstall", "llmsvc", "-n", NS)
+
+
+def test_helm_install_and_the_operator_works_with_the_charts_rbac(
+    cluster: Cluster, operator: Operator, installed: None, namespace: str
+):
+    deploy = cluster.get_json("deployment", "llmservice-operator", "-n", NS)
+    assert deploy["spec"]["replicas"] == 2
+    assert cluster.get_json("clusterkopfpeering", "llmsvc-llmservice-operator")["metadata"]["name"]
+    token = cluster.kubectl("create", "token", "llmservice-operator", "-n", NS, "--duration=1h").stdout.strip()
+    # The suite's operator has admin rights; stop it so only the chart's identity acts.
+    operator.stop()
+    as_chart = Operator(
+        cluster,
+        user="chart-operator",
+        args=("--log-format", "text", "--peering", "llmsvc-llmservice-operator"),
+        kubeconfig=cluster.kubeconfig_with_token("chart-sa", token),
+    )
+    try:
+        as_chart.start()
+        cluster.apply([*_secrets(namespace), _in(sample_doc("prefix-aware-lora.yaml"), namespace)])
+        status = _wait_status(
+            cluster, namespace, "llama-lora", lambda s: s.get("phase") == "Provisioning", "reconciled"
+        )
+        assert status["observedGeneration"] == 1
+        assert _get(cluster, "rayservice", namespace, "llama-lora") is not None
+        assert _get(cluster, "configmap", namespace, "llama-lora-edge") is not None
+        assert "Forbidden" not in as_chart.log.read_text(), as_chart.log.read_text()[-2000:]
+    finally:
+        as_chart.stop()
+        operator.start()
+
+
+def test_rbac_is_no_broader_than_needed(cluster: Cluster, installed: None):
+    assert can_i(cluster, "get", "secrets", "-n", "serving")
+    assert not can_i(cluster, "list", "secrets", "-n", "serving")
+    assert not can_i(cluster, "watch", "secrets", "--all-namespaces")
+    assert not can_i(cluster, "delete", "rayservices.ray.io", "-n", "serving")
+    assert not can_i(cluster, "create", "pods", "-n", "serving")
+    assert not can_i(cluster, "update", "llmservices.llmservice.dev", "-n", "serving"), "never writes spec"
+    assert can_i(cluster, "patch", "llmservices.llmservice.dev/status", "-n", "serving")
+    assert not can_i(cluster, "*", "*")
+
+
+def test_reapplying_an_unchanged_manifest_is_a_no_op(cluster: Cluster, operator: Operator, namespace: str):
+    """What Argo CD does on every sync: server-side apply of the same manifest changes nothing."""
+    doc = _in(sample_doc("tpu-v6e-2x4.yaml"), namespace)
+    text = yaml.safe_dump(doc)
+
+    def apply() -> None:
+        cluster.kubectl("apply", "--server-side", "--field-manager=argocd-controller", "-f", "-", input=text)
+
+    apply()
+    _wait_status(cluster, namespace, "gemma-tpu", lambda s: s.get("phase") == "Provisioning", "settled")
+    before = _get(cluster, "llmsvc", namespace, "gemma-tpu")["metadata"]["resourceVersion"]
+    apply()
+    apply()
+    assert _get(cluster, "llmsvc", namespace, "gemma-tpu")["metadata"]["resourceVersion"] == before
