@@ -29,7 +29,6 @@ class OperatorSettings(BaseModel):
         "rayproject/ray-llm:2.60.0-py311-tpu", description="Default image for TPU services (Ray + vLLM TPU)."
     )
     edge_image: str = Field("haproxy:2.8.25-alpine", description="Image of the edge HAProxy sidecar.")
-    cluster_domain: str = "cluster.local"
     monitoring: Literal["gmp", "prometheus-operator", "none"] = Field(
         "gmp", description="gmp: GKE Managed Prometheus PodMonitoring; prometheus-operator: PodMonitor."
     )

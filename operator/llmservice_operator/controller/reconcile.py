@@ -11,7 +11,7 @@ from typing import Any
 
 from ..api import InvalidLLMService, LLMService, parse
 from ..gke import NodePools
-from ..render import render
+from ..render import names, render
 from ..render import status as status_mod
 from ..render.nodepools import node_pools as render_node_pools
 from ..settings import OperatorSettings
@@ -21,10 +21,10 @@ from .kube import Kube
 
 log = logging.getLogger(__name__)
 
-# Children that may come and go with the spec (sidecar off, min 0, monitoring off).
+# Children that may come and go with the spec (sidecar off, replicas.min 0).
 OPTIONAL_CHILDREN = (
-    ("v1", "ConfigMap", "-edge"),
-    ("policy/v1", "PodDisruptionBudget", "-workers"),
+    ("v1", "ConfigMap", "edge"),
+    ("policy/v1", "PodDisruptionBudget", "workers"),
 )
 
 
@@ -179,7 +179,7 @@ class Reconciler:
 
     def _prune(self, svc: LLMService, wanted: set[tuple[str, str]], out: Outcome) -> None:
         for api_version, kind, suffix in OPTIONAL_CHILDREN:
-            child = f"{svc.metadata.name}{suffix}"
+            child = names.child(svc.metadata.name, suffix)
             if (kind, child) in wanted:
                 continue
             live = self.kube.get(api_version, kind, svc.metadata.namespace, child)

@@ -51,7 +51,6 @@ def haproxy_cfg(
     edge_port: int = EDGE_PORT,
     metrics_port: int = EDGE_METRICS_PORT,
     serve_port: int = SERVE_PORT,
-    config_dir: str = CONFIG_DIR,
     keys_dir: str = KEYS_DIR,
     tls_dir: str = TLS_DIR,
 ) -> str:
@@ -76,7 +75,6 @@ def haproxy_cfg(
         retry_after=60,
         tls=ing.tls_secret is not None,
         tls_cert=f"{tls_dir}/tls.crt",
-        config_dir=config_dir,
     )
 
 
