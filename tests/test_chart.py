@@ -34,9 +34,29 @@ def kinds(objs: list[dict]) -> list[str]:
     return sorted(o["kind"] for o in objs)
 
 
-def test_lint():
-    res = helm("lint", str(CHART), "--kube-version", KUBE)
+VALUES_FILES = sorted((CHART / "ci").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("values", [None, *VALUES_FILES], ids=lambda p: p.stem if p else "defaults")
+def test_lint_and_template_with_each_values_file(values):
+    extra = ["-f", str(values)] if values else []
+    res = helm("lint", str(CHART), "--kube-version", KUBE, *extra)
     assert res.returncode == 0, res.stdout + res.stderr
+    res = helm("template", "llmsvc", str(CHART), "--kube-version", KUBE, *extra)
+    assert res.returncode == 0, res.stderr
+    objs = [d for d in yaml.safe_load_all(res.stdout) if d]
+    assert "Deployment" in kinds(objs)
+
+
+def test_values_files_change_what_they_say():
+    def render(name: str) -> list[dict]:
+        res = helm("template", "llmsvc", str(CHART), "--kube-version", KUBE, "-f", str(CHART / "ci" / name))
+        return [d for d in yaml.safe_load_all(res.stdout) if d]
+
+    single = render("single-replica-values.yaml")
+    assert "PodDisruptionBudget" not in kinds(single) and "NetworkPolicy" not in kinds(single)
+    assert "ServiceMonitor" in kinds(single)
+    assert kinds(render("namespaced-values.yaml")).count("Role") == 2
 
 
 def test_default_install_is_cluster_wide_with_leader_election():
