@@ -59,6 +59,19 @@ def test_chat_and_completions_streamed_and_not(dataplane: DataPath):
     assert completion.usage.prompt_tokens == 3 and len(completion.choices[0].text.split()) == 3
 
 
+def test_tokens_stream_through_the_sidecar_as_they_are_generated(dataplane: DataPath):
+    """20 tokens 5 ms apart: arriving over ~100 ms, not in one piece at the end (buffering)."""
+    arrivals = []
+    stream = client(dataplane).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=20, stream=True
+    )
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            arrivals.append(time.perf_counter())
+    assert len(arrivals) == 20
+    assert arrivals[-1] - arrivals[0] > 0.05
+
+
 def test_missing_or_wrong_api_key_is_401(dataplane: DataPath):
     assert httpx.get(f"{dataplane.edge_url}/v1/models").status_code == 401
     with pytest.raises(openai.AuthenticationError):
@@ -142,3 +155,15 @@ def test_health_follows_ray(dataplane: DataPath):
     while time.monotonic() < deadline and httpx.get(f"{dataplane.edge_url}/healthz").status_code == 200:
         time.sleep(0.5)
     assert httpx.get(f"{dataplane.edge_url}/healthz").status_code == 503
+
+
+def test_benchmark_smoke(tmp_path: Path):
+    """A short run of `make bench-dataplane`: all four request paths answer and are reported."""
+    from e2e.dataplane import bench
+
+    results = bench.bench([1, 4], requests_per_level=8, max_tokens=8, ttft_ms=5, itl_ms=2)
+    assert {r.config[0] for r in results} == {"a", "b", "c", "d"}
+    assert all(r.errors == 0 and r.tokens == r.requests * 8 for r in results)
+    png = tmp_path / "bench.png"
+    table = bench.report(results, png)
+    assert "| 4 |" in table and "b/a req/s" in table and png.stat().st_size > 10_000
