@@ -6,6 +6,7 @@ Everything binds 127.0.0.1 on free ports.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
 from e2e.cluster import free_port
@@ -162,7 +164,31 @@ class DataPath:
         return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else -1
 
     def stop_ray(self) -> None:
+        # Ray's HAProxyManager starts HAProxy outside Ray's own processes: `ray stop` leaves
+        # it running, so find ours by the ports in its config and stop it too.
+        ours = self._ray_haproxies()
         subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, env=self._env())
+        for proc in ours:
+            with contextlib.suppress(psutil.Error):
+                proc.terminate()
+        _, alive = psutil.wait_procs(ours, timeout=5)
+        for proc in alive:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+
+    def _ray_haproxies(self) -> list[psutil.Process]:
+        marks = (f":{self.ports['serve']}", f":{self.ports['hp-metrics']}")
+        edges = {p.pid for p in self._extra_edges}  # our sidecars also point at the serve port
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            cmd = proc.info["cmdline"] or []
+            if proc.pid in edges or not cmd or not cmd[0].endswith("/haproxy") or "-f" not in cmd:
+                continue
+            cfg = Path(cmd[cmd.index("-f") + 1])
+            with contextlib.suppress(OSError):
+                if any(m in cfg.read_text() for m in marks):
+                    found.append(proc)
+        return found
 
     def stop(self) -> None:
         for proc in self._extra_edges:

@@ -140,7 +140,7 @@ def test_serve_adds_replicas_under_load(dataplane: DataPath):
         )
         return sum(1 for _ in chunks)
 
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 90  # Serve decides on metrics it averages over seconds
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
         while time.monotonic() < deadline and replicas() < 2:
             list(pool.map(lambda _: stream(), range(12)))
@@ -151,7 +151,7 @@ def test_health_follows_ray(dataplane: DataPath):
     """Last: stops Ray. The sidecar's /healthz is Ray Serve's, so it fails when Ray does."""
     assert httpx.get(f"{dataplane.edge_url}/healthz").status_code == 200
     dataplane.stop_ray()
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline and httpx.get(f"{dataplane.edge_url}/healthz").status_code == 200:
         time.sleep(0.5)
     assert httpx.get(f"{dataplane.edge_url}/healthz").status_code == 503
