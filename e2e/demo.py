@@ -121,6 +121,8 @@ def _show(c: cl.Cluster, pods: list[dict]) -> None:
     console.print(
         "kwok simulates the nodes: containers never start, so Ray never reports ready and the\n"
         "services stay Provisioning. `make test` plays KubeRay's status to show the Ready path.\n"
+        "Samples with nodePool.managed are Degraded here on purpose: the demo configures no GKE API\n"
+        "(kubectl describe llmsvc qwen-l4 says so; `make test` runs them against a fake GKE).\n"
         f"Look around:  export KUBECONFIG={c.kubeconfig}\n"
         "              kubectl get llmsvc,rayservices,rayclusters,pods -o wide\n"
         "              kubectl describe llmsvc gemma; kubectl explain llmservice.spec\n"
