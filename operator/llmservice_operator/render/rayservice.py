@@ -9,6 +9,7 @@ import yaml
 
 from ..api.resource import LLMService
 from ..api.spec import LLMServiceSpec
+from ..catalog import get
 from ..settings import OperatorSettings
 from . import edge, names, scheduling
 from .serve_config import MODELS_MOUNT, SERVE_PORT, serve_config
@@ -96,7 +97,7 @@ def head_group(svc: LLMService, settings: OperatorSettings) -> dict[str, Any]:
         ],
         "resources": {"requests": res, "limits": res},
     }
-    is_tpu = svc.spec.accelerator.type.startswith("tpu")
+    is_tpu = get(svc.spec.accelerator.type).is_tpu
     return {
         # num-cpus 0: no model replica or Serve actor that needs CPU lands on the head.
         "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
