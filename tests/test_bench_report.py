@@ -1,0 +1,45 @@
+"""The data-path benchmark's report: paired ratios, spread and target verdicts (pure)."""
+
+from __future__ import annotations
+
+from e2e.dataplane.bench import Run, pct, report
+
+
+def run(config: str, rnd: int, seconds: float, ttft_ms: float, cpu: dict[str, float] | None = None) -> Run:
+    return Run(config, 64, rnd, requests=100, seconds=seconds, tokens=6400, ttft=[ttft_ms / 1000] * 100,
+               itl=[0.005] * 6300, cpu=cpu or {})  # fmt: skip
+
+
+def rounds(c_seconds: float, c_ttft: float) -> list[Run]:
+    out = []
+    for rnd, jitter in enumerate((1.0, 1.1, 0.9)):  # drift that hits every config of a round alike
+        out += [
+            run("a", rnd, 2.0 * jitter, 300),
+            run("b", rnd, 1.0 * jitter, 50, {"ray": 0.05}),
+            run("c", rnd, c_seconds * jitter, c_ttft, {"ray": 0.05, "edge": 0.1}),
+            run("d", rnd, 0.9 * jitter, 45),
+        ]
+    return out
+
+
+def test_paired_ratios_cancel_drift_and_targets_pass():
+    text = report(rounds(c_seconds=1.02, c_ttft=51))
+    row = next(line for line in text.splitlines() if line.startswith("| 64 | "))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "2.00 [2.00–2.00]"  # b/a: same in every round despite the drift
+    assert cells[2].startswith("0.98 ")  # c/b
+    assert cells[3].startswith("+1.0 ")  # c-b TTFT p99
+    assert cells[5] == "1.00"  # sidecar CPU: 0.1 s over 100 requests
+    assert "c=64: b beats a: met" in text
+    assert "sidecar ≤5% throughput: met" in text and "≤2 ms TTFT p99: met" in text
+
+
+def test_targets_missed_are_reported():
+    text = report(rounds(c_seconds=1.2, c_ttft=60))
+    assert "sidecar ≤5% throughput: NOT met (median c/b 0.83)" in text
+    assert "≤2 ms TTFT p99: NOT met (median +10.0 ms)" in text
+
+
+def test_percentile_is_nearest_rank_in_ms():
+    assert pct([0.001 * i for i in range(1, 101)], 99) == 100.0
+    assert pct([], 50) != pct([], 50)  # NaN when a run got no tokens
