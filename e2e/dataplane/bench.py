@@ -316,6 +316,7 @@ def _plot(levels: dict[tuple[str, int], Level], png: Path) -> None:
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[1].set_yscale("log")
+    axes[2].set_yscale("log")
     axes[0].legend()
     fig.suptitle("LLMService request path on CPU (stand-in engine), 2 cores")
     fig.tight_layout()
