@@ -171,10 +171,11 @@ def bench(
     max_tokens: int = 64,
     ttft_ms: float = 20,
     itl_ms: float = 5,
+    stream_batching_ms: float | None = None,
     log: Callable[[str], None] = print,
 ) -> list[Run]:
     svc = service()
-    keys = {KEY: "bench"}
+    opts = {"api_keys": {KEY: "bench"}, "ttft_ms": ttft_ms, "itl_ms": itl_ms, "stream_batching_ms": stream_batching_ms}
     runs: list[Run] = []
 
     def go(config: str, rnd: int, c: int, url: str, roles: dict[str, Procs], idle: dict[str, float]) -> None:
@@ -183,12 +184,12 @@ def bench(
         log(f"  round {rnd} {config} {CONFIGS[config]:<16} c={c:<4} {run.rps:7.1f} req/s  errors={run.errors}")
 
     for rnd in range(rounds):
-        with DataPath(svc, api_keys=keys, ttft_ms=ttft_ms, itl_ms=itl_ms, haproxy_ingress=False, sidecar=False) as dp:
+        with DataPath(svc, haproxy_ingress=False, sidecar=False, **opts) as dp:
             roles: dict[str, Procs] = {"ray": dp.proxy_processes}
             idle = idle_cpu(roles)
             for c in concurrencies:
                 go("a", rnd, c, dp.serve_url, roles, idle)
-        with DataPath(svc, api_keys=keys, ttft_ms=ttft_ms, itl_ms=itl_ms) as dp:
+        with DataPath(svc, **opts) as dp:
             direct = dp.replica_urls()[0]  # also waits until (b) no longer goes via the proxy actor
             both: dict[str, Procs] = {"ray": dp.proxy_processes, "edge": dp.edge_processes}
             idle = idle_cpu(both)
@@ -333,13 +334,17 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--ttft-ms", type=float, default=20)
     p.add_argument("--itl-ms", type=float, default=5)
+    p.add_argument(
+        "--stream-batching-ms", type=float, default=None,
+        help="Ray Serve LLM's stream_batching_interval_ms (default: what the operator renders, i.e. Ray's 50 ms)",
+    )  # fmt: skip
     p.add_argument("--png", type=Path, default=Path("bench-dataplane.png"))
     a = p.parse_args()
     start = time.monotonic()
     runs = bench(
         [int(c) for c in a.concurrency.split(",")],
         rounds=a.rounds, requests=a.requests, per_stream=a.per_stream,
-        max_tokens=a.max_tokens, ttft_ms=a.ttft_ms, itl_ms=a.itl_ms,
+        max_tokens=a.max_tokens, ttft_ms=a.ttft_ms, itl_ms=a.itl_ms, stream_batching_ms=a.stream_batching_ms,
     )  # fmt: skip
     print(report(runs, a.png))
     print(f"\nplot: {a.png}; {time.monotonic() - start:.0f} s")

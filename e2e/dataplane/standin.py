@@ -1,10 +1,14 @@
 """A CPU stand-in for the model engine: an OpenAI-compatible Ray Serve app that "generates"
 tokens with a configurable time to first token and inter-token delay.
 
-It takes the rendered `llm_configs` (model id, autoscaling, max ongoing requests) so the Serve
-side runs as the operator configured it; only vLLM is replaced. Differences from vLLM: no
-tokenizer (a token is a word), no batching or KV cache (delays are fixed per request), no
-LoRA or tools. Ray Serve LLM's own builders need vLLM installed, so this is its own app.
+It takes the rendered `llm_configs` (model id, autoscaling, max ongoing requests, stream
+batching) so the Serve side runs as the operator configured it; only vLLM is replaced.
+Streamed tokens go through Ray Serve LLM's own `Batcher` at the llm_config's
+`stream_batching_interval_ms` (Ray's default 50 ms) and each batch is one write, as in
+Ray Serve LLM's server: the proxies see as many chunks as they would in front of vLLM.
+Differences from vLLM: no tokenizer (a token is a word), no continuous batching or KV cache
+(delays are fixed per request), no LoRA or tools. Ray Serve LLM's own builders need vLLM
+installed, so this is its own app.
 (No `from __future__ import annotations`: FastAPI must see the real `Request` type.)
 """
 
@@ -19,6 +23,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
+# Internal to Ray Serve LLM (pinned ray 2.60.0): the stream batching its LLMServer applies.
+from ray.llm._internal.serve.constants import MODEL_RESPONSE_BATCH_TIMEOUT_MS
+from ray.llm._internal.serve.utils.batcher import Batcher
+
 api = FastAPI()
 WORDS = ("the", "model", "answers", "with", "tokens", "streamed", "one", "by", "one")
 
@@ -26,11 +34,12 @@ WORDS = ("the", "model", "answers", "with", "tokens", "streamed", "one", "by", "
 @serve.deployment
 @serve.ingress(api)
 class StandInLLM:
-    def __init__(self, model_id: str, ttft_ms: float, itl_ms: float, max_tokens: int):
+    def __init__(self, model_id: str, ttft_ms: float, itl_ms: float, max_tokens: int, batch_ms: float):
         self.model_id = model_id
         self.ttft = ttft_ms / 1000
         self.itl = itl_ms / 1000
         self.max_tokens = max_tokens
+        self.batch_ms = batch_ms
 
     @api.get("/v1/models")
     async def models(self) -> dict[str, Any]:
@@ -73,7 +82,7 @@ class StandInLLM:
 
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
-        async def events() -> AsyncIterator[str]:
+        async def chunks() -> AsyncIterator[str]:
             kind = "chat.completion.chunk" if chat else "text_completion"
             async for token in self._generate(n):
                 choice = {"index": 0, "finish_reason": None}
@@ -86,6 +95,10 @@ class StandInLLM:
             if include_usage:
                 final["usage"] = self._usage(body, n)
             yield f"data: {json.dumps(final)}\n\n"
+
+        async def events() -> AsyncIterator[str]:
+            async for batch in Batcher(chunks(), interval_ms=self.batch_ms).stream():
+                yield "".join(batch)
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
@@ -113,4 +126,11 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         float(args.get("ttft_ms", 20)),
         float(args.get("itl_ms", 5)),
         int(args.get("max_tokens", 256)),
+        _batch_ms(conf),
     )
+
+
+def _batch_ms(conf: dict[str, Any]) -> float:
+    """The stream batching interval Ray Serve LLM's LLMServer would use for this llm_config."""
+    interval = (conf.get("experimental_configs") or {}).get("stream_batching_interval_ms")
+    return MODEL_RESPONSE_BATCH_TIMEOUT_MS if interval is None else float(interval)
