@@ -189,6 +189,15 @@ def test_prefix_aware_routing_and_lora(settings):
     assert env["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] == "1"
 
 
+def test_stream_batching_interval_reaches_ray_serve_llm(settings):
+    """Unset keeps Ray's default; a value becomes the llm_config's experimental config."""
+    [default] = _llm_configs(render(parse(sample_doc("gemma-b200.yaml")), settings).ray_service)
+    assert "experimental_configs" not in default
+    doc = with_spec(sample_doc("gemma-b200.yaml"), routing={"streamBatchingMs": 0})
+    [conf] = _llm_configs(render(parse(doc), settings).ray_service)
+    assert LLMConfig.model_validate(conf).experimental_configs == {"stream_batching_interval_ms": 0}
+
+
 def test_builders_follow_the_serving_pattern(settings):
     def app(doc):
         return yaml.safe_load(render(parse(doc), settings).ray_service["spec"]["serveConfigV2"])["applications"][0]

@@ -146,7 +146,7 @@ def measure(run: Run, url: str, roles: dict[str, Procs], idle: dict[str, float],
     return run
 
 
-def service() -> LLMService:
+def service(stream_batching_ms: int | None = None) -> LLMService:
     """The gemma sample with API keys (so the sidecar checks one on every request) and one
     replica that never sheds load: the benchmark measures the path, not Serve's autoscaler."""
     doc = with_spec(
@@ -155,6 +155,8 @@ def service() -> LLMService:
         replicas={"min": 1, "max": 1},
         autoscaling={"targetOngoingRequests": 10000, "maxOngoingRequests": 10000},
     )
+    if stream_batching_ms is not None:
+        doc["spec"]["routing"] = {**doc["spec"].get("routing", {}), "streamBatchingMs": stream_batching_ms}
     return parse(doc)
 
 
@@ -171,11 +173,11 @@ def bench(
     max_tokens: int = 64,
     ttft_ms: float = 20,
     itl_ms: float = 5,
-    stream_batching_ms: float | None = None,
+    stream_batching_ms: int | None = None,
     log: Callable[[str], None] = print,
 ) -> list[Run]:
-    svc = service()
-    opts = {"api_keys": {KEY: "bench"}, "ttft_ms": ttft_ms, "itl_ms": itl_ms, "stream_batching_ms": stream_batching_ms}
+    svc = service(stream_batching_ms)
+    opts = {"api_keys": {KEY: "bench"}, "ttft_ms": ttft_ms, "itl_ms": itl_ms}
     runs: list[Run] = []
 
     def go(config: str, rnd: int, c: int, url: str, roles: dict[str, Procs], idle: dict[str, float]) -> None:
@@ -335,8 +337,8 @@ def main() -> None:
     p.add_argument("--ttft-ms", type=float, default=20)
     p.add_argument("--itl-ms", type=float, default=5)
     p.add_argument(
-        "--stream-batching-ms", type=float, default=None,
-        help="Ray Serve LLM's stream_batching_interval_ms (default: what the operator renders, i.e. Ray's 50 ms)",
+        "--stream-batching-ms", type=int, default=None,
+        help="spec.routing.streamBatchingMs (default: unset, so Ray Serve LLM's 50 ms)",
     )  # fmt: skip
     p.add_argument("--png", type=Path, default=Path("bench-dataplane.png"))
     a = p.parse_args()

@@ -60,14 +60,12 @@ class DataPath:
         itl_ms: float = 5,
         haproxy_ingress: bool = True,
         sidecar: bool = True,
-        stream_batching_ms: float | None = None,  # None: what the rendered llm_config says
     ):
         self.svc = svc
         self.api_keys = api_keys or {}
         self.ttft_ms, self.itl_ms = ttft_ms, itl_ms
         self.haproxy_ingress = haproxy_ingress
         self.sidecar = sidecar and svc.spec.ingress.sidecar
-        self.stream_batching_ms = stream_batching_ms
         # Short: Ray's HAProxy puts Unix sockets under it, and those paths are capped at 107 bytes.
         self.workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
         self.ports = {k: free_port() for k in ("gcs", "serve", "hp-metrics", "hp-stats", "edge", "edge-metrics")}
@@ -106,9 +104,6 @@ class DataPath:
         app = conf["applications"][0]
         app["import_path"] = STANDIN
         app["args"] = {**app["args"], "ttft_ms": self.ttft_ms, "itl_ms": self.itl_ms}
-        if self.stream_batching_ms is not None:
-            for llm in app["args"]["llm_configs"]:
-                llm.setdefault("experimental_configs", {})["stream_batching_interval_ms"] = self.stream_batching_ms
         path = self.workdir / "serve.yaml"
         path.write_text(yaml.safe_dump(conf))
         return path

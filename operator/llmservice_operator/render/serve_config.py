@@ -95,6 +95,8 @@ def llm_config(spec: LLMServiceSpec, replicas: ReplicaSpec, tensor_parallel_size
         "engine_kwargs": engine_kwargs(spec, tensor_parallel_size),
         "deployment_config": deployment,
     }
+    if spec.routing.stream_batching_ms is not None:
+        conf["experimental_configs"] = {"stream_batching_interval_ms": spec.routing.stream_batching_ms}
     if sh.tpu:
         # Ray reserves the whole slice for the replica (SlicePlacementGroup) from the topology.
         conf["accelerator_config"] = {"kind": "tpu", "topology": sh.tpu.topology}
