@@ -220,9 +220,10 @@ class DataPath:
 
     def stop_ray(self) -> None:
         # Ray's HAProxyManager starts HAProxy outside Ray's own processes: `ray stop` leaves
-        # it running, so find ours by the ports in its config and stop it too.
-        ours = self._ray_haproxies()
+        # it running, so stop ours too. Look after `ray stop`: until the manager is gone it
+        # may reload HAProxy (`-sf`), which starts a new process (one leaked that way once).
         subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, env=self._env())
+        ours = self._ray_haproxies()
         for proc in ours:
             with contextlib.suppress(psutil.Error):
                 proc.terminate()
