@@ -113,11 +113,12 @@ async def _load(
                 left -= 1
                 await _stream(http, url, max_tokens, run)
 
-        cpu = {role: _cpu(ps) for role, ps in procs.items()}
+        before = _cpu_by_role(procs)
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(run.concurrency)))
         run.seconds = time.perf_counter() - start
-        run.cpu = {role: max(0.0, _cpu(ps) - cpu[role] - idle[role] * run.seconds) for role, ps in procs.items()}
+        after = _cpu_by_role(procs)
+        run.cpu = {role: max(0.0, after[role] - before[role] - idle[role] * run.seconds) for role in procs}
 
 
 def _cpu(procs: list[psutil.Process]) -> float:
@@ -131,18 +132,27 @@ def _cpu(procs: list[psutil.Process]) -> float:
     return total
 
 
+def _cpu_by_role(procs: dict[str, list[psutil.Process]]) -> dict[str, float]:
+    return {role: _cpu(ps) for role, ps in procs.items()}
+
+
+def _lookup(roles: dict[str, Procs]) -> dict[str, list[psutil.Process]]:
+    """Looked up per run: an HAProxy reload is a new process."""
+    return {role: find() for role, find in roles.items()}
+
+
 def idle_cpu(roles: dict[str, Procs], seconds: float = 3.0) -> dict[str, float]:
     """CPU cores each role uses with no requests (health checks, Ray's own loops), so that
     CPU per request at low concurrency is not mostly idle time."""
-    procs = {role: f() for role, f in roles.items()}
-    before = {role: _cpu(ps) for role, ps in procs.items()}
+    procs = _lookup(roles)
+    before = _cpu_by_role(procs)
     time.sleep(seconds)
-    return {role: (_cpu(ps) - before[role]) / seconds for role, ps in procs.items()}
+    after = _cpu_by_role(procs)
+    return {role: (after[role] - before[role]) / seconds for role in procs}
 
 
 def measure(run: Run, url: str, roles: dict[str, Procs], idle: dict[str, float], max_tokens: int) -> Run:
-    procs = {role: f() for role, f in roles.items()}  # looked up per run: an HAProxy reload is a new process
-    asyncio.run(_load(url, run, max_tokens, procs, idle))
+    asyncio.run(_load(url, run, max_tokens, _lookup(roles), idle))
     return run
 
 
@@ -154,9 +164,8 @@ def service(stream_batching_ms: int | None = None) -> LLMService:
         ingress={"apiKeysSecret": "keys"},
         replicas={"min": 1, "max": 1},
         autoscaling={"targetOngoingRequests": 10000, "maxOngoingRequests": 10000},
+        routing__streamBatchingMs=stream_batching_ms,  # None: unset, Ray's default
     )
-    if stream_batching_ms is not None:
-        doc["spec"]["routing"] = {**doc["spec"].get("routing", {}), "streamBatchingMs": stream_batching_ms}
     return parse(doc)
 
 

@@ -81,6 +81,11 @@ class DataPath:
         scheme = "https" if self.svc.spec.ingress.tls_secret else "http"
         return f"{scheme}://127.0.0.1:{self.ports['edge']}"
 
+    @property
+    def hp_dir(self) -> Path:
+        """Where Ray's HAProxy keeps its config and sockets, instead of the shared /tmp/haproxy-serve."""
+        return self.workdir / "hp"
+
     def _env(self) -> dict[str, str]:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
         rendered = {e["name"]: e["value"] for e in ray_env(self.svc) if "value" in e}
@@ -90,7 +95,7 @@ class DataPath:
         env.update(rendered)
         env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(self.ports["hp-metrics"])
         env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(self.ports["hp-stats"])
-        hp = self.workdir / "hp"  # instead of Ray's shared /tmp/haproxy-serve
+        hp = self.hp_dir
         env["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"] = str(hp / "haproxy.cfg")
         env["RAY_SERVE_HAPROXY_SOCKET_PATH"] = str(hp / "admin.sock")
         env["RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH"] = str(hp / "metrics.sock")
@@ -150,12 +155,12 @@ class DataPath:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError):
-                with urllib.request.urlopen(url, timeout=2) as r:
-                    rows = csv.DictReader(io.StringIO(r.read().decode().lstrip("# ")))
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    rows = csv.DictReader(io.StringIO(resp.read().decode().lstrip("# ")))
                     up = {r["svname"] for r in rows if r["svname"].startswith("SERVE_REPLICA") and r["status"] == "UP"}
                 # The stats CSV leaves `addr` empty here; the server lines in Ray's config have it.
                 addrs = {}
-                for cfg in (self.workdir / "hp").glob("*/haproxy.cfg"):
+                for cfg in self.hp_dir.glob("*/haproxy.cfg"):
                     addrs |= dict(re.findall(r"^\s*server (SERVE_REPLICA\S+) (\S+)", cfg.read_text(), re.M))
                 if up and up <= addrs.keys():
                     return sorted(f"http://{addrs[name]}" for name in up)
@@ -165,20 +170,21 @@ class DataPath:
     def proxy_processes(self) -> list[psutil.Process]:
         """Ray Serve's proxy in front of the replicas (for CPU accounting): its HAProxy, or
         its Python proxy actor when HAProxy ingress is off."""
-        if self.haproxy_ingress:
-            return self._ray_haproxies()
-        return [p for p in psutil.process_iter(["cmdline"]) if self._ours((p.info["cmdline"] or [""])[0], p)]
+        return self._ray_haproxies() if self.haproxy_ingress else self._proxy_actors()
 
     def edge_processes(self) -> list[psutil.Process]:
         return [psutil.Process(self.edge_proc.pid)] if self.edge_proc else []
 
-    def _ours(self, title: str, proc: psutil.Process) -> bool:
-        """A Python proxy actor of this Ray (workers inherit the env `_env` gave `ray start`)."""
-        if not title.startswith("ray::ProxyActor"):
-            return False
-        with contextlib.suppress(psutil.Error):
-            return str(self.workdir) in proc.environ().get("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", "")
-        return False
+    def _proxy_actors(self) -> list[psutil.Process]:
+        """This Ray's Python proxy actors: workers inherit the env `_env` gave `ray start`."""
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            if not (proc.info["cmdline"] or [""])[0].startswith("ray::ProxyActor"):
+                continue
+            with contextlib.suppress(psutil.Error):
+                if str(self.hp_dir) in proc.environ().get("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", ""):
+                    found.append(proc)
+        return found
 
     def _start_edge(self) -> None:
         self.edge_proc = self.start_edge(self.svc, self.ports["edge"], self.ports["edge-metrics"])
@@ -234,7 +240,7 @@ class DataPath:
 
     def _ray_haproxies(self) -> list[psutil.Process]:
         """Ray's HAProxy: the one whose config is under our `hp` dir (the env above put it there)."""
-        hp = str(self.workdir / "hp") + "/"
+        hp = f"{self.hp_dir}/"
         found = []
         for proc in psutil.process_iter(["cmdline"]):
             cmd = proc.info["cmdline"] or []
