@@ -26,7 +26,7 @@ from pathlib import Path
 VERSIONS_FILE = Path(__file__).with_name("versions.toml")
 STAMP = ".complete"
 # Bump a component's recipe when what is built or copied for it changes (same version).
-RECIPES = {"kwok": 2}
+RECIPES = {"kwok": 2, "kubernetes": 2}
 # kwok's own stage definitions: nodes become Ready and heartbeat, pods go Running at once.
 KWOK_STAGES = ("node/fast", "node/heartbeat", "pod/fast")
 
@@ -113,7 +113,8 @@ def build_kubernetes(c: Component, work: Path, out: Path) -> None:
         f"-X {pkg}.gitVersion={c.version} -X {pkg}.gitMajor={major} -X {pkg}.gitMinor={minor}"
         for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
     )
-    cmds = ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"]
+    # kubelet and kube-proxy run the real node; the rest is the control plane.
+    cmds = ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet", "kube-proxy"]
     pkgs = [f"{c.module}/cmd/{name}" for name in cmds]
     _run(["go", "build", "-ldflags", f"-s -w {ldflags}", "-o", str(out) + "/", *pkgs], work)
 
@@ -144,6 +145,10 @@ def build_helm(c: Component, work: Path, out: Path) -> None:
     _build_main(c, f"{c.module}/cmd/helm", work, out / "helm")
 
 
+def build_coredns(c: Component, work: Path, out: Path) -> None:
+    _build_main(c, c.module, work, out / "coredns")
+
+
 def build_kuberay(c: Component, work: Path, out: Path) -> None:
     _build_main(c, c.module, work, out / "ray-operator")
     src = _module_dir(c.module, c.version, work) / "config" / "crd" / "bases"
@@ -159,6 +164,7 @@ BUILDERS = {
     "kwok": build_kwok,
     "helm": build_helm,
     "kuberay": build_kuberay,
+    "coredns": build_coredns,
 }
 
 
