@@ -2,13 +2,22 @@ import pytest
 from ray._private.accelerators.tpu import get_chips_per_host
 from ray.util.accelerators import accelerators as ray_accelerators
 
-from llmservice_operator.catalog import ACCELERATORS, get, tpu_slice
+from llmservice_operator.catalog import (
+    ACCELERATORS,
+    boot_disk_type,
+    cpu_machine_for,
+    cpu_machines,
+    get,
+    machine_by_name,
+    tpu_slice,
+)
 
 
 def test_ray_knows_every_accelerator_type():
     ray_types = {getattr(ray_accelerators, n) for n in dir(ray_accelerators) if n.isupper()}
     for acc in ACCELERATORS.values():
-        assert acc.ray_type in ray_types, acc.key
+        if not acc.is_cpu:  # Ray refuses accelerator_type on CPU
+            assert acc.ray_type in ray_types, acc.key
 
 
 @pytest.mark.parametrize("key", [k for k, a in ACCELERATORS.items() if a.is_tpu])
@@ -46,3 +55,36 @@ def test_gpu_catalog_facts():
     assert get("nvidia-b200").node_size_for(16) == 8
     assert get("nvidia-b200").resource == "nvidia.com/gpu"
     assert get("tpu-7x").resource == "google.com/tpu"
+
+
+def test_cpu_is_no_accelerator():
+    cpu = get("cpu")
+    assert cpu.is_cpu and not cpu.is_tpu and not cpu.is_gpu
+    assert (cpu.resource, cpu.node_label, cpu.taint_key, cpu.ray_type) == (None, None, None, "")
+    assert get("nvidia-l4").taint_key == "nvidia.com/gpu" and get("tpu-v6e").taint_key == "google.com/tpu"
+
+
+def test_cpu_machines():
+    by_name = {m.name: m for m in cpu_machines()}
+    assert set(by_name) == {
+        *(f"c3-standard-{n}" for n in (4, 8, 22, 44)),
+        *(f"n2-standard-{n}" for n in (2, 4, 8, 16, 32)),
+    }
+    assert all(m.memory_gib == 4 * m.vcpus and m.accelerators == 0 for m in by_name.values())
+    assert machine_by_name("c3-standard-22") == (get("cpu"), by_name["c3-standard-22"])
+    # Room for pods: GKE's allocatable (its documented kubelet reservation and eviction
+    # threshold) less what system pods and the edge sidecar ask for.
+    assert [round(x, 2) for x in by_name["n2-standard-2"].room] == [1.43, 5.1]
+    assert [round(x, 2) for x in by_name["n2-standard-8"].room] == [7.41, 27.34]
+    # The smallest machine with room for one worker pod, C3 before N2 on a tie.
+    assert cpu_machine_for(1, 4).name == "n2-standard-2"
+    assert cpu_machine_for(0.5, 6).name == "c3-standard-4"  # not n2-standard-2: 6 GiB > 5.1
+    assert cpu_machine_for(8, 32).name == "n2-standard-16"  # not *-standard-8: 8 vCPUs > 7.41
+    assert cpu_machine_for(40, 32).name == "c3-standard-44"
+    assert cpu_machine_for(50, 32) is None
+
+
+def test_boot_disk_follows_the_machine_series():
+    assert boot_disk_type("n2-standard-8") == "pd-balanced"  # N2 has no Hyperdisk
+    assert boot_disk_type("c3-standard-8") == "hyperdisk-balanced"
+    assert boot_disk_type("a4-highgpu-8g") == "hyperdisk-balanced"

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 import importlib.util
 import json
+import math
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 from google.cloud import container_v1
+from ray.llm._internal.common.placement import PlacementGroupConfig
 from ray.llm._internal.serve.core.configs.llm_config import LLMConfig
+from ray.serve._private.config import ReplicaConfig
 
 from llmservice_operator.api import parse
+from llmservice_operator.api.quantity import cpu_cores
 from llmservice_operator.render import render
 from llmservice_operator.render.shape import worker_bounds
 from llmservice_operator.yamlio import dump_all
@@ -221,3 +226,200 @@ def test_model_sources(settings):
     assert loading("s3://bkt/gemma") == {"bucket_uri": "s3://bkt/gemma"}
     assert loading("pvc://weights/gemma") == "/mnt/models/gemma"
     assert loading("google/gemma-4-e2b-it") == "google/gemma-4-e2b-it"
+
+
+# --- accelerator.type cpu -------------------------------------------------------------------
+
+
+def _cluster(svc, settings) -> dict:
+    return render(svc, settings).ray_service["spec"]["rayClusterConfig"]
+
+
+def _cpu(**changes):
+    return parse(with_spec(sample_doc("cpu-tiny.yaml"), **changes))
+
+
+def _merge_bundles():
+    """Ray Serve LLM's own `_merge_replica_actor_and_child_actor_bundles`, taken from its source:
+    importing llm_server needs vLLM, which this environment does not install."""
+    path = Path(importlib.util.find_spec("ray").origin).parent / "llm/_internal/serve/core/server/llm_server.py"
+    tree = ast.parse(path.read_text())
+    [fn] = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("_merge_replica_actor")]
+    namespace: dict = {"copy": copy, "Dict": dict, "List": list}
+    exec(compile(ast.Module([fn], []), str(path), "exec"), namespace)
+    return namespace[fn.name]
+
+
+def _replica_bundles(conf: dict) -> tuple[list[dict], str]:
+    """The placement group Ray Serve LLM asks for one replica (LLMServer.get_deployment_options):
+    the engine bundles (explicit `placement_group_config.bundles`, no accelerator_type hint on
+    CPU) with the replica actor's resources merged into the first, checked by Serve's own
+    ReplicaConfig the way `serve.deployment` checks it."""
+    parsed = LLMConfig.model_validate(conf)
+    pg = PlacementGroupConfig(**parsed.placement_group_config).model_dump(exclude_unset=True)
+    assert parsed.accelerator_type is None
+    actor = parsed.deployment_config.get("ray_actor_options", {})
+    replica = {"CPU": actor.get("num_cpus", 1), "GPU": actor.get("num_gpus", 0)}
+    bundles = _merge_bundles()([dict(b) for b in pg["bundles"]], replica)
+    strategy = pg.get("strategy", "PACK")
+    ReplicaConfig.create(
+        "ray.llm._internal.serve.core.server.llm_server:LLMServer",
+        ray_actor_options=actor,
+        placement_group_bundles=bundles,
+        placement_group_strategy=strategy,
+    )
+    return bundles, strategy
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"engine__tensorParallelSize": 2, "ray__workerResources": {"cpu": "1500m", "memory": "6Gi"}},
+        {
+            "engine__tensorParallelSize": 4,
+            "engine__pipelineParallelSize": 2,
+            "ray__workerResources": None,
+            "accelerator__machineType": None,
+        },
+    ],
+    ids=["sample", "tp2", "tp4-pp2-default-workers"],
+)
+def test_cpu_replica_takes_exactly_one_worker_pod(settings, changes):
+    """A replica's placement group asks for all the Ray CPUs of one worker pod and no more, so
+    Ray's autoscaler adds one pod per replica and no second replica squeezes in."""
+    svc = _cpu(**changes)
+    cluster = _cluster(svc, settings)
+    [worker] = cluster["workerGroupSpecs"]
+    num_cpus = int(worker["rayStartParams"]["num-cpus"])
+    assert num_cpus == math.ceil(cpu_cores(worker["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"]))
+    [conf] = _llm_configs(render(svc, settings).ray_service)
+    bundles, strategy = _replica_bundles(conf)
+    assert sum(b.get("CPU", 0) for b in bundles) == num_cpus
+    assert strategy == "STRICT_PACK" and len(bundles) == 1  # one pod holds the whole replica
+    assert conf["accelerator_config"] == {"kind": "cpu"} and "accelerator_type" not in conf
+    assert conf["engine_kwargs"]["enforce_eager"] is True
+    tp = conf["engine_kwargs"]["tensor_parallel_size"] * conf["engine_kwargs"]["pipeline_parallel_size"]
+    assert tp <= num_cpus
+
+
+def test_cpu_worker_pods(settings):
+    cluster = _cluster(_cpu(), settings)
+    [worker] = cluster["workerGroupSpecs"]
+    assert worker["groupName"] == "cpu"
+    assert worker["rayStartParams"] == {"num-cpus": "1"}  # no accelerator_type:X resource
+    pod = worker["template"]["spec"]
+    ray, edge_c = pod["containers"]
+    assert ray["resources"] == {"requests": {"cpu": "500m", "memory": "6Gi"}, "limits": {"memory": "6Gi"}}
+    assert ray["image"] == settings.cpu_ray_image
+    env = {e["name"]: e.get("value") for e in ray["env"]}
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "1"  # a quarter of 6Gi, at least 1 GiB
+    assert "VLLM_USE_RAY_V2_EXECUTOR_BACKEND" not in env  # vLLM on CPU uses multiprocessing
+    assert pod["nodeSelector"] == {"node.kubernetes.io/instance-type": "n2-standard-2"}
+    assert "tolerations" not in pod and "affinity" not in pod
+    assert edge_c["resources"]["requests"] == {"cpu": "100m", "memory": "128Mi"}
+    assert cluster["autoscalerOptions"]["resources"] == {
+        "requests": {"cpu": "100m", "memory": "512Mi"},
+        "limits": {"memory": "512Mi"},
+    }
+    big = _cluster(_cpu(ray__workerResources={"cpu": "2", "memory": "32Gi"}, accelerator__machineType=None), settings)
+    env = {e["name"]: e.get("value") for e in big["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["env"]}
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "8"
+    mine = _cluster(_cpu(ray__env={"VLLM_CPU_KVCACHE_SPACE": "3"}), settings)
+    env = {e["name"]: e.get("value") for e in mine["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["env"]}
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "3"  # spec.ray.env wins
+
+
+def test_cpu_head_and_workers_share_the_machine_type(settings):
+    head = _cluster(_cpu(), settings)["headGroupSpec"]["template"]["spec"]
+    assert head["nodeSelector"] == {"node.kubernetes.io/instance-type": "n2-standard-2"}
+    ray = head["containers"][0]["resources"]
+    assert ray == {"requests": {"cpu": "100m", "memory": "2Gi"}, "limits": {"memory": "2Gi"}}  # bursts
+    # kind, a dev cluster: no machine type, no selector anywhere.
+    cluster = _cluster(_cpu(accelerator={"type": "cpu"}), settings)
+    assert "nodeSelector" not in cluster["headGroupSpec"]["template"]["spec"]
+    assert "nodeSelector" not in cluster["workerGroupSpecs"][0]["template"]["spec"]
+    # Managed pool without a machine type: the catalog's pick, on head and workers.
+    cluster = _cluster(_cpu(accelerator={"type": "cpu"}, nodePool={"managed": True}), settings)
+    sel = {"node.kubernetes.io/instance-type": "c3-standard-4"}
+    assert cluster["headGroupSpec"]["template"]["spec"]["nodeSelector"] == sel
+    assert cluster["workerGroupSpecs"][0]["template"]["spec"]["nodeSelector"] == sel
+    # GPU heads keep going anywhere.
+    gpu = _cluster(parse(sample_doc("gemma-b200.yaml")), settings)
+    assert "nodeSelector" not in gpu["headGroupSpec"]["template"]["spec"]
+
+
+def test_cpu_spot_and_reservation_placement(settings):
+    spot = _cluster(_cpu(accelerator__provisioning="spot"), settings)["workerGroupSpecs"][0]["template"]["spec"]
+    assert spot["nodeSelector"]["cloud.google.com/gke-spot"] == "true"
+    assert [t["key"] for t in spot["tolerations"]] == ["cloud.google.com/gke-spot"]
+    res = _cpu(accelerator__provisioning="reservation", accelerator__reservation="cpu-res")
+    sel = _cluster(res, settings)["workerGroupSpecs"][0]["template"]["spec"]["nodeSelector"]
+    assert sel["cloud.google.com/reservation-name"] == "cpu-res"
+
+
+def test_cpu_sample_fits_twice_on_a_two_core_node(settings):
+    """Blue/green upgrades run the old and the new Ray cluster side by side."""
+    cluster = _cluster(parse(sample_doc("cpu-tiny.yaml")), settings)
+    pods = [cluster["headGroupSpec"]["template"]["spec"], cluster["workerGroupSpecs"][0]["template"]["spec"]]
+    millicores = sum(cpu_cores(c["resources"]["requests"]["cpu"]) * 1000 for p in pods for c in p["containers"])
+    millicores += cpu_cores(cluster["autoscalerOptions"]["resources"]["requests"]["cpu"]) * 1000
+    assert [c["name"] for c in pods[0]["containers"]] == ["ray"]  # head not in the Service: no sidecar
+    assert millicores == 800
+    assert 2 * millicores <= 2000 - 300  # leaves room for the node's own pods (DNS, KubeRay, operator)
+
+
+def test_edge_sidecar_on_the_head_only_while_the_head_serves(settings):
+    def head_containers(doc):
+        rs = render(parse(doc), settings).ray_service
+        names = [c["name"] for c in rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"]]
+        return names, rs["spec"]["excludeHeadPodFromServeSvc"]
+
+    assert head_containers(sample_doc("gemma-b200.yaml")) == (["ray"], True)
+    assert head_containers(sample_doc("l4-spot-fallback.yaml")) == (["ray", "edge"], False)  # min 0
+    assert head_containers(with_spec(sample_doc("cpu-tiny.yaml"), replicas={"min": 0, "max": 1})) == (
+        ["ray", "edge"],
+        False,
+    )
+
+
+def test_cpu_ingress_deployment_without_direct_streaming(settings):
+    def args(doc):
+        rs = render(parse(doc), settings).ray_service
+        return yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]
+
+    assert "ingress_deployment_config" not in args(sample_doc("cpu-tiny.yaml"))  # Ray refuses it there
+    off = args(with_spec(sample_doc("cpu-tiny.yaml"), routing={"directStreaming": False}))
+    assert off["ingress_deployment_config"] == {"ray_actor_options": {"num_cpus": 0}}
+    ReplicaConfig.create("x:y", ray_actor_options=off["ingress_deployment_config"]["ray_actor_options"])
+    builder = Path(importlib.util.find_spec("ray").origin).parent / "llm/_internal/serve/core/ingress/builder.py"
+    assert "    ingress_deployment_config: Dict[str, Any] = Field(" in builder.read_text()  # LLMServingArgs
+    assert "ingress_deployment_config" not in args(
+        with_spec(sample_doc("gemma-b200.yaml"), routing={"directStreaming": False})
+    )
+
+
+def test_cpu_node_pool(settings):
+    svc = _cpu(accelerator={"type": "cpu"}, nodePool={"managed": True}, replicas={"min": 1, "max": 3})
+    [pool] = render(svc, settings).node_pools
+    msg = container_v1.NodePool(**pool)
+    assert msg.config.machine_type == "c3-standard-4"  # n2-standard-2 has room for 5.1 GiB; C3 on a tie
+    assert msg.config.disk_type == "hyperdisk-balanced"
+    assert not msg.config.accelerators and not msg.config.taints
+    # Two 500m/6Gi workers per c3-standard-4: 3 replicas take 2 nodes, and one more for the head.
+    assert (msg.autoscaling.total_min_node_count, msg.autoscaling.total_max_node_count) == (1, 3)
+    n2 = _cpu(nodePool={"managed": True}, accelerator__provisioning="spot")
+    [pool] = render(n2, settings).node_pools
+    assert pool["config"]["machine_type"] == "n2-standard-2" and pool["config"]["disk_type"] == "pd-balanced"
+    assert pool["config"]["spot"] is True
+    # Default workers (8 CPUs, 32Gi) outgrow an 8-vCPU machine once GKE has taken its share.
+    default = _cpu(accelerator={"type": "cpu"}, nodePool={"managed": True}, ray=None)
+    assert render(default, settings).node_pools[0]["config"]["machine_type"] == "n2-standard-16"
+
+
+def test_worker_resources_override_gpu_requests(settings):
+    doc = with_spec(sample_doc("gemma-b200.yaml"), ray={"workerResources": {"cpu": "20", "memory": "200Gi"}})
+    [worker] = _cluster(parse(doc), settings)["workerGroupSpecs"]
+    res = worker["template"]["spec"]["containers"][0]["resources"]
+    assert res["requests"] == {"cpu": "20", "memory": "200Gi", "nvidia.com/gpu": "1"}
+    assert res["limits"] == {"memory": "200Gi", "nvidia.com/gpu": "1"}

@@ -10,6 +10,7 @@ from .conftest import sample_doc, with_spec
 
 GPU = "gemma-b200.yaml"
 TPU = "tpu-v6e-4x4-multihost.yaml"
+CPU = "cpu-tiny.yaml"  # n2-standard-2, workers of 500m (1 Ray CPU) and 6Gi
 
 # (base sample, spec changes, field path, words the message must contain)
 CASES = [
@@ -75,7 +76,65 @@ CASES = [
     ),
     (TPU, {"prefillDecode": {}, "routing": {"directStreaming": False}}, "spec.prefillDecode", "needs GPUs"),
     (GPU, {"engine__extraArgs": {"tensor_parallel_size": 2}}, "spec.engine.extraArgs", "engine.tensorParallelSize"),
+    (CPU, {"accelerator__topology": "2x4"}, "spec.accelerator.topology", "CPU replicas by ray.workerResources"),
+    (CPU, {"accelerator__perReplica": 1}, "spec.accelerator.perReplica", "counts GPUs"),
+    (CPU, {"engine__tensorParallelSize": 2}, "spec.engine.tensorParallelSize", "Ray CPUs of a worker pod"),
+    (
+        CPU,
+        {"ray__workerResources": None, "accelerator__machineType": None, "engine__pipelineParallelSize": 9},
+        "spec.engine.tensorParallelSize",
+        "rounded up (default 8)",
+    ),
+    (CPU, {"engine__dataParallelSize": 2}, "spec.engine.dataParallelSize", "scale a CPU service with replicas"),
+    (CPU, {"engine__gpuMemoryUtilization": 0.9}, "spec.engine.gpuMemoryUtilization", "VLLM_CPU_KVCACHE_SPACE"),
+    (CPU, {"accelerator__provisioning": "flex-start"}, "spec.accelerator.provisioning", "GPUs and TPUs only"),
+    (
+        CPU,
+        {"ray__workerResources": {"cpu": "4", "memory": "6Gi"}},
+        "spec.accelerator.machineType",
+        "smaller than one worker pod",
+    ),
+    (
+        CPU,
+        {"ray__workerResources": {"cpu": "1", "memory": "9Gi"}},
+        "spec.accelerator.machineType",
+        "smaller than one worker pod",
+    ),
+    (CPU, {"ray__workerResources": None}, "spec.accelerator.machineType", "default 8 CPUs and 32Gi"),
+    (
+        CPU,
+        {
+            "accelerator__machineType": None,
+            "nodePool": {"managed": True},
+            "ray__workerResources": {"cpu": "44", "memory": "8Gi"},
+        },
+        "spec.ray.workerResources",
+        "largest catalog CPU machine",
+    ),
+    (CPU, {"prefillDecode": {}, "routing": {"directStreaming": False}}, "spec.prefillDecode", "needs GPUs"),
 ]
+
+# Valid specs near the rules' edges: no rule may misfire (in CEL, a failed map lookup would
+# reject them with a runtime error instead of accepting them).
+GOOD_CASES = [
+    (CPU, {}),
+    (CPU, {"accelerator": {"type": "cpu"}, "ray": None}),  # kind: no machine type, default workers
+    (
+        CPU,
+        {
+            "engine__tensorParallelSize": 16,
+            "ray__workerResources": {"cpu": "15.5", "memory": "32Gi"},
+            "accelerator__machineType": "n2-standard-16",
+        },
+    ),
+    (CPU, {"engine__tensorParallelSize": 2, "ray__workerResources": {"cpu": "1500m", "memory": "6Gi"}}),
+    (CPU, {"accelerator__machineType": "n2-highcpu-96", "ray__workerResources": {"cpu": "90", "memory": "80Gi"}}),
+    (CPU, {"accelerator__provisioning": "reservation", "accelerator__reservation": "cpu-res"}),
+    (CPU, {"accelerator__provisioning": "spot-with-fallback", "nodePool": {"managed": True}}),
+    (CPU, {"routing": {"directStreaming": False}}),
+    (GPU, {"ray": {"workerResources": {"cpu": "20", "memory": "200Gi"}}}),
+]
+
 
 # Schema-level errors (types, enums, unknown fields) carry their path as well.
 SCHEMA_CASES = [
@@ -99,6 +158,11 @@ def test_bad_input_names_field_and_fix(base, changes, path, words):
     matching = [e for e in errors if e.startswith(path + ": ")]
     assert matching, f"no error for {path}; got {errors}"
     assert any(words in e for e in matching), matching
+
+
+@pytest.mark.parametrize(("base", "changes"), GOOD_CASES)
+def test_valid_specs_pass(base, changes):
+    parse(with_spec(sample_doc(base), **changes))
 
 
 def test_every_rule_has_a_bad_input_case():

@@ -28,6 +28,11 @@ class OperatorSettings(BaseModel):
     tpu_ray_image: str = Field(
         "rayproject/ray-llm:2.60.0-py311-tpu", description="Default image for TPU services (Ray + vLLM TPU)."
     )
+    cpu_ray_image: str = Field(
+        "llmservice.dev/ray-cpu:2.60.0-vllm0.29.0",
+        description="Default image for CPU services (Ray + vLLM for CPU; built from images/ray-cpu, "
+        "push it to your registry).",
+    )
     edge_image: str = Field("haproxy:2.8.25-alpine", description="Image of the edge HAProxy sidecar.")
     monitoring: Literal["gmp", "prometheus-operator", "none"] = Field(
         "gmp", description="gmp: GKE Managed Prometheus PodMonitoring; prometheus-operator: PodMonitor."

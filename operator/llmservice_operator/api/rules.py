@@ -11,9 +11,19 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..catalog import ACCELERATORS, get, tpu_types
+from ..catalog import (
+    ACCELERATORS,
+    Machine,
+    cpu_machine_for,
+    cpu_machines,
+    cpu_types,
+    get,
+    gpu_types,
+    tpu_types,
+)
 from ..catalog.tpu import chips_in
-from .spec import SOURCE_PATTERN, LLMServiceSpec
+from .quantity import GIB, cpu_cores, memory_bytes, ray_cpus
+from .spec import DEFAULT_CPU_WORKER, SOURCE_PATTERN, LLMServiceSpec, Resources
 
 MAX_NAME_LENGTH = 40  # leaves room for KubeRay's cluster/pod suffixes within 63 characters
 
@@ -39,12 +49,64 @@ def _is_tpu(s: LLMServiceSpec) -> bool:
     return get(s.accelerator.type).is_tpu
 
 
+def _is_gpu(s: LLMServiceSpec) -> bool:
+    return get(s.accelerator.type).is_gpu
+
+
+def _is_cpu(s: LLMServiceSpec) -> bool:
+    return get(s.accelerator.type).is_cpu
+
+
 def _gpus(s: LLMServiceSpec) -> int:
     return s.engine.tensor_parallel_size * s.engine.pipeline_parallel_size
 
 
-_TPU_CEL = " || ".join(f"self.accelerator.type == '{t}'" for t in tpu_types())
-_IS_TPU = f"({_TPU_CEL})"
+def _worker(s: LLMServiceSpec) -> Resources:
+    return s.ray.worker_resources or DEFAULT_CPU_WORKER
+
+
+def _cpu_machine(s: LLMServiceSpec) -> Machine | None:
+    return _CPU_MACHINES.get(s.accelerator.machine_type or "")
+
+
+def _machine_too_small(s: LLMServiceSpec) -> bool:
+    m = _cpu_machine(s)
+    w = _worker(s)
+    return m is not None and (m.vcpus < cpu_cores(w.cpu) or m.memory_gib * GIB < memory_bytes(w.memory))
+
+
+def _no_machine_for_pool(s: LLMServiceSpec) -> bool:
+    w = _worker(s)
+    return cpu_machine_for(cpu_cores(w.cpu), memory_bytes(w.memory) / GIB) is None
+
+
+def _one_of(types: list[str]) -> str:
+    return "(" + " || ".join(f"self.accelerator.type == '{t}'" for t in types) + ")"
+
+
+_IS_TPU = _one_of(tpu_types())
+_IS_GPU = _one_of(gpu_types())
+_IS_CPU = _one_of(cpu_types())
+_WR = "self.ray.workerResources"
+# CEL's Kubernetes quantity library parses "500m" as 0.5 and "32Gi" as bytes, as quantity.py does.
+_WORKER_CPU_CEL = f"(has({_WR}) ? quantity({_WR}.cpu).asApproximateFloat() : {cpu_cores(DEFAULT_CPU_WORKER.cpu)})"
+_WORKER_MEM_CEL = (
+    f"(has({_WR}) ? quantity({_WR}.memory).asApproximateFloat() : {float(memory_bytes(DEFAULT_CPU_WORKER.memory))})"
+)
+_CPU_MACHINES = {m.name: m for m in cpu_machines()}
+# The largest catalog CPU machine has the most vCPUs and the most memory, so a worker fits some
+# machine exactly when it fits that one (what _no_machine_for_pool asks).
+_LARGEST_CPU = max(_CPU_MACHINES.values(), key=lambda m: (m.vcpus, m.memory_gib))
+assert all(m.memory_gib <= _LARGEST_CPU.memory_gib for m in _CPU_MACHINES.values())
+_ROOM_CPU, _ROOM_GIB = _LARGEST_CPU.room
+_FITS_LARGEST_CEL = f"{_WORKER_CPU_CEL} <= {_ROOM_CPU!r} && {_WORKER_MEM_CEL} <= {_ROOM_GIB * GIB!r}"
+_MT = "self.accelerator.machineType"
+_VCPUS_CEL = "{" + ", ".join(f"'{m.name}': {float(m.vcpus)}" for m in _CPU_MACHINES.values()) + "}"
+_BYTES_CEL = "{" + ", ".join(f"'{m.name}': {float(m.memory_gib * GIB)}" for m in _CPU_MACHINES.values()) + "}"
+_CPU_MACHINE_FITS_CEL = (
+    f"!{_IS_CPU} || !has({_MT}) || !({_MT} in {_VCPUS_CEL}) || "
+    f"({_VCPUS_CEL}[{_MT}] >= {_WORKER_CPU_CEL} && {_BYTES_CEL}[{_MT}] >= {_WORKER_MEM_CEL})"
+)
 _TOPO = "self.accelerator.topology"
 _CHIPS_CEL = (
     f"int({_TOPO}.split('x')[0]) * int({_TOPO}.split('x')[1]) * "
@@ -55,11 +117,14 @@ _VALID_TOPOLOGY_CEL = " || ".join(
     for a in ACCELERATORS.values()
     if a.is_tpu
 )
-_MAX_PER_NODE = {a.key: a.max_per_node for a in ACCELERATORS.values() if not a.is_tpu}
+_MAX_PER_NODE = {a.key: a.max_per_node for a in ACCELERATORS.values() if a.is_gpu}
 _MAX_PER_NODE_CEL = "{" + ", ".join(f"'{k}': {v}" for k, v in _MAX_PER_NODE.items()) + "}"
-_GPU_TP_FITS_CEL = f"{_IS_TPU} || self.engine.tensorParallelSize <= {_MAX_PER_NODE_CEL}[self.accelerator.type]"
+# A map lookup with a missing key is a runtime error in CEL (the API server would answer with
+# that error instead of the rule's message): only GPU types are looked up.
+_NOT_GPU_TYPE = f"!(self.accelerator.type in {_MAX_PER_NODE_CEL})"
+_GPU_TP_FITS_CEL = f"{_NOT_GPU_TYPE} || self.engine.tensorParallelSize <= {_MAX_PER_NODE_CEL}[self.accelerator.type]"
 _GPU_WHOLE_NODES_CEL = (
-    f"{_IS_TPU} || self.engine.tensorParallelSize * self.engine.pipelineParallelSize <= "
+    f"{_NOT_GPU_TYPE} || self.engine.tensorParallelSize * self.engine.pipelineParallelSize <= "
     f"{_MAX_PER_NODE_CEL}[self.accelerator.type] || "
     f"(self.engine.tensorParallelSize * self.engine.pipelineParallelSize) % "
     f"{_MAX_PER_NODE_CEL}[self.accelerator.type] == 0"
@@ -117,7 +182,8 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "accelerator.topology",
-        "applies only to TPU types: remove it (GPU replicas are sized by accelerator.perReplica)",
+        "applies only to TPU types: remove it (GPU replicas are sized by accelerator.perReplica, "
+        "CPU replicas by ray.workerResources)",
         lambda s: not _is_tpu(s) and s.accelerator.topology is not None,
         f"{_IS_TPU} || !has({_TOPO})",
     ),
@@ -157,7 +223,7 @@ RULES: tuple[Rule, ...] = (
         "engine.tensorParallelSize",
         f"must fit in one node of accelerator.type (GPUs per node: {_GPUS_PER_NODE}); "
         "span nodes with pipelineParallelSize instead",
-        lambda s: not _is_tpu(s) and s.engine.tensor_parallel_size > _MAX_PER_NODE[s.accelerator.type],
+        lambda s: _is_gpu(s) and s.engine.tensor_parallel_size > _MAX_PER_NODE[s.accelerator.type],
         _GPU_TP_FITS_CEL,
     ),
     Rule(
@@ -165,7 +231,7 @@ RULES: tuple[Rule, ...] = (
         "a replica larger than one node must use whole nodes: tensorParallelSize x "
         f"pipelineParallelSize must be a multiple of the GPUs per node ({_GPUS_PER_NODE})",
         lambda s: (
-            not _is_tpu(s)
+            _is_gpu(s)
             and _gpus(s) > _MAX_PER_NODE[s.accelerator.type]
             and _gpus(s) % _MAX_PER_NODE[s.accelerator.type] != 0
         ),
@@ -185,9 +251,60 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "accelerator.machineType",
-        "overrides GPU node pools only: TPU machine types follow accelerator.topology",
+        "overrides GPU and CPU machine types only: TPU machine types follow accelerator.topology",
         lambda s: _is_tpu(s) and s.accelerator.machine_type is not None,
         f"!{_IS_TPU} || !has(self.accelerator.machineType)",
+    ),
+    Rule(
+        "accelerator.machineType",
+        "is smaller than one worker pod (ray.workerResources, default 8 CPUs and 32Gi): choose a "
+        "larger machine or smaller ray.workerResources",
+        lambda s: _is_cpu(s) and _machine_too_small(s),
+        _CPU_MACHINE_FITS_CEL,
+    ),
+    Rule(
+        "ray.workerResources",
+        f"does not fit the largest catalog CPU machine a managed node pool would use "
+        f"({_LARGEST_CPU.name}: room for {_ROOM_CPU:.1f} vCPUs and {_ROOM_GIB:.0f} GiB after GKE's "
+        "reservations and system pods): set accelerator.machineType or ask for less",
+        lambda s: _is_cpu(s) and s.node_pool.managed and s.accelerator.machine_type is None and _no_machine_for_pool(s),
+        f"!{_IS_CPU} || !self.nodePool.managed || has({_MT}) || ({_FITS_LARGEST_CEL})",
+    ),
+    Rule(
+        "accelerator.perReplica",
+        "counts GPUs: a CPU replica is one Ray worker pod sized by ray.workerResources: remove it",
+        lambda s: _is_cpu(s) and s.accelerator.per_replica is not None,
+        f"!{_IS_CPU} || !has(self.accelerator.perReplica)",
+    ),
+    Rule(
+        "engine.tensorParallelSize",
+        "tensorParallelSize x pipelineParallelSize (vLLM CPU processes, at least a core each) must "
+        "not exceed the Ray CPUs of a worker pod: ray.workerResources.cpu rounded up (default 8)",
+        lambda s: _is_cpu(s) and _gpus(s) > ray_cpus(_worker(s).cpu),
+        # n <= ceil(cpu) for a whole n is n - 1 < cpu (CEL has no ceil here)
+        f"!{_IS_CPU} || double(self.engine.tensorParallelSize * self.engine.pipelineParallelSize) - 1.0 < "
+        f"{_WORKER_CPU_CEL}",
+    ),
+    Rule(
+        "engine.dataParallelSize",
+        "must be 1 for accelerator.type cpu (data-parallel attention is for multi-GPU MoE serving): "
+        "scale a CPU service with replicas",
+        lambda s: _is_cpu(s) and s.engine.data_parallel_size > 1,
+        f"!{_IS_CPU} || self.engine.dataParallelSize == 1",
+    ),
+    Rule(
+        "engine.gpuMemoryUtilization",
+        "applies to accelerator memory: vLLM on CPU takes its KV cache size from "
+        "ray.workerResources.memory (VLLM_CPU_KVCACHE_SPACE): remove it",
+        lambda s: _is_cpu(s) and s.engine.gpu_memory_utilization is not None,
+        f"!{_IS_CPU} || !has(self.engine.gpuMemoryUtilization)",
+    ),
+    Rule(
+        "accelerator.provisioning",
+        "flex-start (Dynamic Workload Scheduler) provisions GPUs and TPUs only: use on-demand, "
+        "spot, spot-with-fallback or reservation for accelerator.type cpu",
+        lambda s: _is_cpu(s) and s.accelerator.provisioning == "flex-start",
+        f"!{_IS_CPU} || self.accelerator.provisioning != 'flex-start'",
     ),
     Rule(
         "engine.enablePrefixCaching",
@@ -266,8 +383,8 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "prefillDecode",
         "needs GPUs: KV transfer between prefill and decode uses NIXL/LMCache on NVIDIA GPUs",
-        lambda s: s.prefill_decode is not None and _is_tpu(s),
-        f"!has(self.prefillDecode) || !{_IS_TPU}",
+        lambda s: s.prefill_decode is not None and not _is_gpu(s),
+        f"!has(self.prefillDecode) || {_IS_GPU}",
     ),
     Rule(
         "engine.extraArgs",

@@ -110,13 +110,15 @@ class AcceleratorSpec(Model):
     type: AcceleratorType = Field(
         description="nvidia-b200 (A4), nvidia-h200 (A3 Ultra), nvidia-h100 (A3 High), "
         "nvidia-h100-mega (A3 Mega), nvidia-gb200 (A4X, Arm), nvidia-l4 (G2), tpu-v5e, tpu-v6e, "
-        "tpu-v5p, tpu-7x."
+        "tpu-v5p, tpu-7x, or cpu: vLLM on CPU (C3/N2 nodes, kind, development clusters; small "
+        "models), each replica one Ray worker pod sized by ray.workerResources."
     )
     per_replica: int | None = Field(
         None,
         ge=1,
         description="GPUs per model replica. Defaults to tensorParallelSize x "
-        "pipelineParallelSize; must equal it when set. TPUs take the chip count from `topology`.",
+        "pipelineParallelSize; must equal it when set. TPUs take the chip count from `topology`; "
+        "CPU replicas are sized by ray.workerResources.",
     )
     topology: str | None = Field(
         None,
@@ -132,7 +134,13 @@ class AcceleratorSpec(Model):
     reservation: str | None = Field(
         None, pattern=K8S_NAME, description="Compute Engine reservation name (provisioning: reservation)."
     )
-    machine_type: str | None = Field(None, description="Override the machine type the catalog picks (GPU pools only).")
+    machine_type: str | None = Field(
+        None,
+        max_length=63,
+        description="Override the machine type the catalog picks (GPU and CPU; TPUs follow "
+        "`topology`). For cpu it also pins the head and worker pods to nodes of that type "
+        "(node.kubernetes.io/instance-type), e.g. c3-standard-8 or n2-standard-4.",
+    )
 
 
 class ReplicaSpec(Model):
@@ -226,8 +234,10 @@ class NodePoolSpec(Model):
 
     managed: bool = Field(False, description="Create and size node pools through the GKE API.")
     disk_size_gb: int = Field(200, ge=50, description="Boot disk per node.")
-    disk_type: Literal["pd-balanced", "pd-ssd", "hyperdisk-balanced"] = Field(
-        "hyperdisk-balanced", description="Boot disk type (A4/A3 Ultra/TPU machines need hyperdisk)."
+    disk_type: Literal["pd-balanced", "pd-ssd", "hyperdisk-balanced"] | None = Field(
+        None,
+        description="Boot disk type. Default hyperdisk-balanced (A4/A3 Ultra/TPU machines need it), "
+        "pd-balanced on N1, N2, N2D and E2 machines (they have no Hyperdisk).",
     )
     service_account: str | None = Field(None, description="Node service account email.")
     labels: dict[str, str] = Field(default_factory=dict, description="Extra node labels.")
@@ -236,8 +246,12 @@ class NodePoolSpec(Model):
 class Resources(Model):
     """CPU and memory of a container."""
 
-    cpu: str = Field(pattern=r"^[0-9]+(\.[0-9]+|m)?$", description="CPU request and limit.")
-    memory: str = Field(pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)?$", description="Memory request and limit.")
+    cpu: str = Field(pattern=r"^[0-9]+(\.[0-9]+|m)?$", max_length=16, description="CPU cores (8, 1.5, 500m).")
+    memory: str = Field(pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)?$", max_length=16, description="Memory (32Gi, 512Mi).")
+
+
+# accelerator.type cpu: one Ray worker pod (one model replica) when ray.workerResources is unset.
+DEFAULT_CPU_WORKER = Resources(cpu="8", memory="32Gi")
 
 
 class RaySpec(Model):
@@ -247,7 +261,15 @@ class RaySpec(Model):
     image: str | None = Field(None, description="Ray image with vLLM (default: the operator's setting).")
     head_resources: Resources = Field(
         default_factory=lambda: Resources(cpu="4", memory="16Gi"),
-        description="Head pod resources (the head runs no model).",
+        description="Head pod resources, request and limit (the head runs no model; for "
+        "accelerator.type cpu the CPU is a request only, so a small head can burst).",
+    )
+    worker_resources: Resources | None = Field(
+        None,
+        description="CPU and memory request of each Ray worker pod. accelerator.type cpu: the "
+        "size of one model replica (one pod each; default 8 CPUs, 32Gi; vLLM's KV cache gets a "
+        "quarter of the memory, at least 1 GiB). GPU/TPU: overrides the request computed from "
+        "the pod's share of its node.",
     )
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment for every Ray container.")
 

@@ -2,18 +2,53 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 from . import labels
 
+# What GKE's system pods (kube-proxy, logging and metrics agents, CSI) and the edge sidecar
+# ask for on a node, beyond GKE's own reservation: vCPUs, GiB.
+SYSTEM_PODS = (0.5, 1.0)
+
+
+def _tiers(amount: float, tiers: tuple[tuple[float, float], ...]) -> float:
+    """Sum of rate x the part of `amount` inside each (upper bound, rate) tier."""
+    out, low = 0.0, 0.0
+    for high, rate in tiers:
+        out += rate * max(0.0, min(amount, high) - low)
+        low = high
+    return out
+
+
+# GKE Standard node allocatable: the kubelet reservation (GKE docs, "Standard cluster
+# architecture: node allocatable resources") plus the 100 MiB eviction threshold.
+_CPU_RESERVED = ((1, 0.06), (2, 0.01), (4, 0.005), (math.inf, 0.0025))
+_MEMORY_RESERVED = ((4, 0.25), (8, 0.20), (16, 0.10), (128, 0.06), (math.inf, 0.02))
+_EVICTION_GIB = 100 / 1024
+
 
 @dataclass(frozen=True)
 class Machine:
     name: str
-    accelerators: int  # GPUs, or TPU chips per host
+    accelerators: int  # GPUs, or TPU chips per host; 0 for CPU machines
     vcpus: int
     memory_gib: int
+
+    @property
+    def room(self) -> tuple[float, float]:
+        """vCPUs and GiB left for workload pods: GKE's allocatable less SYSTEM_PODS."""
+        cpu = self.vcpus - _tiers(self.vcpus, _CPU_RESERVED) - SYSTEM_PODS[0]
+        mem = self.memory_gib - _tiers(self.memory_gib, _MEMORY_RESERVED) - _EVICTION_GIB - SYSTEM_PODS[1]
+        return cpu, mem
+
+    def holds(self, cpu: float, memory_gib: float) -> int:
+        """How many pods of `cpu` cores and `memory_gib` fit in this machine's room."""
+        room_cpu, room_mem = self.room
+        by_cpu = room_cpu / cpu if cpu > 0 else math.inf
+        by_memory = room_mem / memory_gib if memory_gib > 0 else math.inf
+        return max(0, int(min(by_cpu, by_memory, 1000)))
 
 
 def _m(*specs: tuple[str, int, int, int]) -> tuple[Machine, ...]:
@@ -23,11 +58,11 @@ def _m(*specs: tuple[str, int, int, int]) -> tuple[Machine, ...]:
 @dataclass(frozen=True)
 class Accelerator:
     key: str  # spec.accelerator.type
-    family: Literal["gpu", "tpu"]
-    gke_label: str  # value of gke-accelerator (GPU) or gke-tpu-accelerator (TPU)
-    ray_type: str  # Ray Serve LLM `accelerator_type`
-    memory_gib: int  # HBM per GPU or per TPU chip
-    machines: tuple[Machine, ...]  # GCE machine types that carry this accelerator
+    family: Literal["gpu", "tpu", "cpu"]
+    gke_label: str  # value of gke-accelerator (GPU) or gke-tpu-accelerator (TPU); "" for CPU
+    ray_type: str  # Ray Serve LLM `accelerator_type`; "" for CPU (Ray refuses one there)
+    memory_gib: int  # HBM per GPU or per TPU chip; 0 for CPU
+    machines: tuple[Machine, ...]  # GCE machine types that carry this accelerator (CPU: that serve well)
     arch: Literal["amd64", "arm64"] = "amd64"
     # Nodes carry cloud.google.com/gce-topology-{block,subblock,host} labels.
     topology_labels: bool = False
@@ -42,12 +77,27 @@ class Accelerator:
         return self.family == "tpu"
 
     @property
-    def resource(self) -> str:
-        return labels.TPU_RESOURCE if self.is_tpu else labels.GPU_RESOURCE
+    def is_cpu(self) -> bool:
+        return self.family == "cpu"
 
     @property
-    def node_label(self) -> str:
-        return labels.TPU_ACCELERATOR if self.is_tpu else labels.GPU_ACCELERATOR
+    def is_gpu(self) -> bool:
+        return self.family == "gpu"
+
+    @property
+    def resource(self) -> str | None:
+        """Extended resource a pod requests (nvidia.com/gpu, google.com/tpu); None for CPU."""
+        return {"gpu": labels.GPU_RESOURCE, "tpu": labels.TPU_RESOURCE}.get(self.family)
+
+    @property
+    def node_label(self) -> str | None:
+        """Node label naming the accelerator (value: gke_label); None for CPU."""
+        return {"gpu": labels.GPU_ACCELERATOR, "tpu": labels.TPU_ACCELERATOR}.get(self.family)
+
+    @property
+    def taint_key(self) -> str | None:
+        """Taint GKE puts on accelerator nodes; None for CPU."""
+        return {"gpu": labels.GPU_TAINT_KEY, "tpu": labels.TPU_TAINT_KEY}.get(self.family)
 
     @property
     def max_per_node(self) -> int:
@@ -68,6 +118,12 @@ class Accelerator:
 
 
 _A4 = _m(("a4-highgpu-8g", 8, 224, 3968))
+# CPU serving: C3 (Intel Sapphire Rapids, AMX: what vLLM's CPU backend runs fastest on, the
+# choice for production) and N2 (general purpose: development, small models). 4 GiB per vCPU.
+_CPU_MACHINES = _m(
+    *((f"c3-standard-{n}", 0, n, 4 * n) for n in (4, 8, 22, 44)),
+    *((f"n2-standard-{n}", 0, n, 4 * n) for n in (2, 4, 8, 16, 32)),
+)
 _V5E_V6E_TOPOLOGIES = ("1x1", "2x2", "2x4", "4x4", "4x8", "8x8", "8x16", "16x16")
 _3D_TOPOLOGIES = ("2x2x1", "2x2x2", "2x2x4", "2x4x4", "4x4x4", "4x4x8", "4x8x8", "8x8x8")
 
@@ -170,6 +226,7 @@ ACCELERATORS: dict[str, Accelerator] = {
             tpu_version="v7x",
             multihost_needs_workload_policy=True,
         ),
+        Accelerator("cpu", "cpu", "", "", 0, _CPU_MACHINES),
     )
 }
 
@@ -187,8 +244,32 @@ def get(key: str) -> Accelerator:
 
 
 def gpu_types() -> list[str]:
-    return [k for k, a in ACCELERATORS.items() if not a.is_tpu]
+    return [k for k, a in ACCELERATORS.items() if a.is_gpu]
 
 
 def tpu_types() -> list[str]:
     return [k for k, a in ACCELERATORS.items() if a.is_tpu]
+
+
+# Machine series that boot from Persistent Disk only (no Hyperdisk Balanced).
+_PD_ONLY_SERIES = ("n1-", "n2-", "n2d-", "e2-")
+
+
+def boot_disk_type(machine_type: str) -> str:
+    """The boot disk a node pool of `machine_type` gets unless the spec names one."""
+    return "pd-balanced" if machine_type.startswith(_PD_ONLY_SERIES) else "hyperdisk-balanced"
+
+
+def cpu_types() -> list[str]:
+    return [k for k, a in ACCELERATORS.items() if a.is_cpu]
+
+
+def cpu_machines() -> list[Machine]:
+    return [m for a in ACCELERATORS.values() if a.is_cpu for m in a.machines]
+
+
+def cpu_machine_for(cpu: float, memory_gib: float) -> Machine | None:
+    """The smallest catalog CPU machine (fewest vCPUs, then least memory; C3 before N2 on a
+    tie) with room for one pod of `cpu` cores and `memory_gib`."""
+    fitting = [m for m in cpu_machines() if m.holds(cpu, memory_gib) >= 1]
+    return min(fitting, key=lambda m: (m.vcpus, m.memory_gib), default=None)

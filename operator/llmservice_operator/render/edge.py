@@ -1,6 +1,7 @@
 """The edge HAProxy sidecar: API keys, per-key rate limits, body size, TLS, metrics.
 
-It runs in every Ray pod that serves traffic and forwards to Ray Serve's own HAProxy on
+It runs in every Ray pod that serves traffic (the workers; the head only while it is in the
+Service, with replicas.min 0) and forwards to Ray Serve's own HAProxy on
 localhost, so the Service can target it without another network hop.
 """
 
@@ -13,6 +14,7 @@ from typing import Any
 import jinja2
 
 from ..api.resource import LLMService
+from ..catalog import get
 from ..settings import OperatorSettings
 from . import names
 from .serve_config import SERVE_PORT
@@ -118,6 +120,8 @@ def container(svc: LLMService, settings: OperatorSettings) -> dict[str, Any]:
     if ing.tls_secret:
         mounts.append({"name": "edge-tls", "mountPath": TLS_DIR, "readOnly": True})
     probe_scheme = "HTTPS" if ing.tls_secret else "HTTP"
+    # CPU services run on small nodes (kind, a 2-core dev node, n2-standard-2): ask for less.
+    cpu, mem = ("100m", "128Mi") if get(svc.spec.accelerator.type).is_cpu else ("500m", "256Mi")
     return {
         "name": "edge",
         "image": settings.edge_image,
@@ -131,7 +135,7 @@ def container(svc: LLMService, settings: OperatorSettings) -> dict[str, Any]:
             "periodSeconds": 5,
         },
         "livenessProbe": {"httpGet": {"path": "/livez", "port": EDGE_METRICS_PORT}, "periodSeconds": 10},
-        "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
+        "resources": {"requests": {"cpu": cpu, "memory": mem}, "limits": {"memory": "512Mi"}},
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": 99,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..api.resource import LLMService
-from ..catalog import labels
+from ..catalog import boot_disk_type
 from . import names
 from .shape import WorkerBounds, worker_bounds
 
@@ -36,12 +36,13 @@ def _pool(svc: LLMService, wb: WorkerBounds, suffix: str, spot: bool) -> dict[st
     config: dict[str, Any] = {
         "machine_type": sh.machine_type,
         "disk_size_gb": spec.node_pool.disk_size_gb,
-        "disk_type": spec.node_pool.disk_type,
+        "disk_type": spec.node_pool.disk_type or boot_disk_type(sh.machine_type),
         "labels": dict(sorted(node_labels.items())),
         "resource_labels": {OWNER_LABEL: svc.metadata.name, OWNER_NS_LABEL: svc.metadata.namespace},
-        "taints": [_taint(labels.TPU_TAINT_KEY if acc.is_tpu else labels.GPU_TAINT_KEY)],
     }
-    if not acc.is_tpu:
+    if acc.taint_key:  # CPU pools: no taint, the head and workers select them by machine type
+        config["taints"] = [_taint(acc.taint_key)]
+    if acc.is_gpu:
         config["accelerators"] = [
             {
                 "accelerator_count": acc.node_size_for(sh.per_pod),
@@ -77,6 +78,8 @@ def _pool(svc: LLMService, wb: WorkerBounds, suffix: str, spot: bool) -> dict[st
     if provisioning == "flex-start":
         pool["queued_provisioning"] = {"enabled": False}
     max_nodes = wb.shape.num_of_hosts if sh.tpu and sh.tpu.multi_host else wb.max_nodes
+    if acc.is_cpu:
+        max_nodes += 1  # the head is on this pool too (same machine type) and may need a node of its own
     pool["autoscaling"] = {
         "enabled": True,
         # Spot capacity comes and goes and slices are atomic: no floor there.

@@ -7,13 +7,14 @@ from typing import Any
 
 import yaml
 
+from ..api.quantity import GIB, memory_bytes
 from ..api.resource import LLMService
 from ..api.spec import LLMServiceSpec
-from ..catalog import get
+from ..catalog import Accelerator, get
 from ..settings import OperatorSettings
 from . import edge, names, scheduling
 from .serve_config import MODELS_MOUNT, SERVE_PORT, serve_config
-from .shape import WorkerBounds, worker_bounds
+from .shape import Shape, WorkerBounds, shape, worker_bounds
 
 RAY_CONTAINER = "ray"
 _HAPROXY_BALANCE = {
@@ -24,16 +25,27 @@ _HAPROXY_BALANCE = {
 }
 
 
-def ray_env(svc: LLMService) -> list[dict[str, Any]]:
-    """Env for every Ray container. Serve reads these at controller/proxy start, so they must
-    be pod env (runtime_env is too late)."""
+def kv_cache_gib(sh: Shape) -> int:
+    """vLLM's CPU KV cache (VLLM_CPU_KVCACHE_SPACE, GiB): a quarter of the worker pod's memory,
+    at least 1 GiB. The rest holds the weights, activations, Ray and the Python processes."""
+    assert sh.worker
+    return max(1, memory_bytes(sh.worker.memory) // 4 // GIB)
+
+
+def ray_env(svc: LLMService, engine_env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Env for every Ray container (`engine_env`: workers only). Serve reads these at
+    controller/proxy start, so they must be pod env (runtime_env is too late).
+    spec.ray.env wins over everything rendered here."""
     spec = svc.spec
     env: dict[str, str] = {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_HAPROXY_BALANCE_ALGORITHM": _HAPROXY_BALANCE[spec.routing.policy],
-        "VLLM_USE_RAY_V2_EXECUTOR_BACKEND": "1",
     }
+    if not get(spec.accelerator.type).is_cpu:
+        # On CPU Ray Serve LLM runs vLLM's multiprocessing executor, never the Ray one.
+        env["VLLM_USE_RAY_V2_EXECUTOR_BACKEND"] = "1"
+    env.update(engine_env or {})
     if spec.routing.direct_streaming:
         env["RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"] = "1"
         if spec.routing.policy == "prefix-aware":
@@ -47,8 +59,15 @@ def ray_env(svc: LLMService) -> list[dict[str, Any]]:
     return out
 
 
-def _image(spec: LLMServiceSpec, settings: OperatorSettings, is_tpu: bool) -> str:
-    return spec.ray.image or (settings.tpu_ray_image if is_tpu else settings.gpu_ray_image)
+def _image(spec: LLMServiceSpec, settings: OperatorSettings, acc: Accelerator) -> str:
+    by_family = {"gpu": settings.gpu_ray_image, "tpu": settings.tpu_ray_image, "cpu": settings.cpu_ray_image}
+    return spec.ray.image or by_family[acc.family]
+
+
+def head_in_service(spec: LLMServiceSpec) -> bool:
+    """The head runs no replica; it is in the Service only for scale-from-zero, where its
+    fallback proxy holds requests while the first replica starts."""
+    return any(wb.replicas.min == 0 for wb in worker_bounds(spec))
 
 
 def _volumes(svc: LLMService) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -65,18 +84,21 @@ def _pod(
     svc: LLMService,
     settings: OperatorSettings,
     ray_container: dict[str, Any],
-    is_tpu: bool,
+    *,
+    serves: bool,
+    engine_env: dict[str, str] | None = None,
     extra_spec: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """`serves`: the pod is behind the Service, so it gets the edge sidecar."""
     vols, mounts = _volumes(svc)
     ray_container = {
         **ray_container,
-        "image": _image(svc.spec, settings, is_tpu),
-        "env": ray_env(svc),
+        "image": _image(svc.spec, settings, get(svc.spec.accelerator.type)),
+        "env": ray_env(svc, engine_env),
         "volumeMounts": mounts,
     }
     containers = [ray_container]
-    if svc.spec.ingress.sidecar:
+    if svc.spec.ingress.sidecar and serves:
         containers.append(edge.container(svc, settings))
         vols += edge.volumes(svc)
     pod_spec: dict[str, Any] = {"containers": containers, "volumes": vols, **(extra_spec or {})}
@@ -86,6 +108,9 @@ def _pod(
 def head_group(svc: LLMService, settings: OperatorSettings) -> dict[str, Any]:
     r = svc.spec.ray.head_resources
     res = {"cpu": r.cpu, "memory": r.memory}
+    # A CPU service's head asks for little (e.g. 100m on a 2-core node) but needs more while
+    # Ray and Serve start: no CPU limit there, so it bursts instead of being throttled.
+    limits = {"memory": r.memory} if get(svc.spec.accelerator.type).is_cpu else res
     container = {
         "name": RAY_CONTAINER,
         "ports": [
@@ -95,13 +120,20 @@ def head_group(svc: LLMService, settings: OperatorSettings) -> dict[str, Any]:
             {"name": "serve", "containerPort": SERVE_PORT},
             {"name": "metrics", "containerPort": 8080},
         ],
-        "resources": {"requests": res, "limits": res},
+        "resources": {"requests": res, "limits": limits},
     }
-    is_tpu = get(svc.spec.accelerator.type).is_tpu
+    # A CPU service's head goes to the service's CPU machines (GPU/TPU heads to any CPU node).
+    selector = scheduling.cpu_machine_selector(svc.spec, shape(svc.spec))
     return {
         # num-cpus 0: no model replica or Serve actor that needs CPU lands on the head.
         "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
-        "template": _pod(svc, settings, container, is_tpu),
+        "template": _pod(
+            svc,
+            settings,
+            container,
+            serves=head_in_service(svc.spec),
+            extra_spec={"nodeSelector": selector} if selector else None,
+        ),
     }
 
 
@@ -110,17 +142,17 @@ def worker_group(svc: LLMService, settings: OperatorSettings, wb: WorkerBounds) 
     acc = sh.accelerator
     group = wb.role if wb.role in ("prefill", "decode") else acc.family
     cpu, mem = sh.pod_requests()
-    container = {
-        "name": RAY_CONTAINER,
-        "resources": {
-            "requests": {"cpu": cpu, "memory": mem, acc.resource: str(sh.per_pod)},
-            "limits": {"memory": mem, acc.resource: str(sh.per_pod)},
-        },
-    }
-    extra: dict[str, Any] = {
-        "nodeSelector": scheduling.node_selector(svc.spec, sh),
-        "tolerations": scheduling.tolerations(sh),
-    }
+    requests, limits = {"cpu": cpu, "memory": mem}, {"memory": mem}
+    if acc.resource:
+        requests[acc.resource] = limits[acc.resource] = str(sh.per_pod)
+    container = {"name": RAY_CONTAINER, "resources": {"requests": requests, "limits": limits}}
+    extra: dict[str, Any] = {}
+    selector = scheduling.node_selector(svc.spec, sh)
+    if selector:
+        extra["nodeSelector"] = selector
+    tolerations = scheduling.tolerations(svc.spec, sh)
+    if tolerations:
+        extra["tolerations"] = tolerations
     aff = scheduling.affinity(svc.spec, sh, svc.metadata.name, group)
     if aff:
         extra["affinity"] = aff
@@ -128,10 +160,16 @@ def worker_group(svc: LLMService, settings: OperatorSettings, wb: WorkerBounds) 
     if spread:
         extra["topologySpreadConstraints"] = spread
     start: dict[str, str] = {}
-    if not sh.tpu:
+    engine_env: dict[str, str] = {}
+    if acc.is_gpu:
         # Advertise the accelerator type before any node exists, so the autoscaler can scale
         # from zero for Serve LLM's `accelerator_type:<X>` resource demand.
         start["resources"] = json.dumps({f"accelerator_type:{acc.ray_type}": 1})
+    if sh.ray_cpus is not None:
+        # The replica's placement group asks for exactly these CPUs (serve_config.llm_config):
+        # one replica per pod. Explicit, because KubeRay would derive it from the request.
+        start["num-cpus"] = str(sh.ray_cpus)
+        engine_env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib(sh))
     return {
         "groupName": group,
         "replicas": wb.min_groups,
@@ -139,15 +177,20 @@ def worker_group(svc: LLMService, settings: OperatorSettings, wb: WorkerBounds) 
         "maxReplicas": wb.max_groups,
         "numOfHosts": sh.num_of_hosts,
         "rayStartParams": start,
-        "template": _pod(svc, settings, container, acc.is_tpu, extra),
+        "template": _pod(svc, settings, container, serves=True, engine_env=engine_env, extra_spec=extra),
     }
 
 
 def ray_cluster_spec(svc: LLMService, settings: OperatorSettings) -> dict[str, Any]:
+    autoscaler: dict[str, Any] = {"version": "v2", "upscalingMode": "Default", "idleTimeoutSeconds": 60}
+    if get(svc.spec.accelerator.type).is_cpu:
+        # KubeRay's default for its autoscaler sidecar on the head (500m CPU) would be most of
+        # a small node's CPU; it needs little.
+        autoscaler["resources"] = {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "512Mi"}}
     spec: dict[str, Any] = {
         "rayVersion": svc.spec.ray.version,
         "enableInTreeAutoscaling": True,
-        "autoscalerOptions": {"version": "v2", "upscalingMode": "Default", "idleTimeoutSeconds": 60},
+        "autoscalerOptions": autoscaler,
         "headGroupSpec": head_group(svc, settings),
         "workerGroupSpecs": [worker_group(svc, settings, wb) for wb in worker_bounds(svc.spec)],
     }
@@ -192,9 +235,7 @@ def ray_service(svc: LLMService, settings: OperatorSettings) -> dict[str, Any]:
         "rayClusterConfig": ray_cluster_spec(svc, settings),
         "upgradeStrategy": upgrade_strategy(spec),
         "serveService": serve_service(svc),
-        # The head runs no replica; keep it in the Service only for scale-from-zero, where
-        # its fallback proxy holds requests while the first replica starts.
-        "excludeHeadPodFromServeSvc": all(wb.replicas.min > 0 for wb in worker_bounds(spec)),
+        "excludeHeadPodFromServeSvc": not head_in_service(spec),
     }
     if spec.suspend:
         body["suspend"] = True

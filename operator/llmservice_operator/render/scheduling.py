@@ -13,9 +13,19 @@ REPLICA_LABEL = "ray.io/worker-group-replica-name"  # KubeRay sets it on multi-h
 HOSTNAME = "kubernetes.io/hostname"
 
 
+def cpu_machine_selector(spec: LLMServiceSpec, sh: Shape) -> dict[str, str]:
+    """CPU services: head and workers on the service's machine type when one is named or its
+    node pool is managed; nothing on clusters that just have CPU nodes (kind, a dev cluster)."""
+    if sh.accelerator.is_cpu and (spec.accelerator.machine_type or spec.node_pool.managed):
+        return {labels.MACHINE_TYPE: sh.machine_type}
+    return {}
+
+
 def node_selector(spec: LLMServiceSpec, sh: Shape) -> dict[str, str]:
     acc = sh.accelerator
-    sel = {acc.node_label: acc.gke_label}
+    sel = cpu_machine_selector(spec, sh)
+    if acc.node_label:
+        sel[acc.node_label] = acc.gke_label
     if sh.tpu:
         # GKE's TPU webhook requires the topology selector; Ray's autoscaler reads both.
         sel[labels.TPU_TOPOLOGY] = sh.tpu.topology
@@ -30,12 +40,15 @@ def node_selector(spec: LLMServiceSpec, sh: Shape) -> dict[str, str]:
     return dict(sorted(sel.items()))
 
 
-def tolerations(sh: Shape) -> list[dict[str, Any]]:
-    key = labels.TPU_TAINT_KEY if sh.tpu else labels.GPU_TAINT_KEY
+def tolerations(spec: LLMServiceSpec, sh: Shape) -> list[dict[str, Any]]:
+    # Spot nodes may carry GKE's spot taint when a pool sets it; flex-start/queued nodes do.
+    spot = {"key": labels.SPOT, "operator": "Equal", "value": "true", "effect": "NoSchedule"}
+    key = sh.accelerator.taint_key
+    if key is None:  # CPU nodes carry no accelerator taint (and never flex-start)
+        return [spot] if spec.accelerator.provisioning in ("spot", "spot-with-fallback") else []
     return [
         {"key": key, "operator": "Exists", "effect": "NoSchedule"},
-        # Spot nodes may carry GKE's spot taint when a pool sets it; flex-start/queued nodes do.
-        {"key": labels.SPOT, "operator": "Equal", "value": "true", "effect": "NoSchedule"},
+        spot,
         {"key": labels.QUEUED_TAINT, "operator": "Exists", "effect": "NoSchedule"},
     ]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..api.spec import LLMServiceSpec, ReplicaSpec
+from ..catalog import get
 from .shape import serve_bounds, shape
 
 SERVE_PORT = 8000
@@ -57,6 +58,9 @@ def engine_kwargs(spec: LLMServiceSpec, tensor_parallel_size: int | None = None)
         kwargs["enable_lora"] = True
     if spec.prefill_decode:
         kwargs["kv_transfer_config"] = {"kv_connector": spec.prefill_decode.kv_connector, "kv_role": "kv_both"}
+    if get(spec.accelerator.type).is_cpu:
+        # torch.compile on CPU needs a C++ compiler in the image; eager mode does not.
+        kwargs["enforce_eager"] = True
     kwargs.update(e.extra_args)
     return dict(sorted(kwargs.items()))
 
@@ -89,12 +93,20 @@ def llm_config(spec: LLMServiceSpec, replicas: ReplicaSpec, tensor_parallel_size
     }
     if spec.routing.policy == "prefix-aware":
         deployment["request_router_config"] = {"request_router_class": PREFIX_ROUTER}
-    conf: dict[str, Any] = {
-        "model_loading_config": loading,
-        "accelerator_type": sh.accelerator.ray_type,
-        "engine_kwargs": engine_kwargs(spec, tensor_parallel_size),
-        "deployment_config": deployment,
-    }
+    conf: dict[str, Any] = {"model_loading_config": loading}
+    if sh.ray_cpus is not None:
+        # CPU: no accelerator_type (Ray refuses one with kind cpu). The replica is one
+        # placement-group bundle of all the worker pod's Ray CPUs (rayStartParams num-cpus), and
+        # the replica actor takes none of its own, so exactly one replica fits a pod. One
+        # bundle also for tensorParallelSize x pipelineParallelSize > 1: vLLM on CPU starts its
+        # ranks as local processes (multiprocessing executor), which use no bundles.
+        conf["accelerator_config"] = {"kind": "cpu"}
+        conf["placement_group_config"] = {"bundles": [{"CPU": sh.ray_cpus}], "strategy": "STRICT_PACK"}
+        deployment["ray_actor_options"] = {"num_cpus": 0}
+    else:
+        conf["accelerator_type"] = sh.accelerator.ray_type
+    conf["engine_kwargs"] = engine_kwargs(spec, tensor_parallel_size)
+    conf["deployment_config"] = deployment
     if spec.routing.stream_batching_ms is not None:
         conf["experimental_configs"] = {"stream_batching_interval_ms": spec.routing.stream_batching_ms}
     if sh.tpu:
@@ -117,6 +129,11 @@ def application(spec: LLMServiceSpec) -> dict[str, Any]:
         builder, args = "dp", {"llm_config": llm_config(spec, *roles["dp"])}
     else:
         builder, args = "openai", {"llm_configs": [llm_config(spec, *roles["llm"])]}
+        if get(spec.accelerator.type).is_cpu and not spec.routing.direct_streaming:
+            # The OpenAI ingress deployment asks for 1 CPU by default: a CPU service has none
+            # to spare (the head has num-cpus 0, workers' CPUs belong to their replica).
+            # Ray refuses this key with direct streaming, where no such deployment exists.
+            args["ingress_deployment_config"] = {"ray_actor_options": {"num_cpus": 0}}
     return {"name": "llm", "route_prefix": "/", "import_path": BUILDERS[builder], "args": args}
 
 
