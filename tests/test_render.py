@@ -113,6 +113,24 @@ def test_ray_env_turns_on_the_fast_path(settings):
     assert "nvidia.com/gpu" not in head
 
 
+def test_multi_lora_with_direct_streaming_forwards_the_body_to_the_router(settings):
+    """Ray 2.60 refuses to build the app otherwise (`LoRA multiplexing with direct streaming
+    requires RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY=1`, seen on the real node)."""
+
+    def head_env(doc: dict) -> dict:
+        rs = render(parse(doc), settings).ray_service
+        return {
+            e["name"]: e.get("value")
+            for e in rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
+        }
+
+    lora = with_spec(sample_doc("cpu-tiny.yaml"), model__lora={"source": "s3://loras/adapters"})
+    assert head_env(lora)["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] == "1"
+    assert "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY" not in head_env(sample_doc("cpu-tiny.yaml"))
+    indirect = with_spec(lora, routing__directStreaming=False)
+    assert "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY" not in head_env(indirect)
+
+
 def test_bounds_are_consistent_across_the_three_autoscalers(settings):
     """Serve [1, 2] replicas of TP 16 on 4-host slices -> KubeRay [1, 2] slices of 4 pods ->
     two slice node pools of 4 nodes."""

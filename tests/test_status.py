@@ -57,6 +57,20 @@ def test_ready_when_kuberay_serves():
     assert s["children"]["rayCluster"] == "gemma-abcde"
 
 
+def test_ready_through_an_upgrade_while_only_the_pending_cluster_reports_apps():
+    """KubeRay 1.6 during a NewCluster upgrade: Ready stays True (the old cluster serves), the
+    active cluster's applicationStatuses disappear. The service must not flap to Provisioning."""
+    rs = rayservice(upgrading=True)
+    del rs["status"]["activeServiceStatus"]["applicationStatuses"]
+    s = status(rs)
+    assert s["phase"] == "Ready" and cond(s, "Ready")["status"] == "True"
+    assert cond(s, "Progressing")["status"] == "True" and cond(s, "Progressing")["reason"] == "Upgrading"
+    # Without an upgrade, no applications means nothing is known to serve yet.
+    rs = rayservice()
+    del rs["status"]["activeServiceStatus"]["applicationStatuses"]
+    assert status(rs)["phase"] == "Provisioning"
+
+
 def test_provisioning_until_endpoints():
     s = status(rayservice(ready=False, app="DEPLOYING"))
     assert s["phase"] == "Provisioning" and s["endpoint"] is None
@@ -68,6 +82,27 @@ def test_failed_application_is_degraded_with_rays_message():
     s = status(rayservice(ready=False, app="DEPLOY_FAILED"))
     assert s["phase"] == "Degraded"
     assert cond(s, "Degraded")["reason"] == "ServeApplicationFailed" and "boom" in cond(s, "Degraded")["message"]
+
+
+def test_a_failing_new_cluster_is_degraded_with_the_exception_line():
+    """Seen on the real node: Serve's build of the app failed in the pending cluster (the only
+    one, on first deploy); KubeRay reports it under pendingServiceStatus with a traceback."""
+    trace = 'Traceback (most recent call last):\n  File "builder.py", line 113\nValueError: needs FORWARD_BODY=1.\n'
+    rs = rayservice(ready=False)
+    del rs["status"]["activeServiceStatus"]["applicationStatuses"]
+    rs["status"]["pendingServiceStatus"] = {
+        "applicationStatuses": {"llm": {"status": "DEPLOY_FAILED", "message": trace}}
+    }
+    s = status(rs)
+    assert s["phase"] == "Degraded"
+    assert cond(s, "Degraded")["message"] == "llm (new cluster): DEPLOY_FAILED: ValueError: needs FORWARD_BODY=1."
+    # During an upgrade the old cluster keeps serving: Ready, and Degraded says the new one failed.
+    rs = rayservice(upgrading=True)
+    rs["status"]["pendingServiceStatus"] = {
+        "applicationStatuses": {"llm": {"status": "DEPLOY_FAILED", "message": trace}}
+    }
+    s = status(rs)
+    assert cond(s, "Ready")["status"] == "True" and cond(s, "Degraded")["status"] == "True"
 
 
 def test_upgrade_in_progress_keeps_serving():

@@ -125,6 +125,8 @@ def container(svc: LLMService, settings: OperatorSettings) -> dict[str, Any]:
     return {
         "name": "edge",
         "image": settings.edge_image,
+        # `haproxy` from PATH: the official haproxy image and the CPU serving image both have it.
+        "command": ["haproxy"],
         "args": ["-f", f"{CONFIG_DIR}/haproxy.cfg"],
         "ports": [
             {"name": "edge", "containerPort": EDGE_PORT, "protocol": "TCP"},

@@ -36,8 +36,15 @@ def _ray_condition(rs: dict[str, Any], ctype: str) -> dict[str, Any] | None:
     return next((c for c in rs.get("status", {}).get("conditions", []) if c.get("type") == ctype), None)
 
 
-def _apps(rs: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return rs.get("status", {}).get("activeServiceStatus", {}).get("applicationStatuses") or {}
+def _apps(rs: dict[str, Any], which: str = "activeServiceStatus") -> dict[str, dict[str, Any]]:
+    return (rs.get("status", {}).get(which) or {}).get("applicationStatuses") or {}
+
+
+def _error(message: str, limit: int = 400) -> str:
+    """The exception line of Ray's traceback (the whole one is in the RayService status)."""
+    lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
+    last = lines[-1] if lines else ""
+    return last if len(last) <= limit else last[: limit - 3] + "..."
 
 
 def endpoint(svc: LLMService, settings: OperatorSettings) -> str:
@@ -87,15 +94,25 @@ def conditions(svc: LLMService, obs: Observed) -> tuple[str, list[dict[str, Any]
     upgrading = _ray_condition(rs, "UpgradeInProgress") or {}
     apps = _apps(rs)
     failed = {n: a for n, a in apps.items() if a.get("status") in FAILED_APPS}
-    serving = (
-        ready.get("status") == "True" and bool(apps) and all(a.get("status") in HEALTHY_APPS for a in apps.values())
-    )
+    # The cluster KubeRay is bringing up (first deploy or upgrade) fails before it ever serves:
+    # a user must see why, not an endless Provisioning.
+    failed |= {
+        f"{n} (new cluster)": a for n, a in _apps(rs, "pendingServiceStatus").items() if a.get("status") in FAILED_APPS
+    }
+    # While a new cluster starts beside the serving one, KubeRay 1.6 reports the pending
+    # cluster's applications only (the active cluster's are absent), and keeps Ready True:
+    # the old cluster still answers (seen on a real node during an engine.maxModelLen change).
+    upgrade = upgrading.get("status") == "True"
+    healthy = all(a.get("status") in HEALTHY_APPS for a in apps.values()) if apps else upgrade
+    serving = ready.get("status") == "True" and healthy
     if failed:
-        detail = "; ".join(f"{n}: {a.get('status')}: {a.get('message', '')}".rstrip(": ") for n, a in failed.items())
+        detail = "; ".join(
+            f"{n}: {a.get('status')}: {_error(a.get('message', ''))}".rstrip(": ") for n, a in failed.items()
+        )
         degraded = _cond("Degraded", True, "ServeApplicationFailed", detail)
     else:
         degraded = _cond("Degraded", False, "AsExpected", "")
-    if upgrading.get("status") == "True":
+    if upgrade:
         progressing = _cond("Progressing", True, "Upgrading", upgrading.get("message", "new Ray cluster starting"))
     elif not spec_seen:
         progressing = _cond("Progressing", True, "Reconciling", "KubeRay has not yet observed the latest spec")
