@@ -286,6 +286,15 @@ class UpgradeSpec(Model):
     max_surge_percent: int = Field(100, ge=1, le=100, description="Extra capacity (%) the new cluster may add.")
     step_size_percent: int = Field(10, ge=1, le=100, description="Traffic (%) shifted per step.")
     interval_seconds: int = Field(30, ge=1, description="Seconds between traffic steps.")
+    drain_seconds: int | None = Field(
+        None,
+        ge=0,
+        le=86400,
+        description="How long the old Ray cluster lives on after traffic moved to the new one "
+        "(KubeRay's rayClusterDeletionDelaySeconds; unset: KubeRay's 60 s). Requests still on "
+        "the old cluster, such as long token streams on kept-alive connections, end when it "
+        "goes: set it above the longest stream you serve.",
+    )
 
 
 class FaultToleranceSpec(Model):

@@ -239,6 +239,8 @@ def ray_service(svc: LLMService, settings: OperatorSettings) -> dict[str, Any]:
         "serveService": serve_service(svc),
         "excludeHeadPodFromServeSvc": not head_in_service(spec),
     }
+    if spec.upgrade.drain_seconds is not None:
+        body["rayClusterDeletionDelaySeconds"] = spec.upgrade.drain_seconds
     if spec.suspend:
         body["suspend"] = True
     return {
