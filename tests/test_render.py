@@ -338,10 +338,10 @@ def test_cpu_worker_pods(settings):
     assert worker["rayStartParams"] == {"num-cpus": "1"}  # no accelerator_type:X resource
     pod = worker["template"]["spec"]
     ray, edge_c = pod["containers"]
-    assert ray["resources"] == {"requests": {"cpu": "300m", "memory": "6Gi"}, "limits": {"memory": "6Gi"}}
+    assert ray["resources"] == {"requests": {"cpu": "300m", "memory": "4Gi"}, "limits": {"memory": "4Gi"}}
     assert ray["image"] == settings.cpu_ray_image
     env = {e["name"]: e.get("value") for e in ray["env"]}
-    assert env["VLLM_CPU_KVCACHE_SPACE"] == "1"  # a quarter of 6Gi, at least 1 GiB
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "1"  # a quarter of 4Gi, at least 1 GiB
     assert "VLLM_USE_RAY_V2_EXECUTOR_BACKEND" not in env  # vLLM on CPU uses multiprocessing
     assert pod["nodeSelector"] == {"node.kubernetes.io/instance-type": "n2-standard-2"}
     assert "tolerations" not in pod and "affinity" not in pod
@@ -362,13 +362,16 @@ def test_cpu_head_and_workers_share_the_machine_type(settings):
     head = _cluster(_cpu(), settings)["headGroupSpec"]["template"]["spec"]
     assert head["nodeSelector"] == {"node.kubernetes.io/instance-type": "n2-standard-2"}
     ray = head["containers"][0]["resources"]
-    assert ray == {"requests": {"cpu": "400m", "memory": "2Gi"}, "limits": {"memory": "2Gi"}}  # bursts
+    assert ray == {"requests": {"cpu": "400m", "memory": "3Gi"}, "limits": {"memory": "3Gi"}}  # bursts
     # kind, a dev cluster: no machine type, no selector anywhere.
     cluster = _cluster(_cpu(accelerator={"type": "cpu"}), settings)
     assert "nodeSelector" not in cluster["headGroupSpec"]["template"]["spec"]
     assert "nodeSelector" not in cluster["workerGroupSpecs"][0]["template"]["spec"]
     # Managed pool without a machine type: the catalog's pick, on head and workers.
-    cluster = _cluster(_cpu(accelerator={"type": "cpu"}, nodePool={"managed": True}), settings)
+    six = {"cpu": "500m", "memory": "6Gi"}
+    cluster = _cluster(
+        _cpu(accelerator={"type": "cpu"}, nodePool={"managed": True}, ray__workerResources=six), settings
+    )
     sel = {"node.kubernetes.io/instance-type": "c3-standard-4"}
     assert cluster["headGroupSpec"]["template"]["spec"]["nodeSelector"] == sel
     assert cluster["workerGroupSpecs"][0]["template"]["spec"]["nodeSelector"] == sel
@@ -428,7 +431,10 @@ def test_cpu_ingress_deployment_without_direct_streaming(settings):
 
 
 def test_cpu_node_pool(settings):
-    svc = _cpu(accelerator={"type": "cpu"}, nodePool={"managed": True}, replicas={"min": 1, "max": 3})
+    six = {"cpu": "500m", "memory": "6Gi"}
+    svc = _cpu(
+        accelerator={"type": "cpu"}, nodePool={"managed": True}, replicas={"min": 1, "max": 3}, ray__workerResources=six
+    )
     [pool] = render(svc, settings).node_pools
     msg = container_v1.NodePool(**pool)
     assert msg.config.machine_type == "c3-standard-4"  # n2-standard-2 has room for 5.1 GiB; C3 on a tie
