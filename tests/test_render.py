@@ -131,6 +131,26 @@ def test_multi_lora_with_direct_streaming_forwards_the_body_to_the_router(settin
     assert "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY" not in head_env(indirect)
 
 
+def test_an_engine_change_is_a_cluster_change_for_kuberay(settings):
+    """Seen on the real node: KubeRay applied a maxModelLen change in place (only serveConfigV2
+    changed), restarting the only replica. The engine digest on the pods makes it blue/green;
+    autoscaling bounds still change in place; strategy none keeps everything in place."""
+
+    def cluster(**changes) -> dict:
+        return render(parse(with_spec(sample_doc("cpu-tiny.yaml"), **changes)), settings).ray_service["spec"][
+            "rayClusterConfig"
+        ]
+
+    base = cluster()
+    digest = base["headGroupSpec"]["template"]["metadata"]["annotations"]["llmservice.dev/engine"]
+    assert base["workerGroupSpecs"][0]["template"]["metadata"]["annotations"]["llmservice.dev/engine"] == digest
+    assert cluster(engine__maxModelLen=384) != base
+    assert cluster(model__lora={"source": "s3://loras/adapters"}) != base
+    assert cluster(autoscaling__targetOngoingRequests=8) == base
+    none = cluster(upgrade={"strategy": "none"})
+    assert "annotations" not in none["headGroupSpec"]["template"]["metadata"]
+
+
 def test_upgrade_drain_keeps_the_old_cluster_for_long_streams(settings, rayservice_schema):
     doc = with_spec(sample_doc("cpu-tiny.yaml"), upgrade__drainSeconds=900)
     rs = render(parse(doc), settings).ray_service

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 
 MAX = 63
+# On every Ray pod template: the digest of what the engine loads (see rayservice._pin_engine).
+ENGINE_ANNOTATION = "llmservice.dev/engine"
 
 
 def child(base: str, *suffixes: str, limit: int = MAX) -> str:

@@ -13,7 +13,7 @@ from ..api.spec import LLMServiceSpec
 from ..catalog import Accelerator, get
 from ..settings import OperatorSettings
 from . import edge, names, scheduling
-from .serve_config import MODELS_MOUNT, SERVE_PORT, serve_config
+from .serve_config import MODELS_MOUNT, SERVE_PORT, engine_digest, serve_config
 from .shape import Shape, WorkerBounds, shape, worker_bounds
 
 RAY_CONTAINER = "ray"
@@ -230,11 +230,26 @@ def serve_service(svc: LLMService) -> dict[str, Any]:
     }
 
 
+def _pin_engine(cluster: dict[str, Any], digest: str) -> None:
+    """KubeRay starts a new Ray cluster only when rayClusterConfig changes; a change of the
+    Serve config alone is applied in place, restarting replicas on the running cluster (with one
+    replica, or no room for a second, that is downtime). The engine's digest on every Ray pod
+    makes an engine change (model, engine args, LoRA, accelerator) a change of the cluster, so
+    strategy new-cluster really is blue/green; autoscaling bounds stay in-place updates."""
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for g in groups:
+        g["template"]["metadata"].setdefault("annotations", {})[names.ENGINE_ANNOTATION] = digest
+
+
 def ray_service(svc: LLMService, settings: OperatorSettings) -> dict[str, Any]:
     spec = svc.spec
+    conf = serve_config(spec)
+    cluster = ray_cluster_spec(svc, settings)
+    if spec.upgrade.strategy != "none":
+        _pin_engine(cluster, engine_digest(conf))
     body: dict[str, Any] = {
-        "serveConfigV2": yaml.safe_dump(serve_config(spec), sort_keys=False),
-        "rayClusterConfig": ray_cluster_spec(svc, settings),
+        "serveConfigV2": yaml.safe_dump(conf, sort_keys=False),
+        "rayClusterConfig": cluster,
         "upgradeStrategy": upgrade_strategy(spec),
         "serveService": serve_service(svc),
         "excludeHeadPodFromServeSvc": not head_in_service(spec),

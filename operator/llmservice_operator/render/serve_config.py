@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from ..api.spec import LLMServiceSpec, ReplicaSpec
@@ -143,3 +145,14 @@ def serve_config(spec: LLMServiceSpec) -> dict[str, Any]:
         "http_options": {"host": "0.0.0.0", "port": SERVE_PORT},
         "applications": [application(spec)],
     }
+
+
+def engine_digest(conf: dict[str, Any]) -> str:
+    """A digest of what each replica's engine loads: every llm_config of the app except its
+    deployment_config (autoscaling, routing, concurrency), which Serve changes in place."""
+    args = conf["applications"][0]["args"]
+    configs = args.get("llm_configs") or [
+        args[k] for k in ("llm_config", "prefill_config", "decode_config") if k in args
+    ]
+    engines = [{k: v for k, v in c.items() if k != "deployment_config"} for c in configs]
+    return hashlib.sha256(json.dumps(engines, sort_keys=True).encode()).hexdigest()[:16]
