@@ -362,6 +362,7 @@ def test_cpu_worker_pods(settings):
     assert ray["image"] == settings.cpu_ray_image
     env = {e["name"]: e.get("value") for e in ray["env"]}
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "1"  # a quarter of 4Gi, at least 1 GiB
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"  # engines of different pods must not share a pinned core
     assert "VLLM_USE_RAY_V2_EXECUTOR_BACKEND" not in env  # vLLM on CPU uses multiprocessing
     assert pod["nodeSelector"] == {"node.kubernetes.io/instance-type": "n2-standard-2"}
     assert "tolerations" not in pod and "affinity" not in pod

@@ -172,6 +172,12 @@ def worker_group(svc: LLMService, settings: OperatorSettings, wb: WorkerBounds) 
         # one replica per pod. Explicit, because KubeRay would derive it from the request.
         start["num-cpus"] = str(sh.ray_cpus)
         engine_env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib(sh))
+        # vLLM pins its threads to cores it picks from the pod's CPU set ("auto"). A pod that
+        # does not own its cores (no static CPU manager, no Guaranteed QoS) sees every core of
+        # the node, so every engine on the node pinned itself to the same first core (seen on
+        # the real node during a blue/green upgrade). Let the kernel place the threads instead;
+        # `ray.env` sets "auto" back where pods own their cores.
+        engine_env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
     return {
         "groupName": group,
         "replicas": wb.min_groups,
