@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint fmt crds manifests bench-dataplane render-samples e2e-bins cluster-up cluster-down demo clean
+.PHONY: test lint fmt crds manifests bench-dataplane render-samples e2e-bins node-deps images image-lock cluster-up cluster-down demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -13,8 +13,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
-## Lint, build the control plane binaries (cached outside the repo), run all tests.
-test: $(STAMP) e2e-bins
+## Lint, build the local cluster's binaries and images (cached outside the repo), run all tests.
+test: $(STAMP) e2e-bins images
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
@@ -50,15 +50,32 @@ render-samples: $(STAMP)
 e2e-bins:
 	$(PY) -m e2e.bins
 
-## A local control plane with simulated GKE nodes; prints the kubeconfig path.
-cluster-up: $(STAMP) e2e-bins
+## The real node's Debian packages (root): container runtime, CNI plugins, image builder, Redis.
+NODE_PKGS := containerd runc containernetworking-plugins mmdebstrap iproute2 iptables util-linux zstd redis-server
+node-deps:
+	@missing=$$(for p in $(NODE_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing: $$missing"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+## The real node's images (pause, CPU serving image) and the tiny model, built offline and cached.
+images: $(STAMP) node-deps
+	$(BIN)/python -m e2e.build
+
+## Re-resolve images/ray-cpu/requirements.txt (exact pins) from requirements.in.
+image-lock: $(STAMP)
+	$(BIN)/python -m e2e.build.image --lock
+
+## A local cluster: control plane, simulated GKE nodes, one real node; prints the kubeconfig path.
+cluster-up: $(STAMP) e2e-bins images
 	$(BIN)/python -m e2e.cluster up
 
 cluster-down: $(STAMP)
 	$(BIN)/python -m e2e.cluster down
 
 ## The product's main job on the embedded default: local cluster, samples rendered and applied.
-demo: $(STAMP) e2e-bins
+demo: $(STAMP) e2e-bins images
 	$(BIN)/python -m e2e.demo
 
 clean:

