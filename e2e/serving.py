@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from .fake_s3 import FakeS3
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "manifests" / "samples" / "cpu-tiny.yaml"
+SERVICE = "tiny"  # the sample's name
+MODEL = "tiny-llama"  # its model.name
 API_KEY = "sk-local-demo"
 KEYS_SECRET = "llm-keys"
 MODEL_CLAIM = "tiny-models"
@@ -94,6 +97,32 @@ def redis(cluster: Cluster) -> str:
          "--protected-mode", "no", "--dir", str(cluster.node.state)],
     )  # fmt: skip
     return f"{ip}:{REDIS_PORT}"
+
+
+@dataclass(frozen=True)
+class Applied:
+    namespace: str
+    lora_model: str  # the adapter's model id: <model>:<adapter folder>
+    applied: float  # time.monotonic() of the apply
+
+
+def apply_cpu_service(cluster: Cluster, namespace: str, drain_seconds: int | None = None) -> Applied:
+    """The CPU sample with everything around it: the model volume, API keys, its LoRA in the
+    fake S3, GCS fault tolerance against Redis; applied, not waited for."""
+    if cluster.kubectl("get", "namespace", namespace, check=False).returncode != 0:
+        cluster.kubectl("create", "namespace", namespace)
+    built = model_volume(cluster, namespace)
+    api_keys(cluster, namespace)
+    lora_uri, lora_env = lora_store(cluster, built)
+    doc = sample(namespace)
+    spec = doc["spec"]
+    spec["model"]["lora"] = {"source": lora_uri, "maxAdaptersPerReplica": 2}
+    spec["ray"]["env"] = lora_env
+    spec["faultTolerance"] = {"redisAddress": redis(cluster)}
+    if drain_seconds is not None:
+        spec["upgrade"] = {"drainSeconds": drain_seconds}
+    cluster.apply([doc])
+    return Applied(namespace, f"{MODEL}:{built.lora_dir.name}", time.monotonic())
 
 
 def service_ip(cluster: Cluster, namespace: str, name: str) -> str:

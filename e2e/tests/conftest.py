@@ -1,4 +1,9 @@
-"""Session-scoped local control plane shared by every e2e test (and later issues' tests)."""
+"""Session-scoped local cluster shared by every e2e test (and later issues' tests).
+
+Order: the API-level modules run first while the CPU service of test_serving.py deploys on
+the real node in the background (it takes minutes: a Ray cluster and vLLM on 2 cores); then
+test_serving.py; the data-path modules last, on a quiet machine, since they measure timing.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +17,50 @@ from pathlib import Path
 
 import pytest
 
+from e2e import serving
 from e2e.cluster import HOST, Cluster, free_port
 from e2e.fake_gke import FakeGKE, FakeGKEServer
 
 ROOT = Path(__file__).resolve().parents[2]
+# Numbers the end-to-end tests measure on the real node, printed after the run.
+MEASURED: dict[str, object] = {}
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if MEASURED:
+        terminalreporter.section("measured on the local cluster's real node")
+        for what, value in MEASURED.items():
+            terminalreporter.write_line(f"{what:<60} {value}")
+
+
+_LAST = ("test_serving.py", "test_dataplane.py", "test_dataplane_vllm.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return 1 + _LAST.index(name) if name in _LAST and "e2e" in item.path.parts else 0
+
+    items.sort(key=rank)  # stable: file order within a rank
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _deploy_the_served_service_early(request: pytest.FixtureRequest) -> None:
+    if any(i.path.name == "test_serving.py" for i in request.session.items):
+        request.getfixturevalue("cpu_service")
+
+
+@pytest.fixture(scope="session")
+def cpu_service(cluster: Cluster, operator: Operator) -> serving.Applied:
+    """The CPU sample with multi-LoRA (fake S3), GCS fault tolerance (Redis) and API keys,
+    applied once: test_serving.py waits for it and then exercises it."""
+    return serving.apply_cpu_service(cluster, "serving", drain_seconds=10)
 
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     with Cluster() as c:  # stop() runs even when a test fails or is interrupted
+        MEASURED.update({f"cluster start: {k} (s)": round(v, 1) for k, v in c.timings.items() if v >= 1})
         yield c
 
 
@@ -127,6 +167,7 @@ def operator(cluster: Cluster, fake_gke: FakeGKEServer) -> Iterator[Operator]:
     cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / "llmservice.dev_llmservices.yaml"))
     cluster.wait_established(["llmservices.llmservice.dev"])
     gke_env = {
+        **serving.OPERATOR_ENV,
         "LLMSERVICE_GKE__PROJECT": "e2e-project",
         "LLMSERVICE_GKE__LOCATION": "us-central1",
         "LLMSERVICE_GKE__CLUSTER": "e2e",

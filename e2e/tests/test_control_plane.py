@@ -5,13 +5,17 @@ from __future__ import annotations
 import collections
 import os
 import socket
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from e2e.build import image
 from e2e.cluster import HOST, Cluster, ClusterError
+from e2e.node import NodeNetwork, leftovers
+from e2e.nodes import KWOK_LABEL
 from llmservice_operator.api import parse
 from llmservice_operator.catalog import labels
 from llmservice_operator.render import render
@@ -51,9 +55,16 @@ def test_kuberay_crds_are_installed(cluster: Cluster):
     assert {"rayclusters.ray.io", "rayservices.ray.io", "rayjobs.ray.io"} <= names
 
 
-def test_simulated_gke_nodes(cluster: Cluster):
+def test_simulated_gke_nodes_and_one_real_node(cluster: Cluster):
     nodes = _node_labels(cluster)
-    assert cluster.ready_nodes() == len(nodes) == len(cluster.node_objects)
+    simulated = {n for n, lbl in nodes.items() if lbl.get(KWOK_LABEL) == "kwok"}
+    assert simulated == {n["metadata"]["name"] for n in cluster.node_objects}
+    assert cluster.ready_node_names() == set(nodes) == simulated | {cluster.node.name}
+    # The real node: kubelet reports what it runs on, and the labels of a GKE CPU pool.
+    real = cluster.get_json("node", cluster.node.name)
+    assert real["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://")
+    assert real["status"]["addresses"][0]["address"] == cluster.network.node_ip
+    assert nodes[cluster.node.name][labels.NODEPOOL] == "cpu-local"
     b200 = [n for n, lbl in nodes.items() if lbl.get(labels.GPU_ACCELERATOR) == "nvidia-b200"]
     assert len(b200) == 4 and all(labels.TOPOLOGY_BLOCK in nodes[n] for n in b200)
     slice_a = [n for n, lbl in nodes.items() if lbl.get(labels.NODEPOOL) == "ct6e-4x4-a"]
@@ -129,23 +140,60 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _iptables_host() -> str:
+    return subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+
+
+def _host_mounts() -> set[str]:
+    return {ln.split()[4] for ln in Path("/proc/self/mountinfo").read_text().splitlines()}
+
+
+PAUSE_POD = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "sleeper", "namespace": "default"},
+    "spec": {
+        "nodeSelector": {"kubernetes.io/hostname": "gke-cpu-local-0"},
+        "terminationGracePeriodSeconds": 1,
+        "containers": [{"name": "pause", "image": image.PAUSE.name, "imagePullPolicy": "Never"}],
+    },
+}
+
+
 def test_shutdown_is_clean_even_when_the_body_fails():
-    c = Cluster(with_kuberay=False)
+    """A second cluster whose real node runs a pod, stopped by a failing body: no process,
+    port, mount, network namespace, interface, route, cgroup or iptables rule is left."""
+    iptables, mounts = _iptables_host(), _host_mounts()
+    c = Cluster(with_kuberay=False, images=(image.PAUSE,))
     with pytest.raises(RuntimeError, match="boom"), c:
-        pids = [p.popen.pid for p in c.processes]
+        pids = [p.popen.pid for p in c.processes] + [p.pid for p in c.node.processes.values()]
         ports = dict(c.ports)
+        net, state = c.network, c.node.state
         assert all(_alive(p) for p in pids) and _bound(ports["apiserver"])
+        c.apply([PAUSE_POD])
+        c.wait_for("a pod running on the real node", lambda: _phase(c, "sleeper") == "Running", timeout=60)
+        assert any(str(net.cgroup_root) in str(d) for d in Path("/sys/fs/cgroup/memory").iterdir())
         raise RuntimeError("boom")
     assert not any(_alive(p) for p in pids)
     assert not any(_bound(p) for p in ports.values())
     assert not c.workdir.exists()
+    assert leftovers(net, state) == []
+    assert net.netns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert _iptables_host() == iptables
+    assert _host_mounts() == mounts
+
+
+def _phase(c: Cluster, pod: str) -> str | None:
+    res = c.kubectl("get", "pod", pod, "-n", "default", "-o", "jsonpath={.status.phase}", check=False)
+    return res.stdout or None
 
 
 def test_a_component_that_dies_is_reported_with_its_log(tmp_path: Path):
     bad_nodes = tmp_path / "nodes.yaml"
     bad_nodes.write_text("zone: us-central1-b\npools:\n  - {name: x, machineType: no-such-machine, nodes: 1}\n")
-    c = Cluster(node_file=bad_nodes, with_kuberay=False)
+    c = Cluster(node_file=bad_nodes, with_kuberay=False, images=(image.PAUSE,))
     with pytest.raises(KeyError, match="no-such-machine"):
         c.start()
     assert not c.workdir.exists() and c.processes == []
+    assert leftovers(c.network, c.workdir / "node") == [] and not NodeNetwork(c.network.slot).exists()
     assert ClusterError  # the error type callers catch for component failures

@@ -2,6 +2,9 @@
 
 In random namespaces KubeRay does not run (see Cluster.kuberay_namespaces), so the tests play
 KubeRay by writing RayService status; in the `kuberay` namespace the real KubeRay operator acts.
+The played states are those of GPU services (B200, H100 ...), which cannot run on this machine:
+Ready, a failed Serve application, an upgrade. The CPU service reaches Ready, an upgrade, a head
+restart and deletion for real on the local cluster's node (test_serving.py).
 """
 
 from __future__ import annotations
@@ -38,9 +41,17 @@ def _secret(namespace: str, name: str, data: dict[str, str]) -> dict[str, Any]:
 
 
 def _secrets(namespace: str) -> list[dict[str, Any]]:
+    """What the samples reference: Secrets, and the claim the CPU sample's model is on."""
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "tiny-models", "namespace": namespace},
+        "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}},
+    }
     return [
         _secret(namespace, "hf-token", {"token": "hf_test"}),
         _secret(namespace, "llm-keys", {"api-keys.map": "sk-a team-a\n"}),
+        claim,
     ]
 
 

@@ -1,0 +1,239 @@
+"""The product's one job, for real: `kubectl apply` of the CPU sample on the local cluster's real
+node ends with KubeRay itself reporting the RayService Ready, the LLMService Ready with its
+endpoint, and OpenAI clients answered by vLLM through the edge sidecar and Ray Serve's
+HAProxy ingress. Nothing is simulated here: real kubelet, containerd, KubeRay, Ray Serve LLM,
+vLLM on CPU, HAProxy, Redis (GCS fault tolerance); only the object store behind multi-LoRA is
+a fake (moto, the real S3 wire protocol, Ray's real boto3 client).
+
+The tests share one service and run in order: serve, LoRA, head kill, upgrade, delete.
+Measurements land in MEASURED and are printed at the end of the run.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from e2e import serving
+from e2e.cluster import Cluster
+
+from .conftest import MEASURED
+
+pytestmark = pytest.mark.e2e
+NS = "serving"
+NAME = serving.SERVICE
+MODEL = serving.MODEL
+
+
+@dataclass
+class Served:
+    cluster: Cluster
+    url: str
+    lora: str  # the adapter's model id: <model>:<adapter folder>
+    client: openai.OpenAI = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.client = serving.client(self.url)
+
+    def rayservice(self) -> dict[str, Any]:
+        return self.cluster.get_json("rayservice", NAME, "-n", NS)
+
+    def pods(self, selector: str = f"llmservice.dev/name={NAME}") -> list[dict[str, Any]]:
+        return self.cluster.get_json("pods", "-n", NS, "-l", selector)["items"]
+
+
+@pytest.fixture(scope="module")
+def served(cluster: Cluster, cpu_service: serving.Applied) -> Iterator[Served]:
+    serving.wait_ready(cluster, NS, NAME, timeout=900)
+    # Applied at the session's start (conftest): other tests ran meanwhile, on the same cores.
+    MEASURED["apply -> LLMService Ready, beside other tests (s)"] = round(time.monotonic() - cpu_service.applied, 1)
+    url = f"http://{serving.service_ip(cluster, NS, NAME)}:8000/v1"
+    yield Served(cluster, url, cpu_service.lora_model)
+    cluster.kubectl("delete", "llmsvc", NAME, "-n", NS, "--ignore-not-found", "--wait=false", check=False)
+
+
+def _condition(obj: dict[str, Any], ctype: str) -> dict[str, Any]:
+    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == ctype), {})
+
+
+def test_kuberay_marks_it_ready_and_the_endpoint_streams_tokens(served: Served):
+    cluster = served.cluster
+    # KubeRay itself reported Ready: its own user wrote every RayService status update.
+    rs = served.rayservice()
+    assert _condition(rs, "Ready")["status"] == "True"
+    assert _condition(rs, "Ready")["reason"] == "NonZeroServeEndpoints"
+    writers = {
+        ev["user"]["username"]
+        for ev in cluster.audit_writes_to("rayservices", "status")
+        if ev["objectRef"].get("namespace") == NS
+    }
+    assert writers == {"kuberay-operator"}, writers
+    svc = cluster.get_json("llmsvc", NAME, "-n", NS)
+    assert svc["status"]["phase"] == "Ready"
+    assert svc["status"]["endpoint"] == f"http://{NAME}.{NS}.svc:8000/v1"
+    assert svc["status"]["replicas"] == {"ready": 1, "desired": 1}
+    # Every Ray pod runs on the real node, the image imported into its containerd.
+    assert {p["spec"]["nodeName"] for p in served.pods()} == {cluster.node.name}
+
+    chat = served.client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Say hello."}], max_tokens=16
+    )
+    assert chat.choices[0].message.content and chat.usage.completion_tokens > 0
+
+    # Streamed: tokens arrive in several chunks over time, not in one piece at the end.
+    start = time.monotonic()
+    arrivals: list[float] = []
+    for chunk in served.client.completions.create(model=MODEL, prompt="import os\n", max_tokens=48, stream=True):
+        if chunk.choices and chunk.choices[0].text:
+            arrivals.append(time.monotonic() - start)
+    assert len(arrivals) >= 3, arrivals
+    assert arrivals[-1] - arrivals[0] > 0.02, arrivals
+    MEASURED["time to first token, streamed completion (ms)"] = round(arrivals[0] * 1000)
+
+    # The edge sidecar: a wrong key, or none, is refused before Ray sees the request.
+    with pytest.raises(openai.AuthenticationError) as err:
+        serving.client(served.url, key="sk-wrong").models.list()
+    assert err.value.status_code == 401
+    no_key = httpx.get(f"{served.url}/models", timeout=10)
+    assert no_key.status_code == 401 and no_key.headers["www-authenticate"] == "Bearer"
+
+
+def test_a_lora_request_is_answered_by_the_adapter(served: Served):
+    """The adapter is fetched from the object store on the first request that names it."""
+
+    def greedy(model_id: str) -> str:
+        out = served.client.completions.create(model=model_id, prompt="def main():", max_tokens=16, temperature=0)
+        return out.choices[0].text
+
+    base, adapted = greedy(MODEL), greedy(served.lora)
+    # Random weights write noise, but deterministic noise: the adapter changes it.
+    assert adapted == greedy(served.lora)
+    assert base != adapted
+    # With direct streaming, /v1/models is vLLM's own: it lists an adapter once loaded.
+    assert {MODEL, served.lora} <= {m.id for m in served.client.models.list()}
+
+
+class Load:
+    """A client that keeps sending (a request a second, one at a time) through the Service
+    until stopped; each outcome recorded. Not faster: after each step vLLM's CPU worker
+    busy-polls its queue for a second, so a steady stream keeps one of the two cores busy."""
+
+    def __init__(self, url: str):
+        self.client = serving.client(url, timeout=30)
+        self.results: list[tuple[float, str]] = []  # (time, "ok" or the error)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            t = time.monotonic()
+            try:
+                self.client.completions.create(model=MODEL, prompt="x = ", max_tokens=8)
+                self.results.append((t, "ok"))
+            except openai.OpenAIError as e:
+                self.results.append((t, f"{type(e).__name__}: {e}"[:200]))
+            self._stop.wait(1.0)
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+    @property
+    def failures(self) -> list[tuple[float, str]]:
+        return [r for r in self.results if r[1] != "ok"]
+
+    def answering_since(self, t: float) -> float | None:
+        """The first successful request at or after t."""
+        return next((s for s, r in self.results if s >= t and r == "ok"), None)
+
+
+def test_killing_the_head_pod_recovers(served: Served):
+    """GCS fault tolerance (real Redis): the worker keeps its replica while the head restarts,
+    so the Service (workers only) keeps answering."""
+    cluster = served.cluster
+    [head] = served.pods(f"llmservice.dev/name={NAME},ray.io/node-type=head")
+    with Load(served.url) as load:
+        time.sleep(2)
+        killed = time.monotonic()
+        cluster.kubectl("delete", "pod", head["metadata"]["name"], "-n", NS, "--grace-period=0", "--force")
+
+        def head_back() -> bool:
+            heads = served.pods(f"llmservice.dev/name={NAME},ray.io/node-type=head")
+            return any(
+                p["metadata"]["name"] != head["metadata"]["name"]
+                and all(c.get("ready") for c in p["status"].get("containerStatuses", []))
+                and p["status"].get("containerStatuses")
+                for p in heads
+            )
+
+        cluster.wait_for("a new head pod Ready", head_back, timeout=300)
+        head_ready = time.monotonic() - killed
+        serving.wait_ready(cluster, NS, NAME, timeout=300)
+        time.sleep(3)
+    MEASURED["head kill: new head Ready (s)"] = round(head_ready, 1)
+    MEASURED["head kill: failed requests"] = f"{len(load.failures)} of {len(load.results)}"
+    answering = load.answering_since(killed + head_ready)
+    assert answering is not None, load.failures[-3:]
+    ok = serving.client(served.url).completions.create(model=MODEL, prompt="y = ", max_tokens=4)
+    assert ok.choices[0].text
+
+
+def test_an_engine_change_upgrades_to_a_new_cluster_without_failing_requests(served: Served):
+    cluster = served.cluster
+    old = served.rayservice()["status"]["activeServiceStatus"]["rayClusterName"]
+    with Load(served.url) as load:
+        time.sleep(2)
+        changed = time.monotonic()
+        patch = '{"spec":{"engine":{"maxModelLen":384}}}'
+        cluster.kubectl("patch", "llmsvc", NAME, "-n", NS, "--type=merge", "-p", patch)
+        switched: dict[str, float] = {}
+
+        def switched_over() -> bool:
+            active = served.rayservice()["status"].get("activeServiceStatus", {}).get("rayClusterName")
+            if active and active != old and "t" not in switched:
+                switched["t"] = time.monotonic() - changed
+            return "t" in switched
+
+        cluster.wait_for("KubeRay to switch to the new cluster", switched_over, timeout=600)
+        serving.wait_ready(cluster, NS, NAME, timeout=300)
+        # Keep the load on until the old cluster is gone: its pods' shutdown must fail nothing.
+        cluster.wait_for(
+            f"the old cluster {old} deleted",
+            lambda: cluster.kubectl("get", "raycluster", old, "-n", NS, check=False).returncode != 0,
+            timeout=300,
+        )
+        cluster.wait_for("the old cluster's pods gone", lambda: not served.pods(f"ray.io/cluster={old}"), timeout=120)
+    MEASURED["upgrade: spec change -> traffic on the new cluster (s)"] = round(switched["t"], 1)
+    MEASURED["upgrade: failed requests"] = f"{len(load.failures)} of {len(load.results)}"
+    assert len(load.results) > 20
+    assert not load.failures, load.failures[:5]
+    # The new engine runs with the new context length (Ray's model card says so).
+    card = served.client.models.retrieve(MODEL)
+    assert card.model_extra["metadata"]["max_request_context_length"] == 384, card
+
+
+def test_deleting_the_llmservice_removes_every_pod_service_and_configmap(served: Served):
+    cluster = served.cluster
+    cluster.kubectl("delete", "llmsvc", NAME, "-n", NS)
+
+    def left() -> list[str]:
+        found = []
+        for kind in ("pods", "services", "configmaps", "rayservices", "rayclusters", "poddisruptionbudgets"):
+            for obj in cluster.get_json(kind, "-n", NS)["items"]:
+                if obj["metadata"]["name"] != "kube-root-ca.crt":
+                    found.append(f"{kind}/{obj['metadata']['name']}")
+        return found
+
+    cluster.wait_for("nothing of the service left", lambda: not left(), timeout=180)
+    assert left() == []
