@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
 from . import bins, nodes
@@ -454,6 +455,21 @@ class Cluster:
             if done and ref.get("resource") == resource and ref.get("subresource") == subresource:
                 out.append(ev)
         return out
+
+    def memory_pss(self) -> int:
+        """Bytes (proportional set size) of every process of this cluster: the control plane,
+        KubeRay, the node's daemons, and every container of its pods (their cgroups)."""
+        marks = [str(self.workdir)]
+        cgroup = f"/{self.network.cgroup_root}/" if self.network else None
+        total = 0
+        for proc in psutil.process_iter(["cmdline"]):
+            with contextlib.suppress(psutil.Error, OSError):
+                mine = any(m in " ".join(proc.info["cmdline"] or []) for m in marks)
+                if not mine and cgroup:
+                    mine = cgroup in Path(f"/proc/{proc.pid}/cgroup").read_text()
+                if mine:
+                    total += proc.memory_full_info().pss
+        return total
 
     def ready_node_names(self) -> set[str]:
         """Ready and schedulable: the not-ready taint admission adds is gone."""

@@ -38,6 +38,8 @@ class Running(cl.Cluster):
         state = json.loads(cl.STATE_FILE.read_text())
         c = cls(workdir=Path(state["workdir"]))
         c.ports = state["ports"]
+        if state.get("slot") is not None:
+            c.network = cl.NodeNetwork(state["slot"])
         return c
 
 
@@ -98,6 +100,7 @@ def main() -> None:
     serving.wait_ready(c, NAMESPACE, name, timeout=900)
     ready = time.monotonic() - applied
     _show(c)
+    console.print(f"memory of the whole local cluster now (PSS): {c.memory_pss() / 2**30:.1f} GiB")
     url = f"http://{serving.service_ip(c, NAMESPACE, name)}:8000/v1"
     model_id = yaml.safe_load(serving.SAMPLE.read_text())["spec"]["model"]["name"]
     console.print(f"\n[bold]{name} is Ready {ready:.0f}s after apply.[/] A streamed completion from {url}:")

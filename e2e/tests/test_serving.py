@@ -54,6 +54,7 @@ def served(cluster: Cluster, cpu_service: serving.Applied) -> Iterator[Served]:
     serving.wait_ready(cluster, NS, NAME, timeout=900)
     # Applied at the session's start (conftest): other tests ran meanwhile, on the same cores.
     MEASURED["apply -> LLMService Ready, beside other tests (s)"] = round(time.monotonic() - cpu_service.applied, 1)
+    MEASURED["memory of the whole cluster, CPU service serving (GiB, PSS)"] = round(cluster.memory_pss() / 2**30, 1)
     url = f"http://{serving.service_ip(cluster, NS, NAME)}:8000/v1"
     yield Served(cluster, url, cpu_service.lora_model)
     cluster.kubectl("delete", "llmsvc", NAME, "-n", NS, "--ignore-not-found", "--wait=false", check=False)
