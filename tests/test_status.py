@@ -71,6 +71,17 @@ def test_ready_through_an_upgrade_while_only_the_pending_cluster_reports_apps():
     assert status(rs)["phase"] == "Provisioning"
 
 
+def test_ready_replicas_come_from_the_active_raycluster():
+    """KubeRay does not rewrite the RayService when only its copy of the cluster status
+    changes: live, it said 0 ready workers while the service answered. The RayCluster knows."""
+    rs = rayservice()
+    rs["status"]["activeServiceStatus"]["rayClusterStatus"] = {"desiredWorkerReplicas": 8}
+    cluster = {"status": {"readyWorkerReplicas": 8, "desiredWorkerReplicas": 8}}
+    s = st.status(GEMMA, st.Observed(3, rs, [], ray_cluster=cluster), SETTINGS, {}, "2026-01-01T00:00:00Z")
+    assert s["replicas"] == {"ready": 8, "desired": 8}
+    assert status(rs)["replicas"] == {"ready": 0, "desired": 8}  # without it, the stale copy
+
+
 def test_provisioning_until_endpoints():
     s = status(rayservice(ready=False, app="DEPLOYING"))
     assert s["phase"] == "Provisioning" and s["endpoint"] is None

@@ -69,6 +69,7 @@ def llmservice_event(namespace: str, name: str, **_: Any) -> None:
 
 
 @kopf.on.event("ray.io", "v1", "rayservices", labels=MANAGED)
+@kopf.on.event("ray.io", "v1", "rayclusters", labels=MANAGED)  # KubeRay copies the RayService's labels
 @kopf.on.event("v1", "configmaps", labels=MANAGED)
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED)
 def child_event(namespace: str, labels: dict[str, str], **_: Any) -> None:

@@ -188,6 +188,16 @@ class Reconciler:
                 self.kube.delete(api_version, kind, svc.metadata.namespace, child)
                 out.applied.append(f"-{kind}/{child}")
 
+    def _active_cluster(self, ray_service: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The RayCluster serving now: its own status counts ready workers. The RayService's copy
+        of it is for display only; KubeRay does not rewrite the RayService when just that copy
+        changes, so it stays at the count of when the app last changed (0 ready, seen live)."""
+        active = ((ray_service or {}).get("status") or {}).get("activeServiceStatus") or {}
+        name = active.get("rayClusterName")
+        if not name:
+            return None
+        return self.kube.get("ray.io/v1", "RayCluster", ray_service["metadata"]["namespace"], name)
+
     def _write_status(
         self,
         body: dict[str, Any],
@@ -202,7 +212,9 @@ class Reconciler:
         if svc is None:
             new = status_mod.invalid(out.problems, generation, previous, _now())
         else:
-            obs = status_mod.Observed(generation, ray_service, out.problems, pool_problems, pools)
+            obs = status_mod.Observed(
+                generation, ray_service, out.problems, pool_problems, pools, self._active_cluster(ray_service)
+            )
             new = status_mod.status(svc, obs, self.settings, previous, _now())
         out.phase = new["phase"]
         if status_mod.without_times(new) == status_mod.without_times({k: previous.get(k) for k in new}):

@@ -26,6 +26,7 @@ class Observed:
     problems: list[str]  # block applying: missing references, invalid spec
     pool_problems: list[str] = field(default_factory=list)  # GKE refused: quota, stockout, permission
     node_pools: list[dict[str, Any]] = field(default_factory=list)
+    ray_cluster: dict[str, Any] | None = None  # the active RayCluster: its status counts ready workers
 
 
 def _cond(ctype: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
@@ -52,10 +53,15 @@ def endpoint(svc: LLMService, settings: OperatorSettings) -> str:
     return f"{scheme}://{svc.metadata.name}.{svc.metadata.namespace}.svc:{SERVE_PORT}/v1"
 
 
-def replicas(svc: LLMService, rs: dict[str, Any] | None) -> dict[str, int]:
+def replicas(svc: LLMService, rs: dict[str, Any] | None, ray_cluster: dict[str, Any] | None = None) -> dict[str, int]:
     """Model replicas from the active cluster's worker pods (pods per replica > 1 for
-    multi-host TPU slices and multi-node GPU replicas)."""
-    cluster = (rs or {}).get("status", {}).get("activeServiceStatus", {}).get("rayClusterStatus") or {}
+    multi-host TPU slices and multi-node GPU replicas): from the RayCluster when it was read
+    (the RayService's copy of its status goes stale), else from that copy."""
+    cluster = (
+        (ray_cluster or {}).get("status")
+        or (rs or {}).get("status", {}).get("activeServiceStatus", {}).get("rayClusterStatus")
+        or {}
+    )
     groups = worker_bounds(svc.spec)
     per = groups[0].shape.pods_per_replica if len(groups) == 1 else 1
     return {
@@ -160,7 +166,7 @@ def status(
         "phase": phase,
         "conditions": _keep_transition_times(conds, previous.get("conditions", []), now),
         "endpoint": endpoint(svc, settings) if phase == "Ready" else previous.get("endpoint"),
-        "replicas": replicas(svc, rs),
+        "replicas": replicas(svc, rs, obs.ray_cluster),
         "children": {
             k: v
             for k, v in {
