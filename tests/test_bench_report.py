@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from e2e.dataplane.bench import Run, pct, report
+from e2e.dataplane.bench import Run, pct, report, report_engine
 
 
 def run(config: str, rnd: int, seconds: float, ttft_ms: float, cpu: dict[str, float] | None = None) -> Run:
@@ -43,3 +43,22 @@ def test_targets_missed_are_reported():
 def test_percentile_is_nearest_rank_in_ms():
     assert pct([0.001 * i for i in range(1, 101)], 99) == 100.0
     assert pct([], 50) != pct([], 50)  # NaN when a run got no tokens
+
+
+def test_real_engine_report_puts_paths_side_by_side_with_paired_ratios():
+    runs = []
+    paths = (("b", 1.1, 52, {"ray": 0.016}), ("c", 1.1, 53, {"ray": 0.016, "edge": 0.016}), ("d", 1.0, 50, {}))
+    for rnd, jitter in enumerate((1.0, 1.2)):  # drift that hits every config of a round alike
+        for config, seconds, ttft, cpu in paths:
+            runs.append(Run(config, 8, rnd, requests=16, seconds=seconds * jitter, tokens=1024,
+                            ttft=[ttft / 1000] * 16, cpu=cpu))  # fmt: skip
+    text = report_engine(runs)
+    assert text.startswith("REAL ENGINE: vLLM")
+    row = next(line for line in text.splitlines() if line.startswith("| 8 | "))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "853 / 853 / 939"  # median out tok/s of b, c, d over the two rounds
+    assert cells[2] == "52.0 / 53.0 / 50.0"  # TTFT p50
+    assert cells[4] == "0.91 [0.91–0.91]"  # b/d, paired per round: the drift cancels
+    assert cells[6] == "1.00 [1.00–1.00]"  # c/b
+    assert cells[7].startswith("+1.0 ")  # c-b TTFT p50
+    assert cells[8] == "1.00 / 2.00" and cells[9] == "0"  # proxy CPU per request, errors

@@ -7,12 +7,18 @@ bounded in count, repeated over rounds: each round starts a fresh Ray for (a) an
 (b)-(d), whose configs take turns at each level so drift hits all of them alike. Prints
 medians with their spread, the paired ratios b/a, c/b and b/d, the proxies' CPU per request,
 and whether the issue's targets are met; writes a PNG plot.
+
+Then the same (b), (c), (d) with the real engine: vLLM on CPU under Ray Serve LLM
+(`DataPath(engine="vllm")`, the cpu-tiny sample's tiny random-weight Llama, one replica),
+output tokens/s and time to first token side by side with their ratios to (d). `--engine
+standin` or `--engine vllm` runs one of the two phases.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import time
 from collections.abc import Callable
@@ -31,6 +37,9 @@ from .harness import DataPath
 MODEL = "gemma-4-e2b"
 KEY = "sk-bench"
 CONFIGS = {"a": "python-proxy", "b": "haproxy-ingress", "c": "b+edge-sidecar", "d": "stand-in-direct"}
+# The real-engine phase: the CPU sample's model, and its paths (d: vLLM's replica itself).
+ENGINE_MODEL = "tiny-llama"
+ENGINE_CONFIGS = {"b": "haproxy-ingress", "c": "b+edge-sidecar", "d": "replica-direct"}
 # The issue's targets for the sidecar against (b).
 MAX_SIDECAR_THROUGHPUT_COST = 0.05
 MAX_SIDECAR_TTFT_P99_MS = 2.0
@@ -70,10 +79,20 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(p / 100 * len(xs)))] * 1000
 
 
-async def _stream(http: aiohttp.ClientSession, url: str, max_tokens: int, run: Run) -> None:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens, "stream": True}
+def chat_body(max_tokens: int, model: str = MODEL, **extra: object) -> dict[str, object]:
+    """One streamed chat completion as the benchmark sends it."""
+    messages = [{"role": "user", "content": "hi"}]
+    return {"model": model, "messages": messages, "max_tokens": max_tokens, "stream": True, **extra}
+
+
+def _empty_content(line: bytes) -> bool:
+    return b'"content":""' in line or b'"content": ""' in line
+
+
+async def _stream(http: aiohttp.ClientSession, url: str, body: dict[str, object], run: Run) -> None:
     start = time.perf_counter()
     last = None
+    chunks, usage = 0, None
     try:
         async with http.post(f"{url}/v1/chat/completions", json=body) as resp:
             if resp.status != 200:
@@ -82,7 +101,11 @@ async def _stream(http: aiohttp.ClientSession, url: str, max_tokens: int, run: R
             # Bytes, not JSON: a load generator that parses every chunk in Python costs more
             # CPU than the proxies it measures (httpx + json did: 4x the proxies' CPU).
             async for line in resp.content:
-                if not line.startswith(b"data: {") or b'"content"' not in line:
+                if not line.startswith(b"data: {"):
+                    continue
+                if b'"usage":{' in line or b'"usage": {' in line:  # the last chunk, if asked for
+                    usage = json.loads(line[6:])["usage"]["completion_tokens"]
+                if b'"content"' not in line or _empty_content(line):  # vLLM's first chunk: the role
                     continue
                 now = time.perf_counter()
                 if last is None:
@@ -90,28 +113,32 @@ async def _stream(http: aiohttp.ClientSession, url: str, max_tokens: int, run: R
                 else:
                     run.itl.append(now - last)
                 last = now
-                run.tokens += 1
+                chunks += 1
     except (TimeoutError, aiohttp.ClientError):
         run.errors += 1
+        return
+    # A real tokenizer may hold a token back (part of a character): usage counts every one.
+    run.tokens += chunks if usage is None else usage
 
 
 Procs = Callable[[], list[psutil.Process]]
 
 
 async def _load(
-    url: str, run: Run, max_tokens: int, procs: dict[str, list[psutil.Process]], idle: dict[str, float]
+    url: str, run: Run, body: dict[str, object], procs: dict[str, list[psutil.Process]], idle: dict[str, float]
 ) -> None:
     headers = {"Authorization": f"Bearer {KEY}"}
     connector = aiohttp.TCPConnector(limit=run.concurrency)
     async with aiohttp.ClientSession(connector=connector, headers=headers, timeout=aiohttp.ClientTimeout(120)) as http:
-        await _stream(http, url, 2, Run(run.config, 0, 0, 0))  # open the path (connection, first route)
+        # Open the path (connection, first route).
+        await _stream(http, url, {**body, "max_tokens": 2}, Run(run.config, 0, 0, 0))
         left = run.requests
 
         async def worker() -> None:
             nonlocal left
             while left > 0:
                 left -= 1
-                await _stream(http, url, max_tokens, run)
+                await _stream(http, url, body, run)
 
         before = _cpu_by_role(procs)
         start = time.perf_counter()
@@ -151,8 +178,8 @@ def idle_cpu(roles: dict[str, Procs], seconds: float = 3.0) -> dict[str, float]:
     return {role: (after[role] - before[role]) / seconds for role in procs}
 
 
-def measure(run: Run, url: str, roles: dict[str, Procs], idle: dict[str, float], max_tokens: int) -> Run:
-    asyncio.run(_load(url, run, max_tokens, _lookup(roles), idle))
+def measure(run: Run, url: str, roles: dict[str, Procs], idle: dict[str, float], body: dict[str, object]) -> Run:
+    asyncio.run(_load(url, run, body, _lookup(roles), idle))
     return run
 
 
@@ -187,10 +214,11 @@ def bench(
 ) -> list[Run]:
     svc = service(stream_batching_ms)
     opts = {"api_keys": {KEY: "bench"}, "ttft_ms": ttft_ms, "itl_ms": itl_ms}
+    body = chat_body(max_tokens)
     runs: list[Run] = []
 
     def go(config: str, rnd: int, c: int, url: str, roles: dict[str, Procs], idle: dict[str, float]) -> None:
-        run = measure(Run(config, c, rnd, requests_for(c, requests, per_stream)), url, roles, idle, max_tokens)
+        run = measure(Run(config, c, rnd, requests_for(c, requests, per_stream)), url, roles, idle, body)
         runs.append(run)
         log(f"  round {rnd} {config} {CONFIGS[config]:<16} c={c:<4} {run.rps:7.1f} req/s  errors={run.errors}")
 
@@ -336,6 +364,94 @@ def _plot(levels: dict[tuple[str, int], Level], png: Path) -> None:
     plt.close(fig)
 
 
+def engine_service() -> LLMService:
+    """The CPU sample (tiny Llama, API keys on the edge) with one replica that never sheds load."""
+    doc = with_spec(
+        sample_doc("cpu-tiny.yaml"),
+        replicas={"min": 1, "max": 1},
+        autoscaling={"targetOngoingRequests": 10000, "maxOngoingRequests": 10000},
+    )
+    return parse(doc)
+
+
+def bench_engine(
+    concurrencies: list[int],
+    *,
+    rounds: int = 3,
+    requests: int = 16,
+    per_stream: int = 4,
+    max_tokens: int = 64,
+    log: Callable[[str], None] = print,
+) -> list[Run]:
+    """(b), (c), (d) in front of real vLLM. One Ray for every round (vLLM takes a minute or
+    two to start on 2 cores); the configs take turns at each level as in `bench`. Every
+    request generates exactly `max_tokens` (`ignore_eos`: random weights may pick EOS early)."""
+    runs: list[Run] = []
+    body = chat_body(max_tokens, ENGINE_MODEL, ignore_eos=True, stream_options={"include_usage": True})
+    start = time.monotonic()
+    with DataPath(engine_service(), api_keys={KEY: "bench"}, engine="vllm") as dp:
+        log(f"  real engine up in {time.monotonic() - start:.0f} s")
+        both: dict[str, Procs] = {"ray": dp.proxy_processes, "edge": dp.edge_processes}
+        paths: dict[str, tuple[str, dict[str, Procs]]] = {
+            "b": (dp.serve_url, {"ray": dp.proxy_processes}),
+            "c": (dp.edge_url, both),
+            "d": (dp.replica_urls()[0], {}),
+        }
+        idle = idle_cpu(both)
+        for rnd in range(rounds):
+            order = "bcd"[rnd % 3 :] + "bcd"[: rnd % 3]
+            for c in concurrencies:
+                for config in order:
+                    run = Run(config, c, rnd, requests_for(c, requests, per_stream))
+                    measure(run, *paths[config], idle, body)
+                    runs.append(run)
+                    log(
+                        f"  round {rnd} {config} {ENGINE_CONFIGS[config]:<16} c={c:<4} {run.tps:7.1f} tok/s  "
+                        f"TTFT p50 {pct(run.ttft, 50):6.1f} ms  errors={run.errors}"
+                    )
+    return runs
+
+
+def report_engine(runs: list[Run]) -> str:
+    """The real-engine phase: (b), (c), (d) side by side per concurrency, with paired ratios."""
+    levels: dict[tuple[str, int], Level] = {}
+    for run in runs:
+        levels.setdefault((run.config, run.concurrency), Level([])).runs.append(run)
+    n_rounds = len({run.round for run in runs})
+    names = ", ".join(f"{k} {v}" for k, v in ENGINE_CONFIGS.items())
+    lines = [
+        f"REAL ENGINE: vLLM (CPU) under Ray Serve LLM, {ENGINE_MODEL} (random weights), one replica; {names}.",
+        f"Medians over {n_rounds} round(s); ratios paired per round, [min–max]; TTFT pools all rounds.",
+        "",
+        "| conc | out tok/s b / c / d | TTFT p50 ms b / c / d | TTFT p99 ms b / c / d "
+        "| b/d tok/s | c/d tok/s | c/b tok/s | c−b TTFT p50 ms | proxy CPU ms/req b / c | errors |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for c in sorted({run.concurrency for run in runs}):
+        got = {k: levels[(k, c)] for k in ENGINE_CONFIGS if (k, c) in levels}
+        if len(got) < len(ENGINE_CONFIGS):
+            continue
+        b, x, d = got["b"].runs, got["c"].runs, got["d"].runs
+        tps = _side(got, lambda lv: lv.median(lambda r: r.tps), ".0f")
+        p50 = _side(got, lambda lv: lv.pooled("ttft", 50), ".1f")
+        p99 = _side(got, lambda lv: lv.pooled("ttft", 99), ".1f")
+        bd = _paired(b, d, lambda u, v: u.tps / v.tps)
+        cd = _paired(x, d, lambda u, v: u.tps / v.tps)
+        cb = _paired(x, b, lambda u, v: u.tps / v.tps)
+        dttft = _paired(x, b, lambda u, v: pct(u.ttft, 50) - pct(v.ttft, 50))
+        cpu = f"{got['b'].cpu_ms_per_request():.2f} / {got['c'].cpu_ms_per_request():.2f}"
+        errors = sum(run.errors for lv in got.values() for run in lv.runs)
+        lines.append(
+            f"| {c} | {tps} | {p50} | {p99} | {_fmt(*bd)} | {_fmt(*cd)} | {_fmt(*cb)} | {_fmt(*dttft, '+.1f')} "
+            f"| {cpu} | {errors} |"
+        )
+    return "\n".join(lines)
+
+
+def _side(levels: dict[str, Level], f: Callable[[Level], float], spec: str) -> str:
+    return " / ".join(f"{f(levels[k]):{spec}}" for k in ENGINE_CONFIGS)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--concurrency", default="1,16,64,256")
@@ -350,15 +466,30 @@ def main() -> None:
         help="spec.routing.streamBatchingMs (default: unset, so Ray Serve LLM's 50 ms)",
     )  # fmt: skip
     p.add_argument("--png", type=Path, default=Path("bench-dataplane.png"))
+    p.add_argument(
+        "--engine", choices=("both", "standin", "vllm"), default="both",
+        help="which phases: the stand-in engine (a)-(d), the real vLLM engine (b)-(d), or both",
+    )  # fmt: skip
+    p.add_argument("--engine-concurrency", default="1,8", help="real engine: concurrent streams")
+    p.add_argument("--engine-rounds", type=int, default=3, help="real engine: rounds (one Ray for all)")
+    p.add_argument("--engine-max-tokens", type=int, default=64, help="real engine: tokens per request")
     a = p.parse_args()
     start = time.monotonic()
-    runs = bench(
-        [int(c) for c in a.concurrency.split(",")],
-        rounds=a.rounds, requests=a.requests, per_stream=a.per_stream,
-        max_tokens=a.max_tokens, ttft_ms=a.ttft_ms, itl_ms=a.itl_ms, stream_batching_ms=a.stream_batching_ms,
-    )  # fmt: skip
-    print(report(runs, a.png))
-    print(f"\nplot: {a.png}; {time.monotonic() - start:.0f} s")
+    if a.engine in ("both", "standin"):
+        runs = bench(
+            [int(c) for c in a.concurrency.split(",")],
+            rounds=a.rounds, requests=a.requests, per_stream=a.per_stream,
+            max_tokens=a.max_tokens, ttft_ms=a.ttft_ms, itl_ms=a.itl_ms, stream_batching_ms=a.stream_batching_ms,
+        )  # fmt: skip
+        print(report(runs, a.png))
+        print(f"\nplot: {a.png}; {time.monotonic() - start:.0f} s\n")
+    if a.engine in ("both", "vllm"):
+        t = time.monotonic()
+        runs = bench_engine(
+            [int(c) for c in a.engine_concurrency.split(",")], rounds=a.engine_rounds, max_tokens=a.engine_max_tokens
+        )
+        print(report_engine(runs))
+        print(f"\nreal engine: {time.monotonic() - t:.0f} s")
 
 
 if __name__ == "__main__":

