@@ -239,7 +239,8 @@ def test_prefix_aware_routing_and_lora(settings):
         e["name"]: e.get("value")
         for e in rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
     }
-    assert env["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] == "1"
+    # Prefix affinity needs the OpenAI ingress on the path: no direct streaming (a rule says so).
+    assert "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING" not in env
 
 
 def test_stream_batching_interval_reaches_ray_serve_llm(settings):

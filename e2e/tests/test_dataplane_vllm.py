@@ -5,8 +5,10 @@ keys on the edge and multi-LoRA from a fake S3 (moto on 127.0.0.1, Ray's real bo
 One Ray for the whole module; its start is most of the module's time.
 
 Found here: with direct streaming (the default) Ray 2.60's prefix-aware router is consulted
-but never learns a prefix, so it balances load instead of keeping prefixes on a replica (the
-strict xfail below says why and turns red when that changes).
+but never learns a prefix (LLMRouter picks a replica with handle.choose_replica(_reserve=False),
+which never calls the router's on_request_routed), so it only balances load. The API now
+refuses prefix-aware routing with direct streaming; this module runs it as users must:
+through the OpenAI ingress (`routing.directStreaming: false`), where affinity holds.
 """
 
 from __future__ import annotations
@@ -39,11 +41,6 @@ MODEL = "tiny-llama"
 KEY = "sk-team-a"
 REPLICAS = 2
 ROUTER = "PrefixCacheAffinityRouter"
-DIRECT_STREAMING_AFFINITY = (
-    "Ray 2.60 with direct streaming: LLMRouter picks a replica with handle.choose_replica(_reserve=False), "
-    "which never calls the router's on_request_routed, so PrefixCacheAffinityRouter never inserts a prompt "
-    "into its prefix tree: every pick is a load-balanced one"
-)
 
 # What Ray Serve LLM's prefix-aware router knows, read from the data path's Ray: each
 # deployment's configured router class and replica ids, and the router's prefix tree (the
@@ -82,7 +79,7 @@ def real() -> Iterator[Real]:
         uri = s3.upload(built.lora_dir, "loras", f"adapters/{built.lora_dir.name}")
         doc = with_spec(
             sample_doc("cpu-tiny.yaml"),
-            routing={"policy": "prefix-aware"},
+            routing={"policy": "prefix-aware", "directStreaming": False},
             replicas={"min": REPLICAS, "max": REPLICAS},
             model__lora={"source": uri.rsplit("/", 1)[0], "maxAdaptersPerReplica": 2},
             ray__env=s3.env(),
@@ -149,16 +146,11 @@ def test_prefix_aware_router_runs_on_the_request_path(real: Real, prefix_traffic
     assert sorted(t.rsplit("#", 1)[-1] for t in tree["tenants"]) == replicas, (tree, replicas)
 
 
-def test_prefix_aware_router_keeps_each_prefix_on_one_replica(
-    real: Real, prefix_traffic: PrefixTraffic, request: pytest.FixtureRequest
-):
+def test_prefix_aware_router_keeps_each_prefix_on_one_replica(real: Real, prefix_traffic: PrefixTraffic):
     """What prefix-aware routing promises: prompts sharing a long prefix go to the replica
     that got the prefix first, and a new prefix to the replica holding the least text, so
-    three prefixes use both replicas. (With `routing.directStreaming: false` it does, checked
-    by hand: the OpenAI ingress dispatches through the engine's handle.)"""
-    if real.dp.svc.spec.routing.direct_streaming:
-        # Strict: an XPASS fails, so the day Ray (or the renderer) changes this, this shows.
-        request.applymarker(pytest.mark.xfail(strict=True, reason=DIRECT_STREAMING_AFFINITY))
+    three prefixes use both replicas (the OpenAI ingress dispatches through the engine's
+    handle, which tells the router where each prompt went)."""
     routing, prefixes = prefix_traffic.routing, prefix_traffic.prefixes
     holders = {}
     for name, (matched, tenants) in routing["tree"]["match"].items():

@@ -328,6 +328,14 @@ RULES: tuple[Rule, ...] = (
         "self.routing.policy != 'session-affinity' || !self.routing.directStreaming",
     ),
     Rule(
+        "routing.policy",
+        "prefix-aware needs routing.directStreaming: false: with direct streaming Ray 2.60's router "
+        "picks replicas without ever learning where a prefix went, so it only balances load (seen "
+        "with real vLLM); without it the OpenAI ingress routes through the prefix tree",
+        lambda s: s.routing.policy == "prefix-aware" and s.routing.direct_streaming,
+        "self.routing.policy != 'prefix-aware' || !self.routing.directStreaming",
+    ),
+    Rule(
         "ingress.rateLimit",
         "limits each API key: set ingress.apiKeysSecret too",
         lambda s: s.ingress.rate_limit is not None and s.ingress.api_keys_secret is None,

@@ -48,10 +48,10 @@ def ray_env(svc: LLMService, engine_env: dict[str, str] | None = None) -> list[d
     env.update(engine_env or {})
     if spec.routing.direct_streaming:
         env["RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"] = "1"
-        if spec.routing.policy == "prefix-aware" or spec.model.lora:
-            # The router reads the body: the prompt, to pick the replica holding its prefix; the
-            # `model` field, to pick a replica with the LoRA adapter (Ray refuses multi-LoRA
-            # with direct streaming otherwise).
+        if spec.model.lora:
+            # The router reads the body's `model` field to pick a replica with the LoRA adapter
+            # (Ray refuses multi-LoRA with direct streaming otherwise). Prefix-aware routing
+            # needs direct streaming off (api/rules.py): this router never learns prefixes.
             env["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] = "1"
     env.update(spec.ray.env)
     out: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(env.items())]
