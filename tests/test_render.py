@@ -151,6 +151,16 @@ def test_an_engine_change_is_a_cluster_change_for_kuberay(settings):
     assert "annotations" not in none["headGroupSpec"]["template"]["metadata"]
 
 
+def test_serving_containers_drain_before_they_stop(settings):
+    """A terminating pod leaves the Service's endpoints asynchronously: its sidecar and Ray
+    keep answering a few seconds (preStop sleep) so late connections are served."""
+    cluster = render(parse(sample_doc("cpu-tiny.yaml")), settings).ray_service["spec"]["rayClusterConfig"]
+    ray, edge_c = cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"]
+    assert ray["lifecycle"] == edge_c["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
+    [head] = cluster["headGroupSpec"]["template"]["spec"]["containers"]  # not in the Service
+    assert "lifecycle" not in head
+
+
 def test_upgrade_drain_keeps_the_old_cluster_for_long_streams(settings, rayservice_schema):
     doc = with_spec(sample_doc("cpu-tiny.yaml"), upgrade__drainSeconds=900)
     rs = render(parse(doc), settings).ray_service

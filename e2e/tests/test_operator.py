@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 import yaml
 
+from e2e import serving
 from e2e.cluster import Cluster
 from llmservice_operator.api import parse
 from llmservice_operator.catalog import labels
 from llmservice_operator.controller.drift import up_to_date
 from llmservice_operator.render import render
-from llmservice_operator.settings import OperatorSettings
 from tests.conftest import SAMPLES, sample_doc, with_spec
 from tests.test_validation import CASES
 
@@ -82,7 +82,8 @@ def _cond(status: dict, ctype: str) -> dict:
 
 
 def _desired_rayservice(doc: dict[str, Any]) -> dict[str, Any]:
-    return render(parse(doc), OperatorSettings()).ray_service
+    """What the suite's operator renders: its settings are the local cluster's images."""
+    return render(parse(doc), serving.OPERATOR_SETTINGS).ray_service
 
 
 def test_every_sample_becomes_its_rendered_children(cluster: Cluster, operator: Operator, namespace: str):

@@ -20,6 +20,7 @@ from . import names
 from .serve_config import SERVE_PORT
 
 EDGE_PORT = 8100
+DRAIN_SECONDS = 5  # preStop of the serving containers (edge sidecar and Ray)
 EDGE_METRICS_PORT = 8405
 CONFIG_DIR = "/usr/local/etc/haproxy"
 KEYS_DIR = "/etc/llmservice/api-keys"
@@ -132,6 +133,9 @@ def container(svc: LLMService, settings: OperatorSettings) -> dict[str, Any]:
             {"name": "edge", "containerPort": EDGE_PORT, "protocol": "TCP"},
             {"name": "edge-metrics", "containerPort": EDGE_METRICS_PORT, "protocol": "TCP"},
         ],
+        # Endpoints are removed asynchronously after a pod starts terminating: keep accepting
+        # for a few seconds, so a connection that still arrives is served, not refused.
+        "lifecycle": {"preStop": {"sleep": {"seconds": DRAIN_SECONDS}}},
         "readinessProbe": {
             "httpGet": {"path": "/-/healthz", "port": EDGE_PORT, "scheme": probe_scheme},
             "periodSeconds": 5,

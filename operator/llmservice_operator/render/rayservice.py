@@ -99,6 +99,9 @@ def _pod(
         "env": ray_env(svc, engine_env),
         "volumeMounts": mounts,
     }
+    if serves:
+        # The edge sidecar forwards to this container: it must outlive the sidecar's drain.
+        ray_container["lifecycle"] = {"preStop": {"sleep": {"seconds": edge.DRAIN_SECONDS}}}
     containers = [ray_container]
     if svc.spec.ingress.sidecar and serves:
         containers.append(edge.container(svc, settings))
