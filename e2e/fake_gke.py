@@ -147,6 +147,10 @@ class FakeGKE:
 
         def effect(op: Operation) -> None:
             pool["status"] = "ERROR" if op.error else "RUNNING"
+            if op.error:  # as GKE records a failed create on the pool itself
+                pool["statusMessage"] = op.error["message"]
+                condition = {"code": "GCE_STOCKOUT", "canonicalCode": "RESOURCE_EXHAUSTED"}
+                pool["conditions"] = [{**condition, "message": op.error["message"]}]
 
         return self._start(cluster, "CREATE_NODE_POOL", name, effect, error)
 

@@ -119,17 +119,35 @@ def test_quota_error_is_reported_in_gkes_words_and_blocks_nobody_else(gke):
     assert settle(pools).pools, "another LLMService still gets its pools"
 
 
-def test_stockout_surfaces_the_operation_error(gke):
+def _until(pools: NodePools, done, rounds: int = 60):
+    for _ in range(rounds):
+        out = pools.sync(OWNER, desired())
+        if done(out):
+            return out
+        time.sleep(0.1)
+    raise AssertionError(f"never reached; last: {out}")
+
+
+STOCKOUT = "ZONE_RESOURCE_POOL_EXHAUSTED"
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["same-process", "restart-mid-create"])
+def test_a_stockout_stays_a_problem_until_the_pool_comes_up(gke, restart):
     gke.fake.stockout = {"g2-standard-8"}
     pools = manager(gke)
-    problems: list[str] = []
-    for _ in range(40):
-        out = pools.sync(OWNER, desired())
-        problems += out.problems
-        if problems:
-            break
+    pools.sync(OWNER, desired())  # the first create is under way
+    if restart:
+        pools = manager(gke)  # knows nothing of the operation: reads GKE's record on the pool
+    out = _until(pools, lambda o: o.problems)
+    assert any(STOCKOUT in p and "serving-qwen-l4-spot" in p for p in out.problems), out.problems
+    # Every later pass says it again (the pool is deleted and created again meanwhile).
+    for _ in range(10):
+        assert any(STOCKOUT in p for p in pools.sync(OWNER, desired()).problems)
         time.sleep(0.1)
-    assert any("ZONE_RESOURCE_POOL_EXHAUSTED" in p for p in problems)
+    assert gke.fake.create_attempts.count("serving-qwen-l4-spot") >= 2, "the failed pool is created again"
+    gke.fake.stockout = set()  # capacity is back
+    out = _until(pools, lambda o: not o.busy and not o.problems, rounds=100)
+    assert {p["state"] for p in out.pools} == {"RUNNING"}
 
 
 def test_rate_limits_and_permission_errors(gke):

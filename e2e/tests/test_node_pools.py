@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from e2e.cluster import Cluster
@@ -69,3 +71,38 @@ def test_quota_errors_degrade_with_gkes_message(
     finally:
         fake_gke.fake.gpu_quota.clear()
         cluster.kubectl("delete", "llmsvc", "qwen-l4", "-n", namespace, "--wait=false", check=False)
+
+
+def _event_messages(cluster: Cluster, namespace: str, name: str, reason: str) -> list[str]:
+    items = cluster.get_json("events", "-n", namespace, "--field-selector", f"involvedObject.name={name}")["items"]
+    return [e["message"] for e in items if e["reason"] == reason]
+
+
+def test_a_stockout_degrades_the_service_until_capacity_returns(
+    cluster: Cluster, operator: Operator, fake_gke: FakeGKEServer, namespace: str
+):
+    """GKE fails the spot pool's create with ZONE_RESOURCE_POOL_EXHAUSTED: the LLMService says
+    so in its Degraded condition (what `kubectl get`, Argo CD and alerts read), as long as it
+    lasts, with the Event's words; the operator re-creates the pool until it comes up."""
+    fake_gke.fake.stockout = {"g2-standard-8"}
+    try:
+        cluster.apply([_in(sample_doc("l4-spot-fallback.yaml"), namespace)])
+        status = _wait_status(cluster, namespace, "qwen-l4", lambda s: s.get("phase") == "Degraded", "Degraded", 30)
+        degraded = _cond(status, "Degraded")
+        assert degraded["reason"] == "NodePoolError"
+        assert f"node pool {namespace}-qwen-l4-spot: ZONE_RESOURCE_POOL_EXHAUSTED" in degraded["message"]
+        events = lambda: _event_messages(cluster, namespace, "qwen-l4", "NodePoolError")  # noqa: E731
+        cluster.wait_for("the Warning Event", lambda: degraded["message"] in events())
+        # Later reconciles (the operator's own status write, KubeRay's, the next GKE poll) keep it.
+        time.sleep(5)
+        assert _cond(_get(cluster, "llmsvc", namespace, "qwen-l4")["status"], "Degraded")["status"] == "True"
+    finally:
+        fake_gke.fake.stockout = set()
+    status = _wait_status(
+        cluster, namespace, "qwen-l4", lambda s: _cond(s, "Degraded").get("status") == "False" and _running(s),
+        "Degraded cleared and both pools RUNNING", timeout=120,
+    )  # fmt: skip
+    assert status["phase"] != "Degraded"
+    assert fake_gke.fake.create_attempts.count(f"{namespace}-qwen-l4-spot") >= 2
+    cluster.kubectl("delete", "llmsvc", "qwen-l4", "-n", namespace, "--wait=false")
+    cluster.wait_for("pools deleted", lambda: not _pools(fake_gke, namespace), timeout=60)

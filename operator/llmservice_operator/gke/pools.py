@@ -3,6 +3,12 @@ reports `busy` so the caller reconciles again later (with backoff) to poll it.
 
 Only pools labelled as owned by this LLMService are changed or deleted; a same-named pool
 that is not ours is reported, never touched.
+
+A GKE error stays a problem (so the LLMService stays Degraded with GKE's words) until the
+pool is seen healthy: an operation error is remembered per pool, and a pool GKE reports in
+ERROR or RUNNING_WITH_ERROR carries its own message (also after an operator restart). A pool
+left in ERROR by a failed create (a stockout: ZONE_RESOURCE_POOL_EXHAUSTED) is deleted and
+created again, with the caller's backoff, until capacity returns.
 """
 
 from __future__ import annotations
@@ -44,6 +50,13 @@ def _transient(e: gexc.GoogleAPICallError) -> bool:
 
 
 BUSY_STATES = {"PROVISIONING", "RECONCILING", "STOPPING"}
+ERROR_STATES = {"ERROR", "RUNNING_WITH_ERROR"}
+
+
+def _pool_error(pool: container_v1.NodePool) -> str:
+    """What GKE says is wrong with a pool: its conditions, else the older status_message."""
+    said = [c.message for c in pool.conditions if c.message] or [pool.status_message]
+    return "; ".join(m for m in said if m) or f"GKE reports the pool {container_v1.NodePool.Status(pool.status).name}"
 
 
 @dataclass
@@ -66,6 +79,8 @@ class NodePools:
         self.cluster = cluster
         self.op_timeout = op_timeout
         self._pending: dict[tuple[str, str], list[_Pending]] = {}
+        # The last GKE error per owned pool, until the pool is seen healthy or is no longer wanted.
+        self._errors: dict[tuple[str, str], dict[str, str]] = {}
 
     @property
     def parent(self) -> str:
@@ -90,8 +105,11 @@ class NodePools:
                     out.busy = True
                     still.append(p)
             elif op.error and op.error.message:
-                out.problems.append(f"node pool {p.pool}: {op.error.message}")
-        self._pending[owner] = still
+                self._errors.setdefault(owner, {})[p.pool] = op.error.message
+        if still:
+            self._pending[owner] = still
+        else:
+            self._pending.pop(owner, None)
 
     def _start(self, owner: tuple[str, str], pool: str, call: Any, out: PoolSync) -> None:
         try:
@@ -104,7 +122,7 @@ class NodePools:
                 log.info("GKE busy for node pool %s, retrying later: %s", pool, _message(e))
                 out.busy = True
             else:  # quota, permission, invalid request
-                out.problems.append(f"node pool {pool}: {_message(e)}")
+                self._errors.setdefault(owner, {})[pool] = _message(e)
             return
         self._pending.setdefault(owner, []).append(_Pending(op.name, pool, time.monotonic()))
         out.busy = True
@@ -114,6 +132,9 @@ class NodePools:
         self._poll(owner, out)
         live = {p.name: p for p in self.client.list_node_pools(parent=self.parent).node_pools}
         wanted = {d["name"] for d in desired}
+        errors = self._errors.setdefault(owner, {})
+        for gone in set(errors) - wanted:
+            del errors[gone]
         for d in desired:
             name = d["name"]
             pool = live.get(name)
@@ -130,6 +151,10 @@ class NodePools:
                 )
                 continue
             state = container_v1.NodePool.Status(pool.status).name
+            if state in ERROR_STATES:
+                errors[name] = _pool_error(pool)
+            elif state == "RUNNING":
+                errors.pop(name, None)
             out.pools.append(
                 {
                     "name": name,
@@ -140,6 +165,8 @@ class NodePools:
             )
             if state in BUSY_STATES:
                 out.busy = True
+            elif state == "ERROR":  # unusable (a failed create): make it again, with backoff
+                self._delete(owner, pool, out)
             elif (pool.autoscaling.total_min_node_count, pool.autoscaling.total_max_node_count) != (
                 want.total_min_node_count,
                 want.total_max_node_count,
@@ -148,6 +175,9 @@ class NodePools:
         for name, pool in live.items():
             if name not in wanted and self._owned(pool, owner):
                 self._delete(owner, pool, out)
+        out.problems += [f"node pool {name}: {message}" for name, message in sorted(errors.items())]
+        if not errors:
+            del self._errors[owner]
         return out
 
     def _autoscale_call(self, pool: str, want: container_v1.NodePoolAutoscaling) -> Any:
@@ -165,9 +195,14 @@ class NodePools:
         """Start deleting every pool this LLMService owns; done when `busy` is False and no
         owned pool is left (a pool already gone counts as deleted)."""
         out = PoolSync()
+        self._errors.pop(owner, None)  # deletion errors are reported; earlier ones no longer matter
         self._poll(owner, out)
         for pool in self.client.list_node_pools(parent=self.parent).node_pools:
             if self._owned(pool, owner):
                 out.busy = True
                 self._delete(owner, pool, out)
+        errors = self._errors.pop(owner, {})
+        out.problems += [f"node pool {name}: {message}" for name, message in sorted(errors.items())]
+        if not out.busy:
+            self._pending.pop(owner, None)
         return out
