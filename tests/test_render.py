@@ -74,6 +74,31 @@ def test_llm_configs_validate_against_ray(sample, settings):
         assert auto["target_ongoing_requests"] < 1e9, "Ray LLM's default never scales"
 
 
+def test_engine_args_in_cli_spelling_render_as_engine_args_fields(settings):
+    """Ray Serve LLM passes engine_kwargs to vLLM's EngineArgs by field name and refuses
+    max-num-seqs ("Unknown engine argument"), which vLLM's CLI takes for max_num_seqs."""
+    svc = parse(with_spec(sample_doc("cpu-tiny.yaml"), engine__extraArgs={"max-num-seqs": 8, "max_loras": 2}))
+    [conf] = _llm_configs(render(svc, settings).ray_service)
+    assert conf["engine_kwargs"]["max_num_seqs"] == 8 and conf["engine_kwargs"]["max_loras"] == 2
+    assert not [k for k in conf["engine_kwargs"] if "-" in k]
+
+
+@pytest.mark.parametrize(("drain", "ray_drain"), [(None, 30), (10, 10), (900, 30)])
+def test_ray_pods_stop_gracefully_before_the_kubelet_kills_them(settings, drain, ray_drain):
+    """Ray 2.60 drains a node for RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S on SIGTERM; Kubernetes'
+    default 30 s grace SIGKILLed serving pods mid-drain (after their 5 s preStop)."""
+    svc = parse(with_spec(sample_doc("cpu-tiny.yaml"), upgrade={"drainSeconds": drain} if drain else {}))
+    cluster = _cluster(svc, settings)
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        pod = group["template"]["spec"]
+        ray = pod["containers"][0]
+        env = {e["name"]: e.get("value") for e in ray["env"]}
+        assert env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] == str(ray_drain)
+        sleeps = [c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}) for c in pod["containers"]]
+        pre_stop = max(s.get("seconds", 0) for s in sleeps)
+        assert pod["terminationGracePeriodSeconds"] > pre_stop + ray_drain
+
+
 @pytest.fixture(scope="module")
 def rayservice_schema():
     return open_api_schema(kuberay_crd("rayservices"), "v1")

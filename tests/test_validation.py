@@ -77,6 +77,11 @@ CASES = [
     ),
     (TPU, {"prefillDecode": {}, "routing": {"directStreaming": False}}, "spec.prefillDecode", "needs GPUs"),
     (GPU, {"engine__extraArgs": {"tensor_parallel_size": 2}}, "spec.engine.extraArgs", "engine.tensorParallelSize"),
+    # vLLM's CLI spelling is the same argument: refused just the same.
+    (GPU, {"engine__extraArgs": {"tensor-parallel-size": 2}}, "spec.engine.extraArgs", "engine.tensorParallelSize"),
+    (GPU, {"engine__extraArgs": {"max-model-len": 4096}}, "spec.engine.extraArgs", "engine.maxModelLen"),
+    (GPU, {"engine__extraArgs": {"model": "other/model"}}, "spec.engine.extraArgs", "model.source instead of model"),
+    (GPU, {"engine__extraArgs": {"max_num_seqs": 8, "max-num-seqs": 16}}, "spec.engine.extraArgs", "keep one spelling"),
     (CPU, {"accelerator__topology": "2x4"}, "spec.accelerator.topology", "CPU replicas by ray.workerResources"),
     (CPU, {"accelerator__perReplica": 1}, "spec.accelerator.perReplica", "counts GPUs"),
     (CPU, {"engine__tensorParallelSize": 2}, "spec.engine.tensorParallelSize", "Ray CPUs of a worker pod"),
@@ -134,6 +139,7 @@ GOOD_CASES = [
     (CPU, {"accelerator__provisioning": "spot-with-fallback", "nodePool": {"managed": True}}),
     (CPU, {"routing": {"directStreaming": False}}),
     (GPU, {"ray": {"workerResources": {"cpu": "20", "memory": "200Gi"}}}),
+    (GPU, {"engine__extraArgs": {"max-num-seqs": 8, "enable_chunked_prefill": True, "max-loras": 4}}),
 ]
 
 

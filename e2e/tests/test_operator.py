@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import base64
 import collections
+import threading
 import time
 from typing import Any
 
 import pytest
 import yaml
+from kubernetes.config import new_client_from_config
 
 from e2e import serving
 from e2e.cluster import Cluster
 from llmservice_operator.api import parse
 from llmservice_operator.catalog import labels
 from llmservice_operator.controller.drift import up_to_date
+from llmservice_operator.controller.kube import Kube
 from llmservice_operator.render import render
 from tests.conftest import SAMPLES, sample_doc, with_spec
 from tests.test_validation import CASES
@@ -281,7 +284,7 @@ def test_invalid_specs_are_rejected_by_the_api_server_with_the_rules_message(clu
     mismatches = []
     for base, changes, path, words in CASES:
         if path == "spec.engine.extraArgs":
-            continue  # not expressible in CEL: the operator reports it as Degraded
+            continue  # CEL cannot see the keys of extraArgs: the operator reports it as Degraded
         doc = with_spec(sample_doc(base), **changes)
         res = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(doc), check=False)
         if res.returncode == 0 or path not in res.stderr or words not in res.stderr:
@@ -289,12 +292,19 @@ def test_invalid_specs_are_rejected_by_the_api_server_with_the_rules_message(clu
     assert mismatches == []
 
 
-def test_renderer_only_rules_surface_as_degraded(cluster: Cluster, operator: Operator, namespace: str):
-    doc = _in(with_spec(sample_doc("tpu-v6e-2x4.yaml"), engine__extraArgs={"max_model_len": 4096}), namespace)
+@pytest.mark.parametrize("args", [{"max_model_len": 4096}, {"tensor-parallel-size": 2}], ids=["snake", "dash"])
+def test_reserved_engine_args_in_either_spelling_degrade_with_the_field(
+    cluster: Cluster, operator: Operator, namespace: str, args: dict[str, int]
+):
+    """vLLM reads max-model-len and max_model_len as one argument: both are refused, naming the
+    field and the typed setting to use, and nothing is applied."""
+    doc = _in(with_spec(sample_doc("tpu-v6e-2x4.yaml"), engine__extraArgs=args), namespace)
     cluster.apply([doc])
     status = _wait_status(cluster, namespace, "gemma-tpu", lambda s: s.get("phase") == "Degraded", "Degraded")
     assert _cond(status, "Degraded")["reason"] == "InvalidSpec"
-    assert "spec.engine.extraArgs" in _cond(status, "Degraded")["message"]
+    message = _cond(status, "Degraded")["message"]
+    assert message.startswith("spec.engine.extraArgs: must not repeat a typed field"), message
+    assert _get(cluster, "rayservice", namespace, "gemma-tpu") is None
 
 
 def test_with_real_kuberay_pods_land_on_matching_nodes(cluster: Cluster, operator: Operator, kuberay_namespace: str):
@@ -317,3 +327,40 @@ def test_with_real_kuberay_pods_land_on_matching_nodes(cluster: Cluster, operato
     assert len(pools) == 1 and next(iter(pools)).startswith("ct6e-4x4-")
     status = _wait_status(cluster, ns, "llama-tpu", lambda s: s.get("children", {}).get("rayCluster"), "cluster name")
     assert status["children"]["rayCluster"] == cluster.get_json("rayclusters", "-n", ns)["items"][0]["metadata"]["name"]
+
+
+def test_concurrent_reconciles_share_api_discovery_safely(cluster: Cluster, operator: Operator):
+    """kopf runs reconciles in threads that share one Kube. Looking up a kind the server does
+    not serve (PodMonitoring without GKE Managed Prometheus) refreshes the dynamic client's
+    discovery cache; a refresh racing another thread's lookup raised KeyError('apis'), ('resources'), ... (seen
+    under leader-election churn, logged as a retry forever). Every lookup must answer."""
+    kinds = [
+        ("v1", "ConfigMap"), ("v1", "Secret"), ("v1", "PersistentVolumeClaim"), ("policy/v1", "PodDisruptionBudget"),
+        ("ray.io/v1", "RayService"), ("ray.io/v1", "RayCluster"), ("llmservice.dev/v1alpha1", "LLMService"),
+    ]  # fmt: skip
+    errors: list[str] = []
+    for _ in range(4):  # a fresh client each round: discovery starts cold, as after a handover
+        kube = Kube(new_client_from_config(str(cluster.kubeconfig)))
+        start = threading.Barrier(len(kinds) * 2 + 2)
+
+        def lookup(api_version: str, kind: str, kube: Kube = kube, start: threading.Barrier = start) -> None:
+            start.wait()
+            try:
+                assert kube.get(api_version, kind, "default", "absent") is None
+            except Exception as e:
+                errors.append(f"{kind}: {e!r}")
+
+        def unserved(kube: Kube = kube, start: threading.Barrier = start) -> None:
+            start.wait()
+            try:
+                assert not kube.kind_served("monitoring.googleapis.com/v1", "PodMonitoring")
+            except Exception as e:
+                errors.append(f"PodMonitoring: {e!r}")
+
+        threads = [threading.Thread(target=lookup, args=k) for k in kinds * 2]
+        threads += [threading.Thread(target=unserved) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert errors == []

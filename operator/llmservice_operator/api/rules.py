@@ -23,7 +23,7 @@ from ..catalog import (
 )
 from ..catalog.tpu import chips_in
 from .quantity import GIB, cpu_cores, memory_bytes, ray_cpus
-from .spec import DEFAULT_CPU_WORKER, SOURCE_PATTERN, LLMServiceSpec, Resources
+from .spec import DEFAULT_CPU_WORKER, SOURCE_PATTERN, LLMServiceSpec, Resources, engine_arg
 
 MAX_NAME_LENGTH = 40  # leaves room for KubeRay's cluster/pod suffixes within 63 characters
 
@@ -151,7 +151,12 @@ _RESERVED_ENGINE_ARGS = {
 
 
 def _reserved_args(s: LLMServiceSpec) -> list[str]:
-    return sorted(k for k in s.engine.extra_args if k in _RESERVED_ENGINE_ARGS)
+    return sorted(k for k in s.engine.extra_args if engine_arg(k) in _RESERVED_ENGINE_ARGS)
+
+
+def _twice_named_args(s: LLMServiceSpec) -> list[str]:
+    seen = [engine_arg(k) for k in s.engine.extra_args]
+    return sorted({k for k in seen if seen.count(k) > 1})
 
 
 RULES: tuple[Rule, ...] = (
@@ -396,9 +401,15 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "engine.extraArgs",
-        "must not repeat a typed field: use "
+        "must not repeat a typed field (in either spelling, max_model_len or max-model-len): use "
         + ", ".join(f"{v} instead of {k}" for k, v in _RESERVED_ENGINE_ARGS.items()),
         lambda s: bool(_reserved_args(s)),
+        None,  # CEL cannot see the keys of a map of untyped values: the operator reports it
+    ),
+    Rule(
+        "engine.extraArgs",
+        "names an argument twice (vLLM reads max-num-seqs and max_num_seqs as one): keep one spelling",
+        lambda s: bool(_twice_named_args(s)),
         None,
     ),
 )

@@ -72,6 +72,15 @@ class SpeculativeSpec(Model):
     num_speculative_tokens: int = Field(3, ge=1, le=16, description="Tokens proposed per step.")
 
 
+MAX_EXTRA_ARGS = 64
+
+
+def engine_arg(name: str) -> str:
+    """vLLM's own spelling of an engine argument: its CLI takes max-num-seqs for max_num_seqs,
+    while Ray Serve LLM passes engine_kwargs to EngineArgs by (snake_case) field name."""
+    return name.replace("-", "_")
+
+
 class EngineSpec(Model):
     """vLLM engine settings. Unset fields keep vLLM's defaults."""
 
@@ -98,8 +107,12 @@ class EngineSpec(Model):
     speculative: SpeculativeSpec | None = Field(None, description="Speculative decoding.")
     extra_args: dict[str, Any] = Field(
         default_factory=dict,
-        description="Other vLLM engine arguments, snake_case as in vLLM's EngineArgs "
-        "(e.g. max_num_seqs: 512). Fields with a typed setting above are rejected here.",
+        max_length=MAX_EXTRA_ARGS,
+        description="Other vLLM engine arguments as in vLLM's EngineArgs (e.g. max_num_seqs: 512; "
+        "the CLI spelling max-num-seqs is the same argument and is rendered snake_case). "
+        "Arguments with a typed setting above are rejected here.",
+        # Values of any type: the API server's CEL cannot see this field (its schema has no
+        # type), so the operator and `llmservice validate` check the names.
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
 
@@ -293,7 +306,9 @@ class UpgradeSpec(Model):
         description="How long the old Ray cluster lives on after traffic moved to the new one "
         "(KubeRay's rayClusterDeletionDelaySeconds; unset: KubeRay's 60 s). Requests still on "
         "the old cluster, such as long token streams on kept-alive connections, end when it "
-        "goes: set it above the longest stream you serve.",
+        "goes: set it above the longest stream you serve. Also bounds how long a stopping Ray "
+        "pod drains (RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S, Ray's 30 s at most); the pods' "
+        "terminationGracePeriodSeconds leaves room for it.",
     )
 
 

@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Any
 
-from ..api.spec import LLMServiceSpec, ReplicaSpec
+from ..api.spec import LLMServiceSpec, ReplicaSpec, engine_arg
 from ..catalog import get
 from .shape import serve_bounds, shape
 
@@ -63,7 +63,7 @@ def engine_kwargs(spec: LLMServiceSpec, tensor_parallel_size: int | None = None)
     if get(spec.accelerator.type).is_cpu:
         # torch.compile on CPU needs a C++ compiler in the image; eager mode does not.
         kwargs["enforce_eager"] = True
-    kwargs.update(e.extra_args)
+    kwargs.update({engine_arg(k): v for k, v in e.extra_args.items()})
     return dict(sorted(kwargs.items()))
 
 

@@ -1,0 +1,57 @@
+"""The reconcile against a dict-backed API: what it writes for a spec only the renderer rejects."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from llmservice_operator.controller.reconcile import Reconciler
+
+from .conftest import sample_doc, with_spec
+
+
+class DictKube:
+    """The calls Reconciler makes, over a dict of objects keyed by (kind, namespace, name)."""
+
+    def __init__(self, *objects: dict[str, Any]):
+        self.objects = {(o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]): o for o in objects}
+        self.applied: list[str] = []
+        self.events: list[tuple[str, str, str]] = []
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.objects.get((kind, namespace, name)))
+
+    def get_llmservice(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.get("", "LLMService", namespace, name)
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self.applied.append(f"{obj['kind']}/{obj['metadata']['name']}")
+        self.objects[(obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])] = obj
+        return obj
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.objects[("LLMService", namespace, name)]["status"] = status
+
+    def event(self, owner: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        self.events.append((type_, reason, message))
+
+    def kind_served(self, api_version: str, kind: str) -> bool:
+        return False
+
+
+def test_a_spec_only_the_renderer_rejects_is_degraded_and_nothing_is_applied(settings):
+    """The API server admits any engine.extraArgs (CEL cannot see its keys): the operator
+    refuses a reserved one, in vLLM's CLI spelling too, naming the field and the fix, and
+    leaves the cluster alone."""
+    doc = with_spec(sample_doc("cpu-tiny.yaml"), engine__extraArgs={"tensor-parallel-size": 2})
+    doc["metadata"].update(namespace="team-a", uid="u-1", generation=1)
+    kube = DictKube(doc)
+    Reconciler(kube, settings).reconcile("team-a", doc["metadata"]["name"])  # type: ignore[arg-type]
+    status = kube.get_llmservice("team-a", doc["metadata"]["name"])["status"]
+    assert status["phase"] == "Degraded"
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert degraded["reason"] == "InvalidSpec"
+    assert "spec.engine.extraArgs: must not repeat a typed field" in degraded["message"]
+    assert "engine.tensorParallelSize instead of tensor_parallel_size" in degraded["message"]
+    assert kube.applied == []
+    assert kube.events == [("Warning", "InvalidSpec", degraded["message"])]
