@@ -25,6 +25,16 @@ def test_backoff_grows_and_success_cancels(monkeypatch):
     assert delays[-1] == 1, "a success resets the backoff"
 
 
+def test_backoff_is_capped_by_the_setting(monkeypatch):
+    delays = []
+    monkeypatch.setattr(retry.threading, "Timer", lambda d, fn, args: _FakeTimer(d, delays))
+    r = Retrier(lambda ns, n: None, problem_delay=7, max_delay=5)
+    for _ in range(6):
+        r.failed("ns", "a")
+        r._timers.pop(("ns", "a"))
+    assert delays == [1, 2, 5, 5, 5, 5]
+
+
 def test_fires_the_reconcile_and_stop_cancels_everything():
     fired = threading.Event()
     r = Retrier(lambda ns, n: fired.set(), problem_delay=0.05)

@@ -41,6 +41,12 @@ class OperatorSettings(BaseModel):
     retry_delay_seconds: float = Field(
         30, gt=0, description="Retry delay while a service waits for a missing Secret or PVC."
     )
+    retry_max_delay_seconds: float = Field(
+        60,
+        gt=0,
+        description="Cap of the backoff (1, 2, 5, 10, 30, 60 s) between retries after errors and "
+        "between polls of a GKE operation.",
+    )
 
 
 class _EnvSettings(OperatorSettings, BaseSettings):

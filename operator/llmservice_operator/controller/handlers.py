@@ -11,6 +11,9 @@ import logging
 from typing import Any
 
 import kopf
+import urllib3
+from google.api_core.exceptions import GoogleAPIError
+from kubernetes.client.exceptions import ApiException
 
 from .. import GROUP, PLURAL, VERSION
 from .reconcile import Reconciler
@@ -27,18 +30,38 @@ _retrier: Retrier | None = None
 def install(reconciler: Reconciler) -> None:
     global _reconciler, _retrier
     _reconciler = reconciler
-    _retrier = Retrier(reconcile, problem_delay=reconciler.settings.retry_delay_seconds)
+    s = reconciler.settings
+    _retrier = Retrier(reconcile, problem_delay=s.retry_delay_seconds, max_delay=s.retry_max_delay_seconds)
+
+
+def expected(e: BaseException) -> bool:
+    """Errors of talking to an API that a later attempt may not meet: conflicts, throttling,
+    server errors, timeouts, dropped connections. Anything else is a bug (ours or a library's)."""
+    if isinstance(e, ApiException):  # also the dynamic client's DynamicApiError
+        return e.status in (409, 429) or (e.status or 0) >= 500
+    return isinstance(e, TimeoutError | ConnectionError | urllib3.exceptions.HTTPError | GoogleAPIError)
+
+
+_unexpected: dict[tuple[str, str], str] = {}  # the last unexpected error per object, until it succeeds
 
 
 def reconcile(namespace: str, name: str) -> None:
     """Reconcile now; on an API error or a missing reference, again later with backoff."""
     assert _reconciler is not None and _retrier is not None, "controller.handlers.install() first"
+    key = (namespace, name)
     try:
         outcome = _reconciler.reconcile(namespace, name)
-    except Exception as e:  # 409s, 5xx, timeouts: retried with backoff, never dropped
-        log.warning("reconcile %s/%s failed, will retry: %s", namespace, name, e)
+    except Exception as e:  # retried with backoff, never dropped
+        if expected(e):
+            log.warning("reconcile %s/%s failed, will retry: %s", namespace, name, e)
+        elif _unexpected.get(key) != repr(e):  # the traceback once; the retries in one line
+            _unexpected[key] = repr(e)
+            log.exception("reconcile %s/%s hit an unexpected error, will retry", namespace, name)
+        else:
+            log.warning("reconcile %s/%s failed again, will retry: %r", namespace, name, e)
         _retrier.failed(namespace, name)
         return
+    _unexpected.pop(key, None)
     if outcome is not None and outcome.busy:
         _retrier.waiting(namespace, name)  # poll the GKE operation again, with backoff
     elif outcome is not None and outcome.problems:

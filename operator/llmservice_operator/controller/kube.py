@@ -10,6 +10,7 @@ from typing import Any
 
 from kubernetes import client, config
 from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.discovery import LazyDiscoverer
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
 from .. import FIELD_MANAGER, GROUP, KIND, VERSION
@@ -17,8 +18,21 @@ from .. import FIELD_MANAGER, GROUP, KIND, VERSION
 USER_AGENT = "llmservice-operator"
 
 
+class _InMemoryDiscoverer(LazyDiscoverer):
+    """The library's discovery, not persisted: its default file in /tmp is shared by every
+    process of the user on the host (a second operator replica, the CLI) and can be read
+    half-written."""
+
+    def _write_cache(self) -> None:
+        pass
+
+
 class Kube:
-    """Thread-safe enough for kopf's sync handlers: the dynamic client caches discovery."""
+    """Safe for kopf's handler threads: API discovery (which kind is served where) is resolved
+    once per kind under a lock. The dynamic client's discovery cache is not thread-safe: one
+    thread's refresh (after a lookup of a kind the server lacks) empties it while another
+    writes into it, which raised KeyError('apis') and KeyError('api') under concurrent
+    reconciles."""
 
     def __init__(self, api_client: client.ApiClient | None = None):
         if api_client is None:
@@ -30,14 +44,20 @@ class Kube:
         api_client.user_agent = USER_AGENT
         self.api = api_client
         self._lock = threading.Lock()
+        self._resources: dict[tuple[str, str], Any] = {}
 
     @cached_property
     def dynamic(self) -> DynamicClient:
-        with self._lock:
-            return DynamicClient(self.api)
+        # No file: a path that does not exist makes the discoverer start empty every time.
+        no_file = "/nonexistent/llmservice-discovery.json"
+        return DynamicClient(self.api, cache_file=no_file, discoverer=_InMemoryDiscoverer)
 
     def _resource(self, api_version: str, kind: str) -> Any:
-        return self.dynamic.resources.get(api_version=api_version, kind=kind)
+        key = (api_version, kind)
+        with self._lock:
+            if key not in self._resources:
+                self._resources[key] = self.dynamic.resources.get(api_version=api_version, kind=kind)
+            return self._resources[key]
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:

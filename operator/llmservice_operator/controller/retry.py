@@ -11,9 +11,10 @@ Key = tuple[str, str]
 
 
 class Retrier:
-    def __init__(self, fn: Callable[[str, str], None], problem_delay: float):
+    def __init__(self, fn: Callable[[str, str], None], problem_delay: float, max_delay: float = BACKOFF[-1]):
         self._fn = fn
         self._problem_delay = problem_delay
+        self._max_delay = max_delay
         self._lock = threading.Lock()
         self._timers: dict[Key, threading.Timer] = {}
         self._failures: dict[Key, int] = {}
@@ -39,7 +40,7 @@ class Retrier:
     def failed(self, namespace: str, name: str) -> None:
         key = (namespace, name)
         n = self._failures.get(key, 0)
-        if self._schedule(key, BACKOFF[min(n, len(BACKOFF) - 1)]):
+        if self._schedule(key, min(BACKOFF[min(n, len(BACKOFF) - 1)], self._max_delay)):
             self._failures[key] = n + 1
 
     def waiting(self, namespace: str, name: str) -> None:
