@@ -22,6 +22,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -118,6 +119,9 @@ class Cluster:
     # loaded with these images.
     real_node: bool = True
     images: tuple[image.ImageRecipe, ...] = (image.PAUSE, image.RAY_CPU)
+    # start() returns once the first image (the pod sandbox's pause) is in; the rest (the
+    # serving image, ~45 s to import) go on in the background: wait_images() before using them.
+    images_in_background: bool = False
     # Namespaces the KubeRay operator watches. Elsewhere RayServices are left alone, so tests
     # can play KubeRay by writing RayService status themselves.
     kuberay_namespaces: tuple[str, ...] = ("default", "kuberay", "serving")
@@ -125,6 +129,8 @@ class Cluster:
     processes: list[Process] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    _importing: concurrent.futures.Future | None = None
+    _sandbox_image_in: threading.Event = field(default_factory=threading.Event)
 
     @property
     def kubeconfig(self) -> Path:
@@ -203,13 +209,15 @@ class Cluster:
             self._step("kube-apiserver", self._start_apiserver)
             if self.real_node:  # the node comes up, and imports its images, while the rest starts
                 self._step("node-start", self._start_node)
-                importing = concurrent.futures.ThreadPoolExecutor(1).submit(self._import_images)
+                pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="image-import")
+                self._importing = pool.submit(self._import_images)
+                pool.shutdown(wait=False)
             if self.with_kuberay:
                 self._step("kuberay-crds", self._install_kuberay_crds)
             self._step("controllers+scheduler+kwok", self._start_controllers)
             self._step("nodes", self._create_nodes)
             if self.real_node:
-                self._step("node-images", importing.result)
+                self._step("node-images", self.wait_images if not self.images_in_background else self._wait_sandbox)
                 self._step("node-ready", self._wait_real_node)
             if self.with_kuberay:
                 self._step("kuberay", self._start_kuberay)
@@ -225,6 +233,18 @@ class Cluster:
         fn()
         self.timings[name] = time.monotonic() - t
 
+    def wait_images(self) -> None:
+        """Every image is in the node's containerd (raises what the import raised)."""
+        if self._importing is not None:
+            self._importing.result()
+
+    def _wait_sandbox(self) -> None:
+        assert self._importing is not None
+        while not self._sandbox_image_in.wait(0.2):
+            if self._importing.done():
+                self._importing.result()  # raises the import's error
+                return
+
     def stop(self) -> None:
         for p in reversed(self.processes):
             if p.popen:
@@ -232,6 +252,9 @@ class Cluster:
         self.processes.clear()
         if self.node:
             self.node.stop()
+        if self._importing is not None:
+            with contextlib.suppress(Exception):  # an import cut short: its containerd is gone
+                self._importing.result(timeout=60)
         if self.network:
             self.network.delete()
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -498,6 +521,7 @@ class Cluster:
         self.node.wait_runtime()
         for recipe in self.images:
             self.timings[f"import {recipe.name}"] = self.node.import_image(recipe.archive)
+            self._sandbox_image_in.set()  # the first one is the pause image
 
     def _wait_real_node(self) -> None:
         assert self.node

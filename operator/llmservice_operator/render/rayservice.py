@@ -32,6 +32,28 @@ def kv_cache_gib(sh: Shape) -> int:
     return max(1, memory_bytes(sh.worker.memory) // 4 // GIB)
 
 
+RAY_SHUTDOWN_DRAIN = "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"
+RAY_SHUTDOWN_DRAIN_DEFAULT = 30  # Ray 2.60's own
+SHUTDOWN_MARGIN_SECONDS = 10  # Ray stopping its processes after the drain
+
+
+def shutdown_drain_seconds(spec: LLMServiceSpec) -> int:
+    """How long Ray drains a node on SIGTERM (lets Serve stop routing to it) before stopping
+    its processes. When a whole cluster goes (an upgrade's old cluster, a deleted service) no
+    other node takes its replicas over, so the drain always runs to its end: no longer than
+    upgrade.drainSeconds, which the old cluster already had after traffic moved away."""
+    drain = spec.upgrade.drain_seconds
+    return RAY_SHUTDOWN_DRAIN_DEFAULT if drain is None else min(drain, RAY_SHUTDOWN_DRAIN_DEFAULT)
+
+
+def termination_grace_seconds(spec: LLMServiceSpec, serves: bool) -> int:
+    """The kubelet SIGKILLs after this: room for the preStop sleep, Ray's drain and its
+    process shutdown, so a pod stops gracefully (Kubernetes' default 30 s cut Ray's drain)."""
+    drain = spec.ray.env.get(RAY_SHUTDOWN_DRAIN, "")
+    seconds = int(drain) if drain.isdigit() else shutdown_drain_seconds(spec)
+    return (edge.DRAIN_SECONDS if serves else 0) + seconds + SHUTDOWN_MARGIN_SECONDS
+
+
 def ray_env(svc: LLMService, engine_env: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Env for every Ray container (`engine_env`: workers only). Serve reads these at
     controller/proxy start, so they must be pod env (runtime_env is too late).
@@ -41,6 +63,7 @@ def ray_env(svc: LLMService, engine_env: dict[str, str] | None = None) -> list[d
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_HAPROXY_BALANCE_ALGORITHM": _HAPROXY_BALANCE[spec.routing.policy],
+        RAY_SHUTDOWN_DRAIN: str(shutdown_drain_seconds(spec)),
     }
     if not get(spec.accelerator.type).is_cpu:
         # On CPU Ray Serve LLM runs vLLM's multiprocessing executor, never the Ray one.
@@ -106,7 +129,12 @@ def _pod(
     if svc.spec.ingress.sidecar and serves:
         containers.append(edge.container(svc, settings))
         vols += edge.volumes(svc)
-    pod_spec: dict[str, Any] = {"containers": containers, "volumes": vols, **(extra_spec or {})}
+    pod_spec: dict[str, Any] = {
+        "containers": containers,
+        "volumes": vols,
+        "terminationGracePeriodSeconds": termination_grace_seconds(svc.spec, serves),
+        **(extra_spec or {}),
+    }
     return {"metadata": {"labels": names.labels(svc.metadata.name)}, "spec": pod_spec}
 
 
