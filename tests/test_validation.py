@@ -10,6 +10,7 @@ from .conftest import sample_doc, with_spec
 
 GPU = "gemma-b200.yaml"
 TPU = "tpu-v6e-4x4-multihost.yaml"
+PD = "prefill-decode.yaml"  # nvidia-h200, engine TP 2, decode TP 4
 CPU = "cpu-tiny.yaml"  # n2-standard-2, workers of 500m (1 Ray CPU) and 6Gi
 
 # (base sample, spec changes, field path, words the message must contain)
@@ -76,6 +77,21 @@ CASES = [
         "dataParallelSize",
     ),
     (TPU, {"prefillDecode": {}, "routing": {"directStreaming": False}}, "spec.prefillDecode", "needs GPUs"),
+    # Each side of prefill/decode meets the same per-node rules as the main engine (H200: 8 GPUs).
+    (PD, {"prefillDecode__prefill__tensorParallelSize": 16}, "spec.prefillDecode.prefill.tensorParallelSize", "fit"),
+    (PD, {"prefillDecode__decode__tensorParallelSize": 12}, "spec.prefillDecode.decode.tensorParallelSize", "fit"),
+    (
+        PD,
+        {"prefillDecode__prefill__tensorParallelSize": 6, "engine__pipelineParallelSize": 2},
+        "spec.prefillDecode.prefill.tensorParallelSize",
+        "whole nodes",
+    ),
+    (
+        PD,
+        {"prefillDecode__decode__tensorParallelSize": 6, "engine__pipelineParallelSize": 2},
+        "spec.prefillDecode.decode.tensorParallelSize",
+        "whole nodes",
+    ),
     (GPU, {"engine__extraArgs": {"tensor_parallel_size": 2}}, "spec.engine.extraArgs", "engine.tensorParallelSize"),
     # vLLM's CLI spelling is the same argument: refused just the same.
     (GPU, {"engine__extraArgs": {"tensor-parallel-size": 2}}, "spec.engine.extraArgs", "engine.tensorParallelSize"),
@@ -140,6 +156,7 @@ GOOD_CASES = [
     (CPU, {"routing": {"directStreaming": False}}),
     (GPU, {"ray": {"workerResources": {"cpu": "20", "memory": "200Gi"}}}),
     (GPU, {"engine__extraArgs": {"max-num-seqs": 8, "enable_chunked_prefill": True, "max-loras": 4}}),
+    (PD, {"prefillDecode__prefill__tensorParallelSize": 8, "engine__pipelineParallelSize": 2}),  # two whole nodes
 ]
 
 

@@ -27,7 +27,7 @@ from llmservice_operator.controller.drift import up_to_date
 from llmservice_operator.controller.kube import Kube
 from llmservice_operator.render import render
 from tests.conftest import SAMPLES, sample_doc, with_spec
-from tests.test_validation import CASES
+from tests.test_validation import CASES, GOOD_CASES
 
 from .conftest import Operator
 
@@ -289,6 +289,11 @@ def test_invalid_specs_are_rejected_by_the_api_server_with_the_rules_message(clu
         res = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(doc), check=False)
         if res.returncode == 0 or path not in res.stderr or words not in res.stderr:
             mismatches.append((path, res.stderr.strip()[-300:]))
+    for base, changes in GOOD_CASES:  # near the rules' edges: no rule may misfire in CEL
+        doc = with_spec(sample_doc(base), **changes)
+        res = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(doc), check=False)
+        if res.returncode != 0:
+            mismatches.append((f"valid: {changes}", res.stderr.strip()[-300:]))
     assert mismatches == []
 
 

@@ -415,6 +415,42 @@ RULES: tuple[Rule, ...] = (
 )
 
 
+def _pool_tp(s: LLMServiceSpec, role: str) -> int | None:
+    return getattr(s.prefill_decode, role).tensor_parallel_size if s.prefill_decode else None
+
+
+def _pool_rules(role: str) -> tuple[Rule, ...]:
+    """The main engine's per-node rules for one side of prefill/decode (its own TP size)."""
+    tp = f"self.prefillDecode.{role}.tensorParallelSize"
+    unset = f"!has(self.prefillDecode) || !has({tp}) || {_NOT_GPU_TYPE}"
+    per_node = f"{_MAX_PER_NODE_CEL}[self.accelerator.type]"
+    return (
+        Rule(
+            f"prefillDecode.{role}.tensorParallelSize",
+            f"must fit in one node of accelerator.type (GPUs per node: {_GPUS_PER_NODE}); "
+            "span nodes with engine.pipelineParallelSize instead",
+            lambda s: _is_gpu(s) and (_pool_tp(s, role) or 0) > _MAX_PER_NODE[s.accelerator.type],
+            f"{unset} || {tp} <= {per_node}",
+        ),
+        Rule(
+            f"prefillDecode.{role}.tensorParallelSize",
+            "a replica larger than one node must use whole nodes: this x engine.pipelineParallelSize "
+            f"must be a multiple of the GPUs per node ({_GPUS_PER_NODE})",
+            lambda s: (
+                _is_gpu(s)
+                and (g := (_pool_tp(s, role) or 0) * s.engine.pipeline_parallel_size)
+                > _MAX_PER_NODE[s.accelerator.type]
+                and g % _MAX_PER_NODE[s.accelerator.type] != 0
+            ),
+            f"{unset} || {tp} * self.engine.pipelineParallelSize <= {per_node} || "
+            f"({tp} * self.engine.pipelineParallelSize) % {per_node} == 0",
+        ),
+    )
+
+
+RULES += _pool_rules("prefill") + _pool_rules("decode")
+
+
 def spec_errors(spec: LLMServiceSpec) -> list[FieldError]:
     return [FieldError(f"spec.{r.field}", r.message) for r in RULES if r.violated(spec)]
 
