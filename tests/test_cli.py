@@ -66,3 +66,37 @@ def test_other_objects_in_the_file_are_ignored(tmp_path: Path):
     f = tmp_path / "bundle.yaml"
     f.write_text("apiVersion: v1\nkind: Secret\nmetadata: {name: hf-token}\n---\n" + SAMPLES[0].read_text())
     assert run("validate", str(f)).returncode == 0
+
+
+def _one_line_error(res: subprocess.CompletedProcess, *words: str) -> None:
+    assert res.returncode == 1, res
+    assert "Traceback" not in res.stderr and res.stderr.strip().count("\n") == 0, res.stderr
+    assert all(w in res.stderr for w in words), res.stderr
+
+
+def test_files_in_other_encodings_get_one_line_naming_the_file(tmp_path: Path):
+    text = (ROOT / "manifests/samples/cpu-tiny.yaml").read_text() + "# café\n"
+    utf16 = tmp_path / "utf16.yaml"
+    utf16.write_text(text, encoding="utf-16")  # with a byte order mark, as Windows editors save it
+    assert run("validate", str(utf16)).returncode == 0, "UTF-16 with a BOM is YAML (and kubectl reads it)"
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(text.encode("latin-1"))
+    _one_line_error(run("validate", str(latin1)), str(latin1), "not UTF-8 text (byte 0xe9", "save it as UTF-8")
+    no_bom = tmp_path / "utf16le.yaml"
+    no_bom.write_bytes(text.encode("utf-16-le"))
+    _one_line_error(run("render", str(no_bom)), str(no_bom), "UTF-16 without a byte order mark")
+
+
+def test_deep_large_and_self_referencing_yaml_get_one_line(tmp_path: Path):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("spec: " + "[" * 500 + "]" * 500 + "\n")
+    _one_line_error(run("validate", str(deep)), str(deep), "nested too deeply")
+    deep_map = tmp_path / "deep-map.yaml"
+    deep_map.write_text("spec:\n" + "".join("  " * i + f"k{i}:\n" for i in range(1, 90)) + "  " * 90 + "v: 1\n")
+    _one_line_error(run("validate", str(deep_map)), "levels deep")
+    cycle = tmp_path / "cycle.yaml"
+    cycle.write_text("spec: &a {engine: {extraArgs: {x: *a}}}\n")
+    _one_line_error(run("validate", str(cycle)), "levels deep")
+    big = tmp_path / "big.yaml"
+    big.write_text("# padding\n" * 400_000)  # 4 MB
+    _one_line_error(run("validate", str(big)), str(big), "larger than 3 MiB")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import random
 import sys
@@ -34,13 +35,42 @@ class Fail(Exception):
     """A user-facing failure: printed as one line, exit 1."""
 
 
-def _documents(path: Path) -> list[Any]:
+# The API server takes at most 3 MiB in one request: a larger file cannot be one apply.
+MAX_BYTES = 3 * 1024 * 1024
+_BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def _text(path: Path) -> str:
+    """The file as text, or one line saying why it is not a manifest (never a traceback)."""
     try:
-        text = sys.stdin.read() if str(path) == "-" else path.read_text()
+        if str(path) == "-":
+            data = sys.stdin.buffer.read(MAX_BYTES + 1)
+        else:
+            with path.open("rb") as f:
+                data = f.read(MAX_BYTES + 1)
     except OSError as e:
         raise Fail(f"{path}: cannot read: {e.strerror or e}") from None
+    if len(data) > MAX_BYTES:
+        raise Fail(f"{path}: larger than {MAX_BYTES // 2**20} MiB, more than the API server takes in one request")
+    encoding = next((enc for bom, enc in _BOMS if data.startswith(bom)), "utf-8")
+    if encoding == "utf-8" and b"\x00" in data:
+        raise Fail(f"{path}: contains NUL bytes (UTF-16 without a byte order mark?): save it as UTF-8")
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as e:
+        raise Fail(
+            f"{path}: not {encoding.upper().removesuffix('-SIG')} text (byte 0x{data[e.start]:02x} at offset "
+            f"{e.start}): save it as UTF-8"
+        ) from None
+    return text
+
+
+def _documents(path: Path) -> list[Any]:
+    text = _text(path)
     try:
         docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except RecursionError:
+        raise Fail(f"{path}: nested too deeply to be a manifest") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -48,7 +78,28 @@ def _documents(path: Path) -> list[Any]:
         raise Fail(f"{path}: not valid YAML{where}: {problem}") from None
     if not docs:
         raise Fail(f"{path}: no YAML documents found")
+    for doc in docs:  # rendering and validating recurse: refuse what would overflow them
+        if (depth := _depth(doc)) > MAX_DEPTH:
+            raise Fail(f"{path}: nested {depth} levels deep, more than the {MAX_DEPTH} a manifest needs")
     return docs
+
+
+MAX_DEPTH = 64
+
+
+def _depth(doc: Any) -> int:
+    """Levels of nesting, level by level over distinct objects: YAML aliases share objects (a
+    "billion laughs" file stays small) and may form cycles; stops past MAX_DEPTH."""
+    level, depth = [doc] if isinstance(doc, dict | list) else [], 0
+    while level and depth <= MAX_DEPTH:
+        depth += 1
+        nxt: dict[int, Any] = {}
+        for node in level:
+            for child in node.values() if isinstance(node, dict) else node:
+                if isinstance(child, dict | list):
+                    nxt[id(child)] = child
+        level = list(nxt.values())
+    return depth
 
 
 def _load(path: Path) -> tuple[list[LLMService], list[str]]:
