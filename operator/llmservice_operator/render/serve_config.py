@@ -128,7 +128,8 @@ def application(spec: LLMServiceSpec) -> dict[str, Any]:
         builder = "pd"
         args = {role + "_config": llm_config(spec, *roles[role]) for role in ("prefill", "decode")}
     elif spec.engine.data_parallel_size > 1:
-        builder, args = "dp", {"llm_config": llm_config(spec, *roles["dp"])}
+        # Ray's DPServer counts DP groups here and multiplies by data_parallel_size itself.
+        builder, args = "dp", {"llm_config": llm_config(spec, spec.replicas)}
     else:
         builder, args = "openai", {"llm_configs": [llm_config(spec, *roles["llm"])]}
         if get(spec.accelerator.type).is_cpu and not spec.routing.direct_streaming:

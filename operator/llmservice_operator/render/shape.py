@@ -101,7 +101,8 @@ def shape(spec: LLMServiceSpec, tensor_parallel_size: int | None = None) -> Shap
 
 
 def serve_bounds(spec: LLMServiceSpec) -> list[tuple[str, ReplicaSpec, int | None]]:
-    """(role, replica range, tensor parallel override) per Serve deployment."""
+    """(role, Serve replicas Ray runs, tensor parallel override) per Serve deployment. With
+    data parallelism Ray runs one replica per DP rank (the serve config says DP groups)."""
     if spec.prefill_decode:
         pd = spec.prefill_decode
         return [
