@@ -48,6 +48,8 @@ def _node(pool: dict[str, Any], index: int, zone: str) -> dict[str, Any]:
     node_labels[acc.node_label] = acc.gke_label
     capacity[acc.resource] = str(machine.accelerators)
     node["spec"]["taints"] = [{"key": acc.resource, "value": "present", "effect": "NoSchedule"}]
+    if acc.arch != "amd64":  # as GKE taints Arm nodes
+        node["spec"]["taints"].append({"key": labels.ARCH, "value": acc.arch, "effect": "NoSchedule"})
     if acc.is_tpu:
         node_labels[labels.TPU_TOPOLOGY] = pool["tpuTopology"]
     if pool.get("spot"):

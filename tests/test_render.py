@@ -359,6 +359,23 @@ def test_data_parallel_ranks_ray_runs_match_the_worker_pods(settings):
         assert pool["autoscaling"]["total_max_node_count"] == wb.shape.nodes(hi)
 
 
+def test_gb200_workers_select_and_tolerate_arm_and_run_the_arm_image(settings):
+    svc = parse(with_spec(sample_doc("gemma-b200.yaml"), accelerator={"type": "nvidia-gb200"}))
+    cluster = _cluster(svc, settings)
+    [worker] = cluster["workerGroupSpecs"]
+    pod = worker["template"]["spec"]
+    assert pod["nodeSelector"]["kubernetes.io/arch"] == "arm64"
+    assert {"key": "kubernetes.io/arch", "operator": "Equal", "value": "arm64", "effect": "NoSchedule"} in pod[
+        "tolerations"
+    ]
+    assert pod["containers"][0]["image"] == settings.arm_gpu_ray_image
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    assert head["containers"][0]["image"] == settings.gpu_ray_image  # on an x86 CPU node
+    assert "kubernetes.io/arch" not in head.get("nodeSelector", {})
+    b200 = _cluster(parse(sample_doc("gemma-b200.yaml")), settings)["workerGroupSpecs"][0]["template"]["spec"]
+    assert "kubernetes.io/arch" not in b200["nodeSelector"]
+
+
 def test_model_sources(settings):
     def loading(source):
         doc = with_spec(sample_doc("gemma-b200.yaml"), model__source=source)

@@ -55,3 +55,28 @@ def test_on_demand_takes_over_when_spot_is_full(cluster: Cluster, kuberay_namesp
     doc = with_spec(sample_doc("l4-spot-fallback.yaml"), replicas={"min": 3, "max": 4})
     placed = _deploy(cluster, doc, kuberay_namespace, workers=3)
     assert collections.Counter(n[labels.NODEPOOL] for n in placed) == {"g2-l4-spot": 2, "g2-l4": 1}
+
+
+def test_gb200_workers_land_on_arm_nodes_with_the_arm_image(cluster: Cluster, kuberay_namespace: str):
+    """A4X nodes are Arm and tainted kubernetes.io/arch=arm64:NoSchedule, as GKE does: the
+    workers select and tolerate it and run the Arm image; the head stays on an x86 CPU node."""
+    doc = with_spec(
+        sample_doc("gemma-b200.yaml"),
+        accelerator={"type": "nvidia-gb200"},
+        engine__tensorParallelSize=4,
+        replicas={"min": 2, "max": 2},
+    )
+    placed = _deploy(cluster, doc, kuberay_namespace, workers=2)
+    assert {n[labels.NODEPOOL] for n in placed} == {"a4x-gb200"}
+    assert {n[labels.ARCH] for n in placed} == {"arm64"}
+    settings = OperatorSettings()
+    pods = cluster.get_json("pods", "-n", kuberay_namespace, "-l", "llmservice.dev/name=gemma")["items"]
+    images = {p["metadata"]["labels"]["ray.io/node-type"]: p["spec"]["containers"][0]["image"] for p in pods}
+    assert images == {"worker": settings.arm_gpu_ray_image, "head": settings.gpu_ray_image}
+    [head] = [p["metadata"]["name"] for p in pods if p["metadata"]["labels"]["ray.io/node-type"] == "head"]
+
+    def node_of_head() -> str | None:
+        return cluster.get_json("pod", head, "-n", kuberay_namespace)["spec"].get("nodeName")
+
+    cluster.wait_for("the head scheduled", lambda: node_of_head() is not None)
+    assert cluster.get_json("node", node_of_head())["metadata"]["labels"][labels.ARCH] == "amd64"

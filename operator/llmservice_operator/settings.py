@@ -25,6 +25,11 @@ class OperatorSettings(BaseModel):
     gpu_ray_image: str = Field(
         "rayproject/ray-llm:2.60.0-py311-cu128", description="Default image for GPU services (Ray + vLLM)."
     )
+    arm_gpu_ray_image: str = Field(
+        "rayproject/ray-llm:2.60.0-py311-cu128-aarch64",
+        description="Default image of the GPU worker pods on Arm nodes (GB200 on A4X); the head "
+        "runs gpu_ray_image on an x86 CPU node.",
+    )
     tpu_ray_image: str = Field(
         "rayproject/ray-llm:2.60.0-py311-tpu", description="Default image for TPU services (Ray + vLLM TPU)."
     )

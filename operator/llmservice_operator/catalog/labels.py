@@ -15,6 +15,7 @@ FLEX_START = "cloud.google.com/gke-flex-start"
 PROVISIONING = "cloud.google.com/gke-provisioning"
 RESERVATION_NAME = "cloud.google.com/reservation-name"
 QUEUED_TAINT = "cloud.google.com/gke-queued"
+ARCH = "kubernetes.io/arch"  # GKE taints Arm nodes (A4X: GB200) ARCH=arm64:NoSchedule
 
 GPU_RESOURCE = "nvidia.com/gpu"
 TPU_RESOURCE = "google.com/tpu"

@@ -84,9 +84,14 @@ def ray_env(svc: LLMService, engine_env: dict[str, str] | None = None) -> list[d
     return out
 
 
-def _image(spec: LLMServiceSpec, settings: OperatorSettings, acc: Accelerator) -> str:
+def _image(spec: LLMServiceSpec, settings: OperatorSettings, acc: Accelerator, worker: bool) -> str:
+    """spec.ray.image wins (it must then be multi-arch for Arm workers)."""
+    if spec.ray.image:
+        return spec.ray.image
+    if worker and acc.arch == "arm64":  # the head stays on an x86 CPU node
+        return settings.arm_gpu_ray_image
     by_family = {"gpu": settings.gpu_ray_image, "tpu": settings.tpu_ray_image, "cpu": settings.cpu_ray_image}
-    return spec.ray.image or by_family[acc.family]
+    return by_family[acc.family]
 
 
 def head_in_service(spec: LLMServiceSpec) -> bool:
@@ -111,6 +116,7 @@ def _pod(
     ray_container: dict[str, Any],
     *,
     serves: bool,
+    worker: bool = False,
     engine_env: dict[str, str] | None = None,
     extra_spec: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -118,7 +124,7 @@ def _pod(
     vols, mounts = _volumes(svc)
     ray_container = {
         **ray_container,
-        "image": _image(svc.spec, settings, get(svc.spec.accelerator.type)),
+        "image": _image(svc.spec, settings, get(svc.spec.accelerator.type), worker),
         "env": ray_env(svc, engine_env),
         "volumeMounts": mounts,
     }
@@ -216,7 +222,7 @@ def worker_group(svc: LLMService, settings: OperatorSettings, wb: WorkerBounds) 
         "maxReplicas": wb.max_groups,
         "numOfHosts": sh.num_of_hosts,
         "rayStartParams": start,
-        "template": _pod(svc, settings, container, serves=True, engine_env=engine_env, extra_spec=extra),
+        "template": _pod(svc, settings, container, serves=True, worker=True, engine_env=engine_env, extra_spec=extra),
     }
 
 

@@ -26,6 +26,8 @@ def node_selector(spec: LLMServiceSpec, sh: Shape) -> dict[str, str]:
     sel = cpu_machine_selector(spec, sh)
     if acc.node_label:
         sel[acc.node_label] = acc.gke_label
+    if acc.arch != "amd64":
+        sel[labels.ARCH] = acc.arch
     if sh.tpu:
         # GKE's TPU webhook requires the topology selector; Ray's autoscaler reads both.
         sel[labels.TPU_TOPOLOGY] = sh.tpu.topology
@@ -46,11 +48,16 @@ def tolerations(spec: LLMServiceSpec, sh: Shape) -> list[dict[str, Any]]:
     key = sh.accelerator.taint_key
     if key is None:  # CPU nodes carry no accelerator taint (and never flex-start)
         return [spot] if spec.accelerator.provisioning in ("spot", "spot-with-fallback") else []
-    return [
+    out = [
         {"key": key, "operator": "Exists", "effect": "NoSchedule"},
         spot,
         {"key": labels.QUEUED_TAINT, "operator": "Exists", "effect": "NoSchedule"},
     ]
+    if sh.accelerator.arch != "amd64":
+        # GKE adds this toleration itself only for pods that select arm64 through its webhook;
+        # rendered explicitly, the pods schedule on any cluster (and kubectl diff stays quiet).
+        out.append({"key": labels.ARCH, "operator": "Equal", "value": sh.accelerator.arch, "effect": "NoSchedule"})
+    return out
 
 
 def _group_selector(svc_name: str, group: str) -> dict[str, Any]:
