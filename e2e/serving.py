@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,9 +110,12 @@ class Applied:
     applied: float  # time.monotonic() of the apply
 
 
-def apply_cpu_service(cluster: Cluster, namespace: str, drain_seconds: int | None = None) -> Applied:
+def apply_cpu_service(
+    cluster: Cluster, namespace: str, drain_seconds: int | None = None, before_apply: Callable[[], None] | None = None
+) -> Applied:
     """The CPU sample with everything around it: the model volume, API keys, its LoRA in the
-    fake S3, GCS fault tolerance against Redis; applied, not waited for."""
+    fake S3, GCS fault tolerance against Redis; applied, not waited for. `before_apply` runs
+    once all that is set up (the suite waits there for the serving image)."""
     if cluster.kubectl("get", "namespace", namespace, check=False).returncode != 0:
         cluster.kubectl("create", "namespace", namespace)
     built = model_volume(cluster, namespace)
@@ -124,6 +128,8 @@ def apply_cpu_service(cluster: Cluster, namespace: str, drain_seconds: int | Non
     spec["faultTolerance"] = {"redisAddress": redis(cluster)}
     if drain_seconds is not None:
         spec["upgrade"] = {"drainSeconds": drain_seconds}
+    if before_apply is not None:
+        before_apply()
     cluster.apply([doc])
     return Applied(namespace, f"{MODEL}:{built.lora_dir.name}", time.monotonic())
 

@@ -58,8 +58,8 @@ def cpu_service(cluster: Cluster, operator: Operator) -> Iterator[concurrent.fut
     tests run meanwhile): test_serving.py waits for it and then exercises it."""
 
     def apply() -> serving.Applied:
-        cluster.wait_images()
-        return serving.apply_cpu_service(cluster, "serving", drain_seconds=10)
+        # A short drain: the suite's requests take well under a second.
+        return serving.apply_cpu_service(cluster, "serving", drain_seconds=5, before_apply=cluster.wait_images)
 
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cpu-service") as pool:
         yield pool.submit(apply)

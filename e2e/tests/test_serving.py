@@ -179,7 +179,7 @@ def test_killing_the_head_pod_recovers(served: Served):
     so the Service (workers only) keeps answering."""
     cluster = served.cluster
     [head] = served.pods(f"llmservice.dev/name={NAME},ray.io/node-type=head")
-    with Load(served.url, pause=1.0) as load:  # a short test: probe often
+    with Load(served.url, pause=2.0) as load:
         time.sleep(2)
         killed = time.monotonic()
         cluster.kubectl("delete", "pod", head["metadata"]["name"], "-n", NS, "--grace-period=0", "--force")
