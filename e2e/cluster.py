@@ -84,6 +84,11 @@ class Process:
             raise ClusterError(f"{self.name} exited with {self.popen.returncode}; log {self.log}:\n{tail}")
 
 
+def _conditions(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    """status.conditions, which is null for a moment after a CRD (or node) is created."""
+    return (obj.get("status") or {}).get("conditions") or []
+
+
 def _group_alive(pid: int, popen: subprocess.Popen | None) -> bool:
     if popen is not None and popen.poll() is None:
         return True  # our own child: poll() reaps it, so a zombie does not count as alive
@@ -165,7 +170,7 @@ class Cluster:
             return all(
                 any(
                     cond["type"] == "Established" and cond["status"] == "True"
-                    for cond in items.get(n, {}).get("status", {}).get("conditions", [])
+                    for cond in _conditions(items.get(n) or {})
                 )
                 for n in crd_names
             )
@@ -499,7 +504,7 @@ class Cluster:
         return {
             n["metadata"]["name"]
             for n in self.get_json("nodes")["items"]
-            if any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))
+            if any(c["type"] == "Ready" and c["status"] == "True" for c in _conditions(n))
             and not any(t["key"] == "node.kubernetes.io/not-ready" for t in n["spec"].get("taints", []))
         }
 
