@@ -53,10 +53,14 @@ BUSY_STATES = {"PROVISIONING", "RECONCILING", "STOPPING"}
 ERROR_STATES = {"ERROR", "RUNNING_WITH_ERROR"}
 
 
-def _pool_error(pool: container_v1.NodePool) -> str:
+def _pool_error(pool: container_v1.NodePool, state: str) -> str:
     """What GKE says is wrong with a pool: its conditions, else the older status_message."""
     said = [c.message for c in pool.conditions if c.message] or [pool.status_message]
-    return "; ".join(m for m in said if m) or f"GKE reports the pool {container_v1.NodePool.Status(pool.status).name}"
+    return "; ".join(m for m in said if m) or f"GKE reports the pool {state}"
+
+
+def _problems(errors: dict[str, str]) -> list[str]:
+    return [f"node pool {name}: {message}" for name, message in sorted(errors.items())]
 
 
 @dataclass
@@ -152,7 +156,7 @@ class NodePools:
                 continue
             state = container_v1.NodePool.Status(pool.status).name
             if state in ERROR_STATES:
-                errors[name] = _pool_error(pool)
+                errors[name] = _pool_error(pool, state)
             elif state == "RUNNING":
                 errors.pop(name, None)
             out.pools.append(
@@ -175,7 +179,7 @@ class NodePools:
         for name, pool in live.items():
             if name not in wanted and self._owned(pool, owner):
                 self._delete(owner, pool, out)
-        out.problems += [f"node pool {name}: {message}" for name, message in sorted(errors.items())]
+        out.problems += _problems(errors)
         if not errors:
             del self._errors[owner]
         return out
@@ -201,8 +205,7 @@ class NodePools:
             if self._owned(pool, owner):
                 out.busy = True
                 self._delete(owner, pool, out)
-        errors = self._errors.pop(owner, {})
-        out.problems += [f"node pool {name}: {message}" for name, message in sorted(errors.items())]
+        out.problems += _problems(self._errors.pop(owner, {}))
         if not out.busy:
             self._pending.pop(owner, None)
         return out
