@@ -122,13 +122,30 @@ _MAX_PER_NODE_CEL = "{" + ", ".join(f"'{k}': {v}" for k, v in _MAX_PER_NODE.item
 # A map lookup with a missing key is a runtime error in CEL (the API server would answer with
 # that error instead of the rule's message): only GPU types are looked up.
 _NOT_GPU_TYPE = f"!(self.accelerator.type in {_MAX_PER_NODE_CEL})"
-_GPU_TP_FITS_CEL = f"{_NOT_GPU_TYPE} || self.engine.tensorParallelSize <= {_MAX_PER_NODE_CEL}[self.accelerator.type]"
-_GPU_WHOLE_NODES_CEL = (
-    f"{_NOT_GPU_TYPE} || self.engine.tensorParallelSize * self.engine.pipelineParallelSize <= "
-    f"{_MAX_PER_NODE_CEL}[self.accelerator.type] || "
-    f"(self.engine.tensorParallelSize * self.engine.pipelineParallelSize) % "
-    f"{_MAX_PER_NODE_CEL}[self.accelerator.type] == 0"
-)
+_PER_NODE_CEL = f"{_MAX_PER_NODE_CEL}[self.accelerator.type]"
+
+
+# The per-node rules of a replica's tensor parallel size `tp` (the main engine's, or one side
+# of prefill/decode): it fits one node; with pipeline stages, it uses whole nodes.
+def _tp_fits_cel(tp: str) -> str:
+    return f"{_NOT_GPU_TYPE} || {tp} <= {_PER_NODE_CEL}"
+
+
+def _whole_nodes_cel(tp: str) -> str:
+    gpus = f"{tp} * self.engine.pipelineParallelSize"
+    return f"{_NOT_GPU_TYPE} || {gpus} <= {_PER_NODE_CEL} || ({gpus}) % {_PER_NODE_CEL} == 0"
+
+
+def _tp_too_big(s: LLMServiceSpec, tp: int) -> bool:
+    return _is_gpu(s) and tp > _MAX_PER_NODE[s.accelerator.type]
+
+
+def _not_whole_nodes(s: LLMServiceSpec, tp: int) -> bool:
+    gpus = tp * s.engine.pipeline_parallel_size
+    return _is_gpu(s) and gpus > _MAX_PER_NODE[s.accelerator.type] and gpus % _MAX_PER_NODE[s.accelerator.type] != 0
+
+
+_ENGINE_TP = "self.engine.tensorParallelSize"
 _VALID_TOPOLOGIES = "; ".join(f"{a.key}: {', '.join(a.topologies)}" for a in ACCELERATORS.values() if a.is_tpu)
 _GPUS_PER_NODE = ", ".join(f"{k} {v}" for k, v in _MAX_PER_NODE.items())
 _SPEC_MODELS = ("eagle", "eagle3", "draft-model")
@@ -228,19 +245,15 @@ RULES: tuple[Rule, ...] = (
         "engine.tensorParallelSize",
         f"must fit in one node of accelerator.type (GPUs per node: {_GPUS_PER_NODE}); "
         "span nodes with pipelineParallelSize instead",
-        lambda s: _is_gpu(s) and s.engine.tensor_parallel_size > _MAX_PER_NODE[s.accelerator.type],
-        _GPU_TP_FITS_CEL,
+        lambda s: _tp_too_big(s, s.engine.tensor_parallel_size),
+        _tp_fits_cel(_ENGINE_TP),
     ),
     Rule(
         "engine.pipelineParallelSize",
         "a replica larger than one node must use whole nodes: tensorParallelSize x "
         f"pipelineParallelSize must be a multiple of the GPUs per node ({_GPUS_PER_NODE})",
-        lambda s: (
-            _is_gpu(s)
-            and _gpus(s) > _MAX_PER_NODE[s.accelerator.type]
-            and _gpus(s) % _MAX_PER_NODE[s.accelerator.type] != 0
-        ),
-        _GPU_WHOLE_NODES_CEL,
+        lambda s: _not_whole_nodes(s, s.engine.tensor_parallel_size),
+        _whole_nodes_cel(_ENGINE_TP),
     ),
     Rule(
         "accelerator.reservation",
@@ -422,28 +435,21 @@ def _pool_tp(s: LLMServiceSpec, role: str) -> int | None:
 def _pool_rules(role: str) -> tuple[Rule, ...]:
     """The main engine's per-node rules for one side of prefill/decode (its own TP size)."""
     tp = f"self.prefillDecode.{role}.tensorParallelSize"
-    unset = f"!has(self.prefillDecode) || !has({tp}) || {_NOT_GPU_TYPE}"
-    per_node = f"{_MAX_PER_NODE_CEL}[self.accelerator.type]"
+    unset = f"!has(self.prefillDecode) || !has({tp}) || "
     return (
         Rule(
             f"prefillDecode.{role}.tensorParallelSize",
             f"must fit in one node of accelerator.type (GPUs per node: {_GPUS_PER_NODE}); "
             "span nodes with engine.pipelineParallelSize instead",
-            lambda s: _is_gpu(s) and (_pool_tp(s, role) or 0) > _MAX_PER_NODE[s.accelerator.type],
-            f"{unset} || {tp} <= {per_node}",
+            lambda s: _tp_too_big(s, _pool_tp(s, role) or 0),
+            unset + _tp_fits_cel(tp),
         ),
         Rule(
             f"prefillDecode.{role}.tensorParallelSize",
             "a replica larger than one node must use whole nodes: this x engine.pipelineParallelSize "
             f"must be a multiple of the GPUs per node ({_GPUS_PER_NODE})",
-            lambda s: (
-                _is_gpu(s)
-                and (g := (_pool_tp(s, role) or 0) * s.engine.pipeline_parallel_size)
-                > _MAX_PER_NODE[s.accelerator.type]
-                and g % _MAX_PER_NODE[s.accelerator.type] != 0
-            ),
-            f"{unset} || {tp} * self.engine.pipelineParallelSize <= {per_node} || "
-            f"({tp} * self.engine.pipelineParallelSize) % {per_node} == 0",
+            lambda s: _not_whole_nodes(s, _pool_tp(s, role) or 0),
+            unset + _whole_nodes_cel(tp),
         ),
     )
 
