@@ -22,7 +22,6 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -134,8 +133,7 @@ class Cluster:
     processes: list[Process] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
-    _importing: concurrent.futures.Future | None = None
-    _sandbox_image_in: threading.Event = field(default_factory=threading.Event)
+    _imports: list[concurrent.futures.Future] = field(default_factory=list)  # one per image, in order
 
     @property
     def kubeconfig(self) -> Path:
@@ -215,7 +213,7 @@ class Cluster:
             if self.real_node:  # the node comes up, and imports its images, while the rest starts
                 self._step("node-start", self._start_node)
                 pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="image-import")
-                self._importing = pool.submit(self._import_images)
+                self._imports = [pool.submit(self._import_image, recipe) for recipe in self.images]
                 pool.shutdown(wait=False)
             if self.with_kuberay:
                 self._step("kuberay-crds", self._install_kuberay_crds)
@@ -240,15 +238,12 @@ class Cluster:
 
     def wait_images(self) -> None:
         """Every image is in the node's containerd (raises what the import raised)."""
-        if self._importing is not None:
-            self._importing.result()
+        for imported in self._imports:
+            imported.result()
 
     def _wait_sandbox(self) -> None:
-        assert self._importing is not None
-        while not self._sandbox_image_in.wait(0.2):
-            if self._importing.done():
-                self._importing.result()  # raises the import's error
-                return
+        if self._imports:  # the first image is the pause image
+            self._imports[0].result()
 
     def stop(self) -> None:
         for p in reversed(self.processes):
@@ -257,9 +252,10 @@ class Cluster:
         self.processes.clear()
         if self.node:
             self.node.stop()
-        if self._importing is not None:
-            with contextlib.suppress(Exception):  # an import cut short: its containerd is gone
-                self._importing.result(timeout=60)
+        for imported in self._imports:
+            if not imported.cancel():  # started: cut short, its containerd is gone
+                with contextlib.suppress(Exception):
+                    imported.result(timeout=60)
         if self.network:
             self.network.delete()
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -521,12 +517,10 @@ class Cluster:
         self.node = Node(self.network, self.workdir / "node", self.pki, self.ports["apiserver"])
         self.node.start()
 
-    def _import_images(self) -> None:
+    def _import_image(self, recipe: image.ImageRecipe) -> None:
         assert self.node
         self.node.wait_runtime()
-        for recipe in self.images:
-            self.timings[f"import {recipe.name}"] = self.node.import_image(recipe.archive)
-            self._sandbox_image_in.set()  # the first one is the pause image
+        self.timings[f"import {recipe.name}"] = self.node.import_image(recipe.archive)
 
     def _wait_real_node(self) -> None:
         assert self.node
