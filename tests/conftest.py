@@ -41,3 +41,14 @@ def sample(request: pytest.FixtureRequest) -> LLMService:
 @pytest.fixture
 def settings() -> OperatorSettings:
     return OperatorSettings()
+
+
+# Counts the property-based tests reach, printed after the run.
+FUZZ: dict[str, int] = {}
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if FUZZ:
+        terminalreporter.section("property-based tests of validate")
+        for what, n in FUZZ.items():
+            terminalreporter.write_line(f"{what:<60} {n}")

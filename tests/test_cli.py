@@ -90,13 +90,18 @@ def test_files_in_other_encodings_get_one_line_naming_the_file(tmp_path: Path):
 def test_deep_large_and_self_referencing_yaml_get_one_line(tmp_path: Path):
     deep = tmp_path / "deep.yaml"
     deep.write_text("spec: " + "[" * 500 + "]" * 500 + "\n")
-    _one_line_error(run("validate", str(deep)), str(deep), "nested too deeply")
+    _one_line_error(run("validate", str(deep)), str(deep), "nested more than 64 levels deep")
     deep_map = tmp_path / "deep-map.yaml"
     deep_map.write_text("spec:\n" + "".join("  " * i + f"k{i}:\n" for i in range(1, 90)) + "  " * 90 + "v: 1\n")
     _one_line_error(run("validate", str(deep_map)), "levels deep")
     cycle = tmp_path / "cycle.yaml"
     cycle.write_text("spec: &a {engine: {extraArgs: {x: *a}}}\n")
-    _one_line_error(run("validate", str(cycle)), "levels deep")
+    _one_line_error(run("validate", str(cycle)), "contains itself")
+    laughs = tmp_path / "laughs.yaml"  # 9 levels of 10 aliases: a billion strings from 1 KB
+    lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
+    laughs.write_text("\n".join(lines) + "\n")
+    _one_line_error(run("validate", str(laughs)), str(laughs), "more than 200000 values")
     big = tmp_path / "big.yaml"
     big.write_text("# padding\n" * 400_000)  # 4 MB
     _one_line_error(run("validate", str(big)), str(big), "larger than 3 MiB")

@@ -163,10 +163,20 @@ GOOD_CASES = [
 # Schema-level errors (types, enums, unknown fields) carry their path as well.
 SCHEMA_CASES = [
     (GPU, {"accelerator": {"type": "nvidia-a100"}}, "spec.accelerator.type", "must be one of"),
-    (GPU, {"replicas": {"min": -1, "max": 2}}, "spec.replicas.min", "greater than or equal to 0"),
+    (GPU, {"replicas": {"min": -1, "max": 2}}, "spec.replicas.min", "must be >= 0 (got -1)"),
     (GPU, {"engine__tensorParalelSize": 2}, "spec.engine.tensorParalelSize", "unknown field"),
-    (GPU, {"ingress": {"maxBodySize": "16MB"}}, "spec.ingress.maxBodySize", "pattern"),
-    (GPU, {"engine__gpuMemoryUtilization": 1.5}, "spec.engine.gpuMemoryUtilization", "less than or equal to 1"),
+    (GPU, {"ingress": {"maxBodySize": "16MB"}}, "spec.ingress.maxBodySize", "does not match"),
+    (GPU, {"engine__gpuMemoryUtilization": 1.5}, "spec.engine.gpuMemoryUtilization", "must be <= 1 (got 1.5)"),
+    (GPU, {"engine__gpuMemoryUtilization": 0}, "spec.engine.gpuMemoryUtilization", "must be > 0"),
+    # What pydantic alone used to coerce or accept, and the API server refuses:
+    (GPU, {"engine__max_model_len": 4096}, "spec.engine.max_model_len", "camelCase: write maxModelLen"),
+    (GPU, {"node_pool": {"managed": True}}, "spec.node_pool", "camelCase: write nodePool"),
+    (GPU, {"replicas": {"min": 1, "max": "10"}}, "spec.replicas.max", "type integer, got string: write 10 without"),
+    (GPU, {"replicas": {"min": 1, "max": 1.5}}, "spec.replicas.max", "type integer, got number"),
+    (GPU, {"suspend": "true"}, "spec.suspend", "type boolean, got string"),
+    (GPU, {"suspend": 1}, "spec.suspend", "type boolean, got integer"),
+    (GPU, {"ray": {"env": {"A": 1}}}, "spec.ray.env.A", "type string, got integer"),
+    (GPU, {"placement": {"zones": [None]}}, "spec.placement.zones[0]", "type string, got null"),
 ]
 
 
@@ -208,6 +218,31 @@ def test_long_name_rejected():
     doc = sample_doc(GPU)
     doc["metadata"]["name"] = "a" * 41
     assert any(e.startswith("metadata.name: must be at most 40") for e in _errors(doc))
+
+
+@pytest.mark.parametrize("name", ["gemma.v2", "1gemma", "Gemma", "gemma-", "gemma\n"])
+def test_names_the_api_server_refuses_are_refused(name):
+    doc = sample_doc(GPU)
+    doc["metadata"]["name"] = name
+    assert any(e.startswith("metadata.name: must start with a lowercase letter") for e in _errors(doc))
+
+
+def test_null_fields_are_dropped_as_the_api_server_does():
+    svc = parse(with_spec(sample_doc(GPU), engine__maxModelLen=None, placement=None))
+    assert svc.spec.engine.max_model_len is None and svc.spec.placement.zones == []
+
+
+def test_integral_numbers_are_integers():
+    assert parse(with_spec(sample_doc(GPU), replicas={"min": 1, "max": 2.0})).spec.replicas.max == 2
+
+
+def test_metadata_is_checked_like_object_meta():
+    doc = sample_doc(GPU)
+    doc["metadata"] |= {"labels": {"team": "a b", "bad key!": "x"}, "nmae": "typo"}
+    errors = _errors(doc)
+    assert "metadata.nmae: unknown field: remove it or check its spelling" in errors
+    assert any(e.startswith("metadata.labels.team: value must be") for e in errors)
+    assert any(e.startswith("metadata.labels: key 'bad key!'") for e in errors)
 
 
 def test_wrong_kind():

@@ -17,7 +17,7 @@ from .api import InvalidLLMService, LLMService, parse
 from .api.crd import crd, kopf_peering_crds
 from .render import render
 from .settings import settings_from_env
-from .yamlio import dump, dump_all
+from .yamlio import YAMLInputError, dump, dump_all, load_all
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
@@ -68,7 +68,9 @@ def _text(path: Path) -> str:
 def _documents(path: Path) -> list[Any]:
     text = _text(path)
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = load_all(text)
+    except YAMLInputError as e:
+        raise Fail(f"{path}: {e}") from None
     except RecursionError:
         raise Fail(f"{path}: nested too deeply to be a manifest") from None
     except yaml.YAMLError as e:
@@ -78,28 +80,7 @@ def _documents(path: Path) -> list[Any]:
         raise Fail(f"{path}: not valid YAML{where}: {problem}") from None
     if not docs:
         raise Fail(f"{path}: no YAML documents found")
-    for doc in docs:  # rendering and validating recurse: refuse what would overflow them
-        if (depth := _depth(doc)) > MAX_DEPTH:
-            raise Fail(f"{path}: nested {depth} levels deep, more than the {MAX_DEPTH} a manifest needs")
     return docs
-
-
-MAX_DEPTH = 64
-
-
-def _depth(doc: Any) -> int:
-    """Levels of nesting, level by level over distinct objects: YAML aliases share objects (a
-    "billion laughs" file stays small) and may form cycles; stops past MAX_DEPTH."""
-    level, depth = [doc] if isinstance(doc, dict | list) else [], 0
-    while level and depth <= MAX_DEPTH:
-        depth += 1
-        nxt: dict[int, Any] = {}
-        for node in level:
-            for child in node.values() if isinstance(node, dict) else node:
-                if isinstance(child, dict | list):
-                    nxt[id(child)] = child
-        level = list(nxt.values())
-    return depth
 
 
 def _load(path: Path) -> tuple[list[LLMService], list[str]]:

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from .. import GROUP, KIND, PLURAL, VERSION
-from .rules import MAX_NAME_LENGTH, RULES
+from .rules import MAX_NAME_LENGTH, NAME_MESSAGE, NAME_PATTERN, RULES
 from .spec import LLMServiceSpec
 from .status import LLMServiceStatus
 
@@ -138,7 +138,11 @@ def crd() -> dict[str, Any]:
                                 {
                                     "rule": f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
                                     "message": f"metadata.name must be at most {MAX_NAME_LENGTH} characters",
-                                }
+                                },
+                                {
+                                    "rule": f"self.metadata.name.matches('{NAME_PATTERN}')",
+                                    "message": f"metadata.name {NAME_MESSAGE}",
+                                },
                             ],
                         }
                     },

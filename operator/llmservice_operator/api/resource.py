@@ -7,7 +7,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import GROUP, KIND, VERSION
+from ..yamlio import YAMLInputError, as_json
 from .rules import FieldError, name_errors, spec_errors
+from .schema import prune_nulls, schema_errors
 from .spec import LLMServiceSpec
 from .status import LLMServiceStatus
 
@@ -17,7 +19,7 @@ API_VERSION = f"{GROUP}/{VERSION}"
 class Metadata(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    name: str = Field(pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+    name: str  # the rule is NAME_PATTERN (schema check and CRD), not pydantic's
     namespace: str = "default"
     uid: str | None = None
     generation: int | None = None
@@ -67,7 +69,9 @@ def _pydantic_errors(err: ValidationError) -> list[FieldError]:
 
 def parse(doc: Any) -> LLMService:
     """Validate a manifest the way `kubectl apply` would; raises InvalidLLMService with every
-    problem found, each naming its field path."""
+    problem found, each naming its field path. In the API server's order: nulls pruned, the
+    CRD's structural schema (types, unknown fields, enums, patterns, bounds), then the rules
+    (CEL); `doc` is JSON data as yamlio.load_all gives it."""
     if not isinstance(doc, dict):
         raise InvalidLLMService([FieldError("(document)", "must be a YAML mapping (an LLMService manifest)")])
     if doc.get("kind") != KIND or doc.get("apiVersion") != API_VERSION:
@@ -79,6 +83,12 @@ def parse(doc: Any) -> LLMService:
                 )
             ]
         )
+    try:
+        doc = prune_nulls(as_json(doc))  # the controller's dicts and tests' too, as JSON
+    except YAMLInputError as e:
+        raise InvalidLLMService([FieldError("(document)", str(e))]) from None
+    if errors := schema_errors(doc):
+        raise InvalidLLMService(errors)
     try:
         svc = LLMService.model_validate(doc)
     except ValidationError as err:

@@ -26,6 +26,12 @@ from .quantity import GIB, cpu_cores, memory_bytes, ray_cpus
 from .spec import DEFAULT_CPU_WORKER, SOURCE_PATTERN, LLMServiceSpec, Resources, engine_arg
 
 MAX_NAME_LENGTH = 40  # leaves room for KubeRay's cluster/pod suffixes within 63 characters
+# The name becomes Service and Ray cluster names: DNS-1035 labels (no dots, a letter first).
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+NAME_MESSAGE = (
+    "must start with a lowercase letter and hold only lowercase letters, digits and '-' "
+    "(it names Services and Ray clusters: no dots)"
+)
 
 
 @dataclass(frozen=True)
@@ -180,7 +186,7 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "model.source",
         "must be a Hugging Face id (org/name), gs://bucket/path, s3://bucket/path or pvc://claim/path",
-        lambda s: re.fullmatch(SOURCE_PATTERN, s.model.source) is None,
+        lambda s: re.fullmatch(SOURCE_PATTERN, s.model.source, re.ASCII) is None,
         f"self.model.source.matches(r'{SOURCE_PATTERN}')",  # raw string: CEL rejects the \\w escape
     ),
     Rule(
@@ -462,6 +468,9 @@ def spec_errors(spec: LLMServiceSpec) -> list[FieldError]:
 
 
 def name_errors(name: str) -> list[FieldError]:
+    out = []
     if len(name) > MAX_NAME_LENGTH:
-        return [FieldError("metadata.name", f"must be at most {MAX_NAME_LENGTH} characters")]
-    return []
+        out.append(FieldError("metadata.name", f"must be at most {MAX_NAME_LENGTH} characters"))
+    if re.fullmatch(NAME_PATTERN, name, re.ASCII) is None:
+        out.append(FieldError("metadata.name", NAME_MESSAGE))
+    return out
