@@ -5,6 +5,13 @@ It models what the operator must cope with: node pool mutations are long-running
 that take time; a cluster runs one operation at a time (others get 400 FAILED_PRECONDITION
 "incompatible operation"); accelerator quota (403 at request time); stockouts (the operation
 ends with an error); 429s; NotFound.
+
+The same server answers Compute Engine's regional resource policies (compute.googleapis.com
+`/compute/v1/...`: list, insert, get, delete, and region operations) for the real
+`google.cloud.compute_v1.ResourcePoliciesClient`, as tpu7x workload policies need: a policy is
+CREATING until its insert operation is done, names are unique per region (409), a policy a
+node pool names cannot be deleted (400), and GKE refuses a pool naming a policy that is not
+there (400 INVALID_ARGUMENT).
 """
 
 from __future__ import annotations
@@ -27,7 +34,16 @@ _ROUTES = [
     ("POST", re.compile(rf"^/v1/{_CLUSTER}/nodePools/(?P<n>[^/:]+):setAutoscaling$"), "autoscale"),
     ("GET", re.compile(r"^/v1/projects/(?P<p>[^/]+)/locations/(?P<l>[^/]+)/operations/(?P<o>[^/]+)$"), "operation"),
 ]
+_REGION = r"^/compute/v1/projects/(?P<p>[^/]+)/regions/(?P<r>[^/]+)"
+_COMPUTE_ROUTES = [
+    ("GET", re.compile(rf"{_REGION}/resourcePolicies$"), "list"),
+    ("POST", re.compile(rf"{_REGION}/resourcePolicies$"), "insert"),
+    ("GET", re.compile(rf"{_REGION}/resourcePolicies/(?P<n>[^/]+)$"), "get"),
+    ("DELETE", re.compile(rf"{_REGION}/resourcePolicies/(?P<n>[^/]+)$"), "delete"),
+    ("GET", re.compile(rf"{_REGION}/operations/(?P<o>[^/]+)$"), "operation"),
+]
 _API = "https://container.googleapis.com/v1"
+_COMPUTE_API = "https://www.googleapis.com/compute/v1"
 _STATUS = {
     400: "FAILED_PRECONDITION",
     403: "PERMISSION_DENIED",
@@ -68,6 +84,42 @@ class Operation:
 
 
 @dataclass
+class ComputeOperation:
+    """A Compute Engine region operation (compute#operation): status PENDING/RUNNING/DONE and,
+    when failed, error.errors[]."""
+
+    name: str
+    region: str  # projects/P/regions/R
+    kind: str  # insert, delete
+    target: str
+    done_at: float
+    effect: Any
+    error: dict[str, Any] | None = None
+    done: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        out = {
+            "kind": "compute#operation",
+            "id": self.name.rsplit("-", 1)[-1],
+            "name": self.name,
+            "operationType": self.kind,
+            "status": "DONE" if self.done else "RUNNING",
+            "targetLink": self.target,
+            "region": f"{_COMPUTE_API}/{self.region}",
+            "selfLink": f"{_COMPUTE_API}/{self.region}/operations/{self.name}",
+        }
+        if self.done and self.error:
+            out["error"] = self.error
+        return out
+
+
+def _region(cluster: str) -> str:
+    """projects/P/locations/us-central1[-a]/clusters/C -> projects/P/regions/us-central1."""
+    project, location = cluster.split("/")[1], cluster.split("/")[3]
+    return f"projects/{project}/regions/{location.rsplit('-', 1)[0] if location.count('-') >= 2 else location}"
+
+
+@dataclass
 class FakeGKE:
     """State and knobs. Tests change the knobs between calls."""
 
@@ -78,6 +130,9 @@ class FakeGKE:
     rate_limit_next: int = 0  # answer the next N mutations with 429
     pools: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # cluster -> name -> pool
     ops: dict[str, Operation] = field(default_factory=dict)
+    policies: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # region -> name -> policy
+    compute_ops: dict[str, ComputeOperation] = field(default_factory=dict)
+    policy_inserts: list[str] = field(default_factory=list)  # policy names, in order
     requests: list[tuple[str, str]] = field(default_factory=list)
     create_attempts: list[str] = field(default_factory=list)  # pool names, in order
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
@@ -87,7 +142,7 @@ class FakeGKE:
 
     def _advance(self) -> None:
         now = time.monotonic()
-        for op in self.ops.values():
+        for op in [*self.ops.values(), *self.compute_ops.values()]:
             if not op.done and op.done_at <= now:
                 op.done = True
                 op.effect(op)
@@ -122,13 +177,17 @@ class FakeGKE:
         return total
 
     def create(self, cluster: str, body: dict[str, Any]) -> dict:
-        pool = _camel(body.get("nodePool") or {})
+        pool = camel(body.get("nodePool") or {})
         name = pool.get("name", "")
         self.create_attempts.append(name)
         self._mutation(cluster)
         pools = self.pools.setdefault(cluster, {})
         if name in pools:
             raise ApiError(409, f"Already exists: {cluster}/nodePools/{name}.")
+        policy = pool.get("placementPolicy", {}).get("policyName")
+        if policy and self.policies.get(_region(cluster), {}).get(policy, {}).get("status") != "READY":
+            where = _region(cluster)
+            raise ApiError(400, f"Resource policy {where}/resourcePolicies/{policy} not found.", "INVALID_ARGUMENT")
         for acc in pool.get("config", {}).get("accelerators", []):
             kind = acc.get("acceleratorType")
             want = int(acc.get("acceleratorCount", 0)) * int(pool.get("autoscaling", {}).get("totalMaxNodeCount", 0))
@@ -170,7 +229,7 @@ class FakeGKE:
         pool = self._pool(cluster, name)
         self._mutation(cluster)
         pool["status"] = "RECONCILING"
-        autoscaling = _camel(body.get("autoscaling") or {})
+        autoscaling = camel(body.get("autoscaling") or {})
 
         def effect(op: Operation) -> None:
             pool["autoscaling"] = autoscaling
@@ -178,10 +237,79 @@ class FakeGKE:
 
         return self._start(cluster, "SET_NODE_POOL_AUTOSCALING", name, effect)
 
+    # -- Compute Engine resource policies -------------------------------------------------
+
+    def _compute_start(self, region: str, kind: str, target: str, effect: Any) -> dict:
+        name = f"operation-{next(self._ids)}"
+        op = ComputeOperation(name, region, kind, target, time.monotonic() + self.op_seconds, effect)
+        self.compute_ops[name] = op
+        return op.as_json()
+
+    def _policy(self, region: str, name: str) -> dict[str, Any]:
+        policy = self.policies.get(region, {}).get(name)
+        if policy is None:
+            raise ApiError(404, f"The resource '{region}/resourcePolicies/{name}' was not found")
+        return policy
+
+    def insert_policy(self, region: str, body: dict[str, Any]) -> dict:
+        name = body.get("name", "")
+        self.policy_inserts.append(name)
+        if self.forbidden:
+            raise ApiError(403, "Required 'compute.resourcePolicies.create' permission")
+        policies = self.policies.setdefault(region, {})
+        if name in policies:
+            raise ApiError(409, f"The resource '{region}/resourcePolicies/{name}' already exists")
+        link = f"{_COMPUTE_API}/{region}/resourcePolicies/{name}"
+        policy = {**body, "kind": "compute#resourcePolicy", "status": "CREATING", "selfLink": link}
+        policy["region"] = f"{_COMPUTE_API}/{region}"
+        policies[name] = policy
+        return self._compute_start(region, "insert", link, lambda op: policy.update(status="READY"))
+
+    def delete_policy(self, region: str, name: str) -> dict:
+        policy = self._policy(region, name)
+        users = [
+            p["name"]
+            for cluster, pools in self.pools.items()
+            if _region(cluster) == region
+            for p in pools.values()
+            if p.get("placementPolicy", {}).get("policyName") == name
+        ]
+        if users:
+            why = f"The resource_policy resource '{region}/resourcePolicies/{name}' is already being used by"
+            raise ApiError(400, f"{why} node pool {users[0]}", "FAILED_PRECONDITION")
+        policy["status"] = "DELETING"
+        done = lambda op: self.policies[region].pop(name, None)  # noqa: E731
+        return self._compute_start(region, "delete", policy["selfLink"], done)
+
+    def compute(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        for m, pattern, action in _COMPUTE_ROUTES:
+            match = pattern.match(path)
+            if m != method or not match:
+                continue
+            g = match.groupdict()
+            region = f"projects/{g['p']}/regions/{g['r']}"
+            if action == "list":
+                return {"kind": "compute#resourcePolicyList", "items": list(self.policies.get(region, {}).values())}
+            if action == "insert":
+                return self.insert_policy(region, body)
+            if action == "get":
+                return self._policy(region, g["n"])
+            if action == "delete":
+                return self.delete_policy(region, g["n"])
+            op = self.compute_ops.get(g["o"])
+            if op is None:
+                raise ApiError(404, f"The resource '{region}/operations/{g['o']}' was not found")
+            return op.as_json()
+        return None
+
     def handle(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
             self.requests.append((method, path))
             self._advance()
+            if path.startswith("/compute/"):
+                out = self.compute(method, path, body)
+                if out is not None:
+                    return out
             for m, pattern, action in _ROUTES:
                 match = pattern.match(path)
                 if m != method or not match:
@@ -209,12 +337,12 @@ class FakeGKE:
         return [(m, p) for m, p in self.requests if m in ("POST", "DELETE")]
 
 
-def _camel(obj: Any) -> Any:
+def camel(obj: Any) -> Any:
     """The client may send snake_case or lowerCamelCase; store camelCase like the API does."""
     if isinstance(obj, dict):
-        return {re.sub(r"_([a-z])", lambda m: m.group(1).upper(), k): _camel(v) for k, v in obj.items()}
+        return {re.sub(r"_([a-z])", lambda m: m.group(1).upper(), k): camel(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_camel(v) for v in obj]
+        return [camel(v) for v in obj]
     return obj
 
 

@@ -1,4 +1,5 @@
-"""Node pool reconciliation: the real ClusterManagerClient over REST against a local fake GKE."""
+"""Node pool reconciliation: the real ClusterManagerClient (and Compute Engine's
+ResourcePoliciesClient, for tpu7x workload policies) over REST against a local fake GKE."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from e2e.fake_gke import FakeGKE, FakeGKEServer
+from e2e.fake_gke import FakeGKE, FakeGKEServer, camel
 from llmservice_operator.api import parse
-from llmservice_operator.gke import NodePools, cluster_manager
-from llmservice_operator.render.nodepools import node_pools
+from llmservice_operator.gke import NodePools, cluster_manager, compute
+from llmservice_operator.render.nodepools import node_pools, workload_policies
 from llmservice_operator.settings import GKECluster
 
 from .conftest import sample_doc, with_spec
@@ -26,13 +27,17 @@ def gke() -> Iterator[FakeGKEServer]:
 
 def manager(server: FakeGKEServer, **kw) -> NodePools:
     cluster = GKECluster(project="p", location="us-central1", cluster="c", endpoint=server.endpoint)
-    return NodePools(cluster_manager(cluster), cluster, **kw)
+    return NodePools(cluster_manager(cluster), cluster, compute=compute(cluster), **kw)
 
 
 def desired(name: str = "qwen-l4", **changes) -> list[dict]:
     doc = with_spec(sample_doc("l4-spot-fallback.yaml"), **changes)
     doc["metadata"].update(name=name, namespace="serving")
     return node_pools(parse(doc))
+
+
+SPOT, ONDEMAND = (p["name"] for p in desired())  # <slot>-<hardware digest>
+CLUSTER = "projects/p/locations/us-central1/clusters/c"
 
 
 def settle(pools: NodePools, owner=OWNER, want=None, rounds: int = 40):
@@ -51,8 +56,8 @@ def test_creates_pools_one_operation_at_a_time_then_stays_quiet(gke):
     assert first.busy and not first.problems
     out = settle(pools)
     assert [(p["name"], p["state"]) for p in out.pools] == [
-        ("serving-qwen-l4-spot", "RUNNING"),
-        ("serving-qwen-l4-ondemand", "RUNNING"),
+        (SPOT, "RUNNING"),
+        (ONDEMAND, "RUNNING"),
     ]
     # The second create met "incompatible operation" (400) while the first ran, and was retried.
     creates = [r for r in gke.fake.mutations() if r[0] == "POST" and r[1].endswith("/nodePools")]
@@ -60,7 +65,8 @@ def test_creates_pools_one_operation_at_a_time_then_stays_quiet(gke):
     before = len(gke.fake.mutations())
     assert not pools.sync(OWNER, desired()).busy
     assert len(gke.fake.mutations()) == before, "in sync: no mutation"
-    spot = gke.fake.pools["projects/p/locations/us-central1/clusters/c"]["serving-qwen-l4-spot"]
+    assert not [r for r in gke.fake.requests if r[1].startswith("/compute/")], "GPU pools need no Compute API"
+    spot = gke.fake.pools[CLUSTER][SPOT]
     assert spot["config"]["spot"] is True
     assert spot["config"]["accelerators"][0]["acceleratorType"] == "nvidia-l4"
 
@@ -75,10 +81,10 @@ def test_replica_range_change_updates_autoscaling_bounds(gke):
 
 
 def test_pools_of_others_are_never_touched(gke):
-    cluster = "projects/p/locations/us-central1/clusters/c"
+    cluster = CLUSTER
     gke.fake.pools[cluster] = {
-        "serving-qwen-l4-spot": {
-            "name": "serving-qwen-l4-spot",
+        SPOT: {
+            "name": SPOT,
             "status": "RUNNING",
             "config": {"labels": {"team": "other"}},
         },
@@ -86,13 +92,13 @@ def test_pools_of_others_are_never_touched(gke):
     }
     pools = manager(gke)
     out = settle(pools)
-    assert any("qwen-l4-spot exists but was not created for this LLMService" in p for p in out.problems)
-    assert gke.fake.pools[cluster]["serving-qwen-l4-spot"]["config"]["labels"] == {"team": "other"}
+    assert any(f"{SPOT} exists but was not created for this LLMService" in p for p in out.problems)
+    assert gke.fake.pools[cluster][SPOT]["config"]["labels"] == {"team": "other"}
     for _ in range(40):
         if not pools.delete_owned(OWNER).busy:
             break
         time.sleep(0.1)
-    assert set(gke.fake.pools[cluster]) == {"serving-qwen-l4-spot", "default-pool"}
+    assert set(gke.fake.pools[cluster]) == {SPOT, "default-pool"}
 
 
 def test_delete_owned_removes_ours_and_is_done_when_already_gone(gke):
@@ -104,8 +110,7 @@ def test_delete_owned_removes_ours_and_is_done_when_already_gone(gke):
         if not pools.delete_owned(OWNER).busy:
             break
         time.sleep(0.1)
-    names = set(gke.fake.pools["projects/p/locations/us-central1/clusters/c"])
-    assert names == {"serving-someone-else-spot", "serving-someone-else-ondemand"}
+    assert set(gke.fake.pools[CLUSTER]) == {p["name"] for p in desired("someone-else")}
     assert not pools.delete_owned(OWNER).busy  # nothing left: the finalizer can go
 
 
@@ -139,12 +144,12 @@ def test_a_stockout_stays_a_problem_until_the_pool_comes_up(gke, restart):
     if restart:
         pools = manager(gke)  # knows nothing of the operation: reads GKE's record on the pool
     out = _until(pools, lambda o: o.problems)
-    assert any(STOCKOUT in p and "serving-qwen-l4-spot" in p for p in out.problems), out.problems
+    assert any(STOCKOUT in p and SPOT in p for p in out.problems), out.problems
     # Every later pass says it again (the pool is deleted and created again meanwhile).
     for _ in range(10):
         assert any(STOCKOUT in p for p in pools.sync(OWNER, desired()).problems)
         time.sleep(0.1)
-    assert gke.fake.create_attempts.count("serving-qwen-l4-spot") >= 2, "the failed pool is created again"
+    assert gke.fake.create_attempts.count(SPOT) >= 2, "the failed pool is created again"
     gke.fake.stockout = set()  # capacity is back
     out = _until(pools, lambda o: not o.busy and not o.problems, rounds=100)
     assert {p["state"] for p in out.pools} == {"RUNNING"}
@@ -167,8 +172,8 @@ def test_no_duplicate_pool_after_a_restart_mid_operation(gke):
     restarted = manager(gke)  # knows nothing of the operation
     out = restarted.sync(OWNER, desired())
     assert out.busy
-    assert gke.fake.create_attempts.count("serving-qwen-l4-spot") == 1, "the pool being created is not created again"
-    assert list(gke.fake.pools["projects/p/locations/us-central1/clusters/c"]) == ["serving-qwen-l4-spot"]
+    assert gke.fake.create_attempts.count(SPOT) == 1, "the pool being created is not created again"
+    assert list(gke.fake.pools[CLUSTER]) == [SPOT]
 
 
 def test_operation_timeout_is_a_problem(gke):
@@ -178,3 +183,225 @@ def test_operation_timeout_is_a_problem(gke):
     time.sleep(0.3)
     out = pools.sync(OWNER, desired())
     assert any("did not finish" in p for p in out.problems)
+
+
+# -- node pool drift: hardware GKE cannot change in place ----------------------------------
+
+BIGGER = {"engine__tensorParallelSize": 2}  # 2 L4s per replica: g2-standard-8 -> g2-standard-24
+
+
+def _ours(gke: FakeGKEServer) -> dict[str, dict]:
+    pools = gke.fake.pools.get(CLUSTER, {})
+    return {n: p for n, p in pools.items() if p.get("config", {}).get("labels", {}).get("llmservice-dev-owner")}
+
+
+def _slots(pools: dict[str, dict]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for name, p in pools.items():
+        out.setdefault(p["config"]["labels"]["llmservice-dev-slot"], []).append(name)
+    return out
+
+
+def test_a_hardware_change_creates_the_new_pool_first_and_touches_only_ours(gke):
+    pools = manager(gke)
+    settle(pools)
+    # Not ours: another team's pool and a same-slot-looking pool without our labels.
+    foreign = {"name": "serving-qwen-l4-spot-00000", "status": "RUNNING", "config": {"machineType": "g2-standard-8"}}
+    gke.fake.pools[CLUSTER] |= {"default-pool": {"name": "default-pool", "status": "RUNNING", "config": {}}}
+    gke.fake.pools[CLUSTER][foreign["name"]] = foreign
+    new = desired(**BIGGER)
+    progress: list[str] = []
+    for _ in range(80):
+        out = pools.sync(OWNER, new)
+        progress += out.progress
+        assert not out.problems, out.problems
+        # Never a moment without a pool: each slot keeps one that is not being deleted.
+        up = {n: p for n, p in _ours(gke).items() if p["status"] != "STOPPING"}
+        assert set(_slots(up)) == {"serving-qwen-l4-spot", "serving-qwen-l4-ondemand"}, _ours(gke)
+        if not out.busy:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("never settled")
+    ours = _ours(gke)
+    assert set(ours) == {p["name"] for p in new}
+    assert {p["config"]["machineType"] for p in ours.values()} == {"g2-standard-24"}
+    assert {"default-pool", foreign["name"]} <= set(gke.fake.pools[CLUSTER]), "pools of others are never touched"
+    old_spot = SPOT
+    new_spot = new[0]["name"]
+    mine = [m for m in progress if m.startswith(f"replacing node pool {old_spot} (machine type g2-standard-8->g2-")]
+    assert mine and "accelerators 1xnvidia-l4->2xnvidia-l4" in mine[0], progress
+    assert any(m.endswith(f"): new pool {new_spot} is being created") for m in mine), mine
+    assert any(f"): new pool {new_spot} is RUNNING, deleting the old one" in m for m in mine), mine
+    # The old pools were deleted only after every new pool ran.
+    deletes = [i for i, (m, path) in enumerate(gke.fake.requests) if m == "DELETE"]
+    creates = [i for i, (m, path) in enumerate(gke.fake.requests) if m == "POST" and path.endswith("/nodePools")]
+    assert min(deletes) > max(creates)
+
+
+def test_old_pools_stay_while_the_old_ray_cluster_still_serves(gke):
+    """An accelerator change is also a blue/green Ray cluster switch: the old workers serve on
+    the old pools until traffic has moved, however early the new pools run."""
+    pools = manager(gke)
+    settle(pools)
+    new = desired(**BIGGER)
+    for _ in range(80):
+        out = pools.sync(OWNER, new, hold_replaced=True)
+        if all(p["status"] == "RUNNING" for p in _ours(gke).values()) and len(_ours(gke)) == 4:
+            break
+        time.sleep(0.1)
+    for _ in range(3):  # the switch takes a while: the old pools stay, the service stays busy
+        out = pools.sync(OWNER, new, hold_replaced=True)
+        assert out.busy and len(_ours(gke)) == 4
+    assert any("the old one stays until the new Ray cluster serves" in m for m in out.progress), out.progress
+    settle(pools, want=new)  # the switch is done
+    assert set(_ours(gke)) == {p["name"] for p in new}
+
+
+def test_status_shows_both_pools_while_replacing(gke):
+    pools = manager(gke)
+    settle(pools)
+    out = pools.sync(OWNER, desired(**BIGGER))
+    assert {p["name"] for p in out.pools} >= {SPOT, ONDEMAND}, "the old pools stay listed until they are gone"
+    assert out.busy and out.progress
+
+
+@pytest.mark.parametrize("phase", ["new-pool-provisioning", "old-pool-stopping"])
+def test_a_restart_mid_replacement_ends_with_one_pool_of_the_new_hardware(gke, phase):
+    gke.fake.op_seconds = 0.4
+    settle(manager(gke))
+    new = desired(**BIGGER)
+    pools = manager(gke)
+    for _ in range(80):
+        pools.sync(OWNER, new)
+        states = {p["status"] for p in _ours(gke).values()}
+        if (phase == "new-pool-provisioning" and "PROVISIONING" in states) or (
+            phase == "old-pool-stopping" and "STOPPING" in states
+        ):
+            break
+        time.sleep(0.05)
+    pools = manager(gke)  # the operator restarts: nothing remembered
+    out = settle(pools, want=new, rounds=100)
+    assert not out.problems
+    slots = _slots(_ours(gke))
+    assert all(len(names) == 1 for names in slots.values()), slots
+    assert {p["config"]["machineType"] for p in _ours(gke).values()} == {"g2-standard-24"}
+
+
+def test_a_pool_made_before_hardware_digests_is_kept_not_replaced(gke):
+    """Pools named by an operator version without the digest (the slot name) and of the same
+    hardware are adopted: an upgrade of the operator replaces no pool."""
+    pools = manager(gke)
+    for d in desired():
+        legacy = {**d, "name": d["config"]["labels"]["llmservice-dev-slot"]}
+        gke.fake.pools.setdefault(CLUSTER, {})[legacy["name"]] = {**camel(legacy), "status": "RUNNING"}
+    out = settle(pools)
+    assert {p["name"] for p in out.pools} == {"serving-qwen-l4-spot", "serving-qwen-l4-ondemand"}
+    assert not gke.fake.mutations()
+
+
+# -- tpu7x workload policies -------------------------------------------------------------
+
+TPU_OWNER = ("serving", "llama-tpu")
+REGION = "projects/p/regions/us-central1"
+
+
+def tpu7x(topology: str = "2x2x2") -> tuple[list[dict], list[dict]]:
+    tp = {"2x2x2": 8, "2x2x4": 16}[topology]
+    doc = with_spec(
+        sample_doc("tpu-v6e-4x4-multihost.yaml"),
+        accelerator={"type": "tpu-7x", "topology": topology},
+        engine__tensorParallelSize=tp,
+    )
+    doc["metadata"]["namespace"] = "serving"
+    svc = parse(doc)
+    return node_pools(svc), workload_policies(svc)
+
+
+def settle_tpu(pools: NodePools, topology: str = "2x2x2", rounds: int = 80) -> tuple:
+    want, policies = tpu7x(topology)
+    seen: list[str] = []
+    for _ in range(rounds):
+        out = pools.sync(TPU_OWNER, want, policies)
+        seen += out.problems
+        if not out.busy:
+            return out, seen
+        time.sleep(0.1)
+    raise AssertionError("never settled")
+
+
+def delete_all(pools: NodePools, owner=TPU_OWNER) -> list[str]:
+    seen: list[str] = []
+    for _ in range(100):
+        out = pools.delete_owned(owner)
+        seen += out.problems
+        if not out.busy:
+            return seen
+        time.sleep(0.1)
+    raise AssertionError("never deleted")
+
+
+def test_tpu7x_policy_is_created_before_its_pools_and_deleted_after_them(gke):
+    want, policies = tpu7x()
+    [policy] = policies
+    name = policy["name"]
+    pools = manager(gke)
+    first = pools.sync(TPU_OWNER, want, policies)
+    assert first.busy and not first.problems
+    assert gke.fake.policy_inserts == [name]
+    assert gke.fake.create_attempts == [], "no pool before its policy is READY"
+    assert any(f"waits for workload policy {name}" in m for m in first.progress)
+    out, problems = settle_tpu(pools)
+    # The fake refuses (400) a pool naming a missing policy: no problem means none was tried.
+    assert not problems
+    assert {p["state"] for p in out.pools} == {"RUNNING"} and len(out.pools) == 2
+    live = gke.fake.policies[REGION][name]
+    assert live["workloadPolicy"] == {"type": "HIGH_THROUGHPUT", "acceleratorTopology": "2x2x2"}
+    assert "LLMService serving/llama-tpu" in live["description"]
+    assert {p["placementPolicy"]["policyName"] for p in gke.fake.pools[CLUSTER].values()} == {name}
+    # With the service: the pools go first, then the policy (the fake refuses, 400, to delete
+    # a policy a pool still names).
+    assert not delete_all(pools)
+    assert not gke.fake.pools[CLUSTER]
+    assert name not in gke.fake.policies[REGION]
+
+
+def test_a_same_named_policy_not_ours_is_reported_and_never_deleted(gke):
+    want, policies = tpu7x()
+    name = policies[0]["name"]
+    theirs = {"name": name, "description": "made by hand", "status": "READY", "workloadPolicy": {}}
+    other = {"name": "unrelated", "description": "", "status": "READY"}
+    gke.fake.policies[REGION] = {name: theirs, "unrelated": other}
+    pools = manager(gke)
+    for _ in range(3):
+        out = pools.sync(TPU_OWNER, want, policies)
+        assert any(f"workload policy {name} exists but was not created for this LLMService" in p for p in out.problems)
+    assert gke.fake.create_attempts == [] and gke.fake.policy_inserts == []
+    delete_all(pools)
+    assert gke.fake.policies[REGION] == {name: theirs, "unrelated": other}
+
+
+def test_no_duplicate_policy_after_a_restart_mid_insert(gke):
+    gke.fake.op_seconds = 1.0
+    want, policies = tpu7x()
+    manager(gke).sync(TPU_OWNER, want, policies)  # starts the insert, then "crashes"
+    restarted = manager(gke)
+    out = restarted.sync(TPU_OWNER, want, policies)
+    assert out.busy and not out.problems
+    assert gke.fake.policy_inserts == [policies[0]["name"]]
+    assert gke.fake.create_attempts == []
+    _, problems = settle_tpu(restarted)
+    assert not problems
+    assert gke.fake.policy_inserts == [policies[0]["name"]]
+    assert len(gke.fake.pools[CLUSTER]) == 2
+
+
+def test_a_topology_change_makes_a_new_policy_and_pools_then_drops_the_old(gke):
+    pools = manager(gke)
+    settle_tpu(pools, "2x2x2")
+    (old,) = (p["name"] for p in tpu7x("2x2x2")[1])
+    _, problems = settle_tpu(pools, "2x2x4", rounds=150)
+    assert not problems
+    want, policies = tpu7x("2x2x4")
+    assert set(gke.fake.pools[CLUSTER]) == {p["name"] for p in want}
+    assert set(gke.fake.policies[REGION]) == {policies[0]["name"]}, f"{old} is deleted once no pool names it"

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any
 
+from e2e.fake_gke import FakeGKE, FakeGKEServer
 from llmservice_operator.controller.reconcile import Reconciler
+from llmservice_operator.gke import NodePools, cluster_manager, compute
+from llmservice_operator.settings import GKECluster
 
 from .conftest import sample_doc, with_spec
 
@@ -38,6 +42,9 @@ class DictKube:
     def kind_served(self, api_version: str, kind: str) -> bool:
         return False
 
+    def set_finalizers(self, namespace: str, name: str, finalizers: list[str]) -> None:
+        self.objects[("LLMService", namespace, name)]["metadata"]["finalizers"] = finalizers
+
 
 def test_a_spec_only_the_renderer_rejects_is_degraded_and_nothing_is_applied(settings):
     """The API server admits any engine.extraArgs (CEL cannot see its keys): the operator
@@ -55,3 +62,39 @@ def test_a_spec_only_the_renderer_rejects_is_degraded_and_nothing_is_applied(set
     assert "engine.tensorParallelSize instead of tensor_parallel_size" in degraded["message"]
     assert kube.applied == []
     assert kube.events == [("Warning", "InvalidSpec", degraded["message"])]
+
+
+def _until_idle(r: Reconciler, namespace: str, name: str, rounds: int = 100) -> None:
+    for _ in range(rounds):
+        outcome = r.reconcile(namespace, name)
+        if outcome is not None and not outcome.busy:
+            return
+        time.sleep(0.05)
+    raise AssertionError("still busy")
+
+
+def test_a_node_pool_replacement_is_reported_in_progressing(settings):
+    """nodePool.diskSizeGb cannot change on a GKE pool: the reconcile makes new pools (the
+    real clients, as `llmservice run` builds them, against the fake GKE) and says so in status."""
+    doc = sample_doc("l4-spot-fallback.yaml")
+    doc["metadata"].update(namespace="serving", uid="u-1", generation=1)
+    with FakeGKEServer(FakeGKE(op_seconds=0.1)) as gke:
+        cluster = GKECluster(project="p", location="us-central1", cluster="c", endpoint=gke.endpoint)
+        kube = DictKube(doc)
+        r = Reconciler(kube, settings, NodePools(cluster_manager(cluster), cluster, compute=compute(cluster)))
+        _until_idle(r, "serving", "qwen-l4")
+        before = {p["name"] for p in kube.get_llmservice("serving", "qwen-l4")["status"]["nodePools"]}
+        live = kube.objects[("LLMService", "serving", "qwen-l4")]
+        live["spec"] = with_spec(doc, nodePool__diskSizeGb=300)["spec"]
+        live["metadata"]["generation"] = 2
+        r.reconcile("serving", "qwen-l4")
+        status = kube.get_llmservice("serving", "qwen-l4")["status"]
+        progressing = next(c for c in status["conditions"] if c["type"] == "Progressing")
+        assert progressing["reason"] == "UpdatingNodePools"
+        assert "disk 200GB hyperdisk-balanced->300GB hyperdisk-balanced" in progressing["message"]
+        assert before <= {p["name"] for p in status["nodePools"]}, "the old pools are listed until gone"
+        _until_idle(r, "serving", "qwen-l4")
+        status = kube.get_llmservice("serving", "qwen-l4")["status"]
+        after = {p["name"] for p in status["nodePools"]}
+        assert after == set(gke.fake.pools["projects/p/locations/us-central1/clusters/c"]) and not after & before
+        assert next(c for c in status["conditions"] if c["type"] == "Progressing")["reason"] != "UpdatingNodePools"

@@ -19,7 +19,7 @@ from ray.serve._private.config import ReplicaConfig
 
 from llmservice_operator.api import parse
 from llmservice_operator.api.quantity import cpu_cores
-from llmservice_operator.render import render
+from llmservice_operator.render import nodepools, render
 from llmservice_operator.render.shape import worker_bounds
 from llmservice_operator.yamlio import dump_all
 
@@ -210,6 +210,50 @@ def test_bounds_are_consistent_across_the_three_autoscalers(settings):
     assert term["matchLabelKeys"] == ["ray.io/worker-group-replica-name"]
     assert [p["autoscaling"]["total_max_node_count"] for p in out.node_pools] == [4, 4]
     assert all(p["placement_policy"]["tpu_topology"] == "4x4" for p in out.node_pools)
+
+
+def _pools(doc: dict) -> list[dict]:
+    return nodepools.node_pools(parse(doc))
+
+
+def test_pool_names_change_with_hardware_gke_cannot_update_in_place():
+    """<namespace>-<name>[-suffix]-<digest of machine, accelerators, disk, spot, placement, ...>:
+    new hardware is a new pool; the slot label stays and pairs it with the old one."""
+    base = sample_doc("l4-spot-fallback.yaml")
+    before = _pools(base)
+    assert [p["name"][:-6] for p in before] == ["default-qwen-l4-spot", "default-qwen-l4-ondemand"]
+    assert [p["config"]["labels"]["llmservice-dev-slot"] for p in before] == [p["name"][:-6] for p in before]
+    for change in (
+        {"nodePool__diskSizeGb": 300},
+        {"engine__tensorParallelSize": 2},
+        {"placement__zones": ["us-central1-a", "us-central1-c"]},
+        {"accelerator__provisioning": "spot"},
+    ):
+        after = _pools(with_spec(base, **change))
+        assert not {p["name"] for p in after} & {p["name"] for p in before}, change
+    # What GKE updates in place keeps the name: autoscaling bounds, node labels.
+    same = _pools(with_spec(base, replicas={"min": 0, "max": 8}, nodePool__labels={"team": "a"}))
+    assert [p["name"] for p in same] == [p["name"] for p in before]
+    assert all(len(p["name"]) <= nodepools.POOL_NAME_LIMIT for p in _pools(with_spec(base)))
+
+
+def test_tpu7x_slices_name_a_workload_policy_in_place_of_a_topology():
+    doc = with_spec(
+        sample_doc("tpu-v6e-4x4-multihost.yaml"),
+        accelerator={"type": "tpu-7x", "topology": "2x2x2"},
+        engine__tensorParallelSize=8,
+    )
+    svc = parse(doc)
+    assert [p["placement_policy"] for p in nodepools.node_pools(svc)] == [
+        {"policy_name": "default-llama-tpu-slice-2x2x2"}
+    ] * 2
+    assert nodepools.workload_policies(svc) == [
+        {
+            "name": "default-llama-tpu-slice-2x2x2",
+            "workload_policy": {"type_": "HIGH_THROUGHPUT", "accelerator_topology": "2x2x2"},
+        }
+    ]
+    assert nodepools.workload_policies(parse(sample_doc("tpu-v6e-4x4-multihost.yaml"))) == []
 
 
 def test_small_gpu_replicas_share_a_node(settings):

@@ -162,3 +162,12 @@ def test_tls_endpoint_is_https():
 def test_cluster_name_before_the_first_cluster_is_active():
     rs = {"metadata": {"generation": 1}, "status": {"pendingServiceStatus": {"rayClusterName": "gemma-pend1"}}}
     assert status(rs)["children"]["rayCluster"] == "gemma-pend1"
+
+
+def test_a_node_pool_replacement_is_progress_not_a_phase_change():
+    message = "replacing node pool a (machine type g2-standard-8->g2-standard-24): new pool b is being created"
+    obs = st.Observed(3, rayservice(), [], pool_progress=[message])
+    s = st.status(GEMMA, obs, SETTINGS, {}, "2026-01-01T00:00:00Z")
+    assert s["phase"] == "Ready", "the old pool still serves"
+    assert (cond(s, "Progressing")["status"], cond(s, "Progressing")["reason"]) == ("True", "UpdatingNodePools")
+    assert cond(s, "Progressing")["message"] == message

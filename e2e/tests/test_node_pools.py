@@ -1,4 +1,5 @@
-"""Managed GKE node pools through the operator: created, reported, deleted with the service."""
+"""Managed GKE node pools through the operator: created, reported, replaced when their hardware
+changes, deleted with the service; tpu7x workload policies created and deleted with them."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import pytest
 
 from e2e.cluster import Cluster
 from e2e.fake_gke import FakeGKEServer
-from tests.conftest import sample_doc
+from llmservice_operator.api import parse
+from llmservice_operator.render.nodepools import node_pools
+from tests.conftest import sample_doc, with_spec
 
 from .conftest import GKE_PARENT, Operator
 from .test_operator import _cond, _events, _get, _in, _wait_status
@@ -21,6 +24,11 @@ def _pools(fake_gke: FakeGKEServer, namespace: str) -> dict[str, dict]:
     return {n: p for n, p in fake_gke.fake.pools.get(GKE_PARENT, {}).items() if n.startswith(namespace)}
 
 
+def _names(doc: dict) -> set[str]:
+    """Pool names as the operator renders them (<namespace>-<name>-<slot>-<hardware digest>)."""
+    return {p["name"] for p in node_pools(parse(doc))}
+
+
 def _running(status: dict) -> bool:
     pools = status.get("nodePools") or []
     return len(pools) == 2 and all(p["state"] == "RUNNING" for p in pools)
@@ -29,9 +37,10 @@ def _running(status: dict) -> bool:
 def test_pools_are_created_reported_and_deleted_with_the_service(
     cluster: Cluster, operator: Operator, fake_gke: FakeGKEServer, namespace: str
 ):
-    cluster.apply([_in(sample_doc("l4-spot-fallback.yaml"), namespace)])
+    doc = _in(sample_doc("l4-spot-fallback.yaml"), namespace)
+    cluster.apply([doc])
     status = _wait_status(cluster, namespace, "qwen-l4", _running, "node pools RUNNING", timeout=60)
-    assert {p["name"] for p in status["nodePools"]} == {f"{namespace}-qwen-l4-spot", f"{namespace}-qwen-l4-ondemand"}
+    assert {p["name"] for p in status["nodePools"]} == _names(doc)
     assert all(p["maxNodes"] == 4 for p in status["nodePools"])
     assert FINALIZER in _get(cluster, "llmsvc", namespace, "qwen-l4")["metadata"]["finalizers"]
     cluster.kubectl("delete", "llmsvc", "qwen-l4", "-n", namespace, "--wait=false")
@@ -85,12 +94,14 @@ def test_a_stockout_degrades_the_service_until_capacity_returns(
     so in its Degraded condition (what `kubectl get`, Argo CD and alerts read), as long as it
     lasts, with the Event's words; the operator re-creates the pool until it comes up."""
     fake_gke.fake.stockout = {"g2-standard-8"}
+    doc = _in(sample_doc("l4-spot-fallback.yaml"), namespace)
+    spot = next(n for n in _names(doc) if "-spot-" in n)
     try:
-        cluster.apply([_in(sample_doc("l4-spot-fallback.yaml"), namespace)])
+        cluster.apply([doc])
         status = _wait_status(cluster, namespace, "qwen-l4", lambda s: s.get("phase") == "Degraded", "Degraded", 30)
         degraded = _cond(status, "Degraded")
         assert degraded["reason"] == "NodePoolError"
-        assert f"node pool {namespace}-qwen-l4-spot: ZONE_RESOURCE_POOL_EXHAUSTED" in degraded["message"]
+        assert f"node pool {spot}: ZONE_RESOURCE_POOL_EXHAUSTED" in degraded["message"]
         events = lambda: _event_messages(cluster, namespace, "qwen-l4", "NodePoolError")  # noqa: E731
         cluster.wait_for("the Warning Event", lambda: degraded["message"] in events())
         # Later reconciles (the operator's own status write, KubeRay's, the next GKE poll) keep it.
@@ -103,6 +114,56 @@ def test_a_stockout_degrades_the_service_until_capacity_returns(
         "Degraded cleared and both pools RUNNING", timeout=120,
     )  # fmt: skip
     assert status["phase"] != "Degraded"
-    assert fake_gke.fake.create_attempts.count(f"{namespace}-qwen-l4-spot") >= 2
+    assert fake_gke.fake.create_attempts.count(spot) >= 2
     cluster.kubectl("delete", "llmsvc", "qwen-l4", "-n", namespace, "--wait=false")
     cluster.wait_for("pools deleted", lambda: not _pools(fake_gke, namespace), timeout=60)
+
+
+def test_a_hardware_change_replaces_the_pools_and_says_so(
+    cluster: Cluster, operator: Operator, fake_gke: FakeGKEServer, namespace: str
+):
+    """A bigger boot disk cannot be set on an existing pool: new pools come up beside the old
+    ones, Progressing says so, then the old ones go."""
+    doc = _in(sample_doc("l4-spot-fallback.yaml"), namespace)
+    cluster.apply([doc])
+    _wait_status(cluster, namespace, "qwen-l4", _running, "node pools RUNNING", timeout=60)
+    bigger = with_spec(doc, nodePool__diskSizeGb=300)
+    cluster.apply([bigger])
+    status = _wait_status(
+        cluster, namespace, "qwen-l4", lambda s: _cond(s, "Progressing").get("reason") == "UpdatingNodePools",
+        "Progressing: UpdatingNodePools", timeout=60,
+    )  # fmt: skip
+    assert "replacing node pool" in _cond(status, "Progressing")["message"]
+    assert "disk 200GB hyperdisk-balanced->300GB hyperdisk-balanced" in _cond(status, "Progressing")["message"]
+    status = _wait_status(
+        cluster, namespace, "qwen-l4", lambda s: _running(s) and {p["name"] for p in s["nodePools"]} == _names(bigger),
+        "only the new pools, RUNNING", timeout=120,
+    )  # fmt: skip
+    assert set(_pools(fake_gke, namespace)) == _names(bigger)
+    assert {p["config"]["diskSizeGb"] for p in _pools(fake_gke, namespace).values()} == {300}
+    cluster.kubectl("delete", "llmsvc", "qwen-l4", "-n", namespace, "--wait=false")
+    cluster.wait_for("pools deleted", lambda: not _pools(fake_gke, namespace), timeout=60)
+
+
+def test_tpu7x_slices_get_a_workload_policy_that_goes_with_the_service(
+    cluster: Cluster, operator: Operator, fake_gke: FakeGKEServer, namespace: str
+):
+    doc = with_spec(
+        sample_doc("tpu-v6e-4x4-multihost.yaml"),
+        accelerator={"type": "tpu-7x", "topology": "2x2x2"},
+        engine__tensorParallelSize=8,
+        model__hfTokenSecret=None,
+    )
+    cluster.apply([_in(doc, namespace)])
+    _wait_status(cluster, namespace, "llama-tpu", _running, "slice pools RUNNING", timeout=90)
+    region = fake_gke.fake.policies["projects/e2e-project/regions/us-central1"]
+    policy = f"{namespace}-llama-tpu-slice-2x2x2"
+    assert region[policy]["workloadPolicy"] == {"type": "HIGH_THROUGHPUT", "acceleratorTopology": "2x2x2"}
+    assert {p["placementPolicy"]["policyName"] for p in _pools(fake_gke, namespace).values()} == {policy}
+    cluster.kubectl("delete", "llmsvc", "llama-tpu", "-n", namespace, "--wait=false")
+    cluster.wait_for(
+        "pools, then the policy, then the LLMService deleted",
+        lambda: policy not in region and _get(cluster, "llmsvc", namespace, "llama-tpu") is None,
+        timeout=90,
+    )
+    assert not _pools(fake_gke, namespace)

@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..api import InvalidLLMService, LLMService, parse
-from ..gke import NodePools
+from ..gke import NodePools, PoolSync
 from ..render import names, render
 from ..render import status as status_mod
 from ..render.nodepools import node_pools as render_node_pools
+from ..render.nodepools import workload_policies
 from ..settings import OperatorSettings
 from . import metrics, preflight
 from .drift import merge_patch, up_to_date
@@ -42,6 +43,13 @@ class Outcome:
     problems: list[str] = field(default_factory=list)
     status_written: bool = False
     busy: bool = False  # a GKE operation is under way: look again soon
+
+
+def _switching(ray_service: dict[str, Any] | None) -> bool:
+    """KubeRay is starting a new Ray cluster beside the serving one (blue/green): pools the
+    old one runs on must stay until traffic has moved."""
+    pending = ((ray_service or {}).get("status") or {}).get("pendingServiceStatus") or {}
+    return bool(pending.get("rayClusterName"))
 
 
 def _now() -> str:
@@ -98,17 +106,15 @@ class Reconciler:
             out.problems = [str(x) for x in e.errors]
         if svc is not None:
             out.problems += preflight.problems(svc, lambda k, ns, n: self._get(k, ns, n))
-        pool_problems, pools = self._sync_node_pools(body, svc, out)
         ray_service = self.kube.get("ray.io/v1", "RayService", namespace, name)
+        pools = self._sync_node_pools(body, svc, out, _switching(ray_service))
         if svc is not None and not out.problems:
             ray_service = self._apply_children(body, svc, ray_service, out)
-        self._write_status(body, svc, ray_service, out, pool_problems, pools)
+        self._write_status(body, svc, ray_service, out, pools)
         metrics.set_phase(namespace, name, out.phase)
         return out
 
-    def _sync_node_pools(
-        self, body: dict[str, Any], svc: LLMService | None, out: Outcome
-    ) -> tuple[list[str], list[dict[str, Any]]]:
+    def _sync_node_pools(self, body: dict[str, Any], svc: LLMService | None, out: Outcome, switching: bool) -> PoolSync:
         """GKE node pools for services that ask for them; the finalizer makes deletion wait
         until the pools are gone."""
         meta = body["metadata"]
@@ -117,15 +123,16 @@ class Reconciler:
         if not managed:
             if FINALIZER in finalizers and svc is not None:  # unmanaged now: pools stay for the user
                 self.kube.set_finalizers(meta["namespace"], meta["name"], [f for f in finalizers if f != FINALIZER])
-            return [], []
+            return PoolSync()
         assert svc is not None
         if self.node_pools is None:
-            return [NO_GKE], []
+            return PoolSync(problems=[NO_GKE])
         if FINALIZER not in finalizers:
             self.kube.set_finalizers(meta["namespace"], meta["name"], [*finalizers, FINALIZER])
-        sync = self.node_pools.sync((meta["namespace"], meta["name"]), render_node_pools(svc))
+        owner = (meta["namespace"], meta["name"])
+        sync = self.node_pools.sync(owner, render_node_pools(svc), workload_policies(svc), hold_replaced=switching)
         out.busy = out.busy or sync.busy
-        return sync.problems, sync.pools
+        return sync
 
     def _finalize(self, body: dict[str, Any]) -> Outcome | None:
         meta = body["metadata"]
@@ -204,8 +211,7 @@ class Reconciler:
         svc: LLMService | None,
         ray_service: dict[str, Any] | None,
         out: Outcome,
-        pool_problems: list[str],
-        pools: list[dict[str, Any]],
+        pools: PoolSync,
     ) -> None:
         previous = body.get("status") or {}
         generation = body["metadata"].get("generation", 0)
@@ -213,7 +219,13 @@ class Reconciler:
             new = status_mod.invalid(out.problems, generation, previous, _now())
         else:
             obs = status_mod.Observed(
-                generation, ray_service, out.problems, pool_problems, pools, self._active_cluster(ray_service)
+                generation,
+                ray_service,
+                out.problems,
+                pools.problems,
+                pools.pools,
+                self._active_cluster(ray_service),
+                pools.progress,
             )
             new = status_mod.status(svc, obs, self.settings, previous, _now())
         out.phase = new["phase"]

@@ -7,7 +7,7 @@ import logging
 import kopf
 from prometheus_client import start_http_server
 
-from ..gke import NodePools, cluster_manager
+from ..gke import NodePools, cluster_manager, compute
 from ..settings import OperatorSettings
 from . import handlers
 from .kube import Kube
@@ -27,7 +27,8 @@ def run(
 ) -> None:
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if json_logs else kopf.LogFormat.FULL)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
-    pools = NodePools(cluster_manager(settings.gke), settings.gke) if settings.gke else None
+    gke = settings.gke
+    pools = NodePools(cluster_manager(gke), gke, compute=compute(gke)) if gke else None
     handlers.install(Reconciler(Kube(), settings, pools))
     host, _, port = metrics_address.rpartition(":")
     start_http_server(int(port), addr=host or "0.0.0.0")

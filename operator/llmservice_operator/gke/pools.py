@@ -2,13 +2,21 @@
 reports `busy` so the caller reconciles again later (with backoff) to poll it.
 
 Only pools labelled as owned by this LLMService are changed or deleted; a same-named pool
-that is not ours is reported, never touched.
+that is not ours is reported, never touched. The same holds for the Compute Engine workload
+policies tpu7x slices name (policies.py): created before the first pool that names one, deleted
+once no pool in the cluster names it any more.
 
 A GKE error stays a problem (so the LLMService stays Degraded with GKE's words) until the
 pool is seen healthy: an operation error is remembered per pool, and a pool GKE reports in
 ERROR or RUNNING_WITH_ERROR carries its own message (also after an operator restart). A pool
 left in ERROR by a failed create (a stockout: ZONE_RESOURCE_POOL_EXHAUSTED) is deleted and
 created again, with the caller's backoff, until capacity returns.
+
+Hardware changes (machine type, accelerators, disk, spot, ...) cannot be made in place: the
+desired pool then has a new name (render/nodepools.py) and the old one becomes *replaced*. It
+is deleted (GKE drains its nodes) only once every desired pool is RUNNING, so the service is
+never left without a pool; everything needed to resume is in GKE (names, labels, states), so an
+operator restart mid-replacement carries on where it was.
 """
 
 from __future__ import annotations
@@ -16,14 +24,17 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from google.api_core import exceptions as gexc
 from google.cloud import container_v1
 
-from ..render.nodepools import OWNER_LABEL, OWNER_NS_LABEL
+from ..render.nodepools import OWNER_LABEL, OWNER_NS_LABEL, SLOT_LABEL
 from ..settings import GKECluster
+from .client import Compute
+from .policies import READY, WorkloadPolicies, basename
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +48,7 @@ TRANSIENT = (
     gexc.InternalServerError,
 )
 _HTTP_PREFIX = re.compile(r"^(GET|POST|PUT|PATCH|DELETE) \S+: ")
+NO_COMPUTE = "the operator has no Compute Engine client for the workload policies tpu7x slices need"
 
 
 def _message(e: gexc.GoogleAPICallError) -> str:
@@ -53,6 +65,10 @@ BUSY_STATES = {"PROVISIONING", "RECONCILING", "STOPPING"}
 ERROR_STATES = {"ERROR", "RUNNING_WITH_ERROR"}
 
 
+def _state(pool: container_v1.NodePool) -> str:
+    return container_v1.NodePool.Status(pool.status).name
+
+
 def _pool_error(pool: container_v1.NodePool, state: str) -> str:
     """What GKE says is wrong with a pool: its conditions, else the older status_message."""
     said = [c.message for c in pool.conditions if c.message] or [pool.status_message]
@@ -60,7 +76,39 @@ def _pool_error(pool: container_v1.NodePool, state: str) -> str:
 
 
 def _problems(errors: dict[str, str]) -> list[str]:
-    return [f"node pool {name}: {message}" for name, message in sorted(errors.items())]
+    return [f"{what}: {message}" for what, message in sorted(errors.items())]
+
+
+def _slot(pool: container_v1.NodePool) -> str:
+    # Pools made before pools had slots are named after theirs.
+    return pool.config.labels.get(SLOT_LABEL) or pool.name
+
+
+def _hardware(pool: container_v1.NodePool) -> dict[str, str]:
+    """The fields GKE cannot update in place, as words for a status message."""
+    c, pp, rsv = pool.config, pool.placement_policy, pool.config.reservation_affinity
+    specific = rsv.consume_reservation_type == container_v1.ReservationAffinity.Type.SPECIFIC_RESERVATION
+    placement = [pp.type_.name if pp.type_ else "", pp.tpu_topology, basename(pp.policy_name)]
+    return {
+        "machine type": c.machine_type,
+        "accelerators": ",".join(f"{a.accelerator_count}x{a.accelerator_type}" for a in c.accelerators) or "none",
+        "disk": f"{c.disk_size_gb}GB {c.disk_type}",
+        "spot": str(c.spot).lower(),
+        "flex-start": str(c.flex_start).lower(),
+        "reservation": ",".join(rsv.values) if specific else "none",
+        "placement": "/".join(p for p in placement if p) or "none",
+        "zones": ",".join(sorted(pool.locations)),
+        "service account": c.service_account,
+    }
+
+
+def hardware_changes(live: container_v1.NodePool, want: container_v1.NodePool) -> list[str]:
+    """What differs, as "machine type a2-highgpu-1g->g2-standard-8". Fields the desired pool
+    leaves to GKE (zones, service account, GPU-less accelerators) are not compared: GKE fills
+    them in."""
+    old, new = _hardware(live), _hardware(want)
+    unset = {"zones": not want.locations, "service account": not want.config.service_account}
+    return [f"{k} {old[k]}->{new[k]}" for k in new if old[k] != new[k] and not unset.get(k)]
 
 
 @dataclass
@@ -68,23 +116,36 @@ class PoolSync:
     pools: list[dict[str, Any]] = field(default_factory=list)  # status.nodePools entries
     problems: list[str] = field(default_factory=list)  # GKE's own words: quota, stockout, permission
     busy: bool = False  # an operation is under way or GKE asked us to come back later
+    progress: list[str] = field(default_factory=list)  # changes under way: a pool replaced, a policy awaited
 
 
 @dataclass
 class _Pending:
     operation: str
-    pool: str
+    what: str  # "node pool X", "workload policy Y": for messages
     started: float
+    poll: Callable[[str], tuple[bool, str]]  # operation name -> (done, error message)
 
 
 class NodePools:
-    def __init__(self, client: container_v1.ClusterManagerClient, cluster: GKECluster, op_timeout: float = 3600):
+    def __init__(
+        self,
+        client: container_v1.ClusterManagerClient,
+        cluster: GKECluster,
+        op_timeout: float = 3600,
+        compute: Compute | None = None,
+    ):
         self.client = client
         self.cluster = cluster
         self.op_timeout = op_timeout
+        self.policies = WorkloadPolicies(compute, cluster) if compute else None
         self._pending: dict[tuple[str, str], list[_Pending]] = {}
-        # The last GKE error per owned pool, until the pool is seen healthy or is no longer wanted.
+        # The last error per owned pool or policy ("node pool X"), until it is seen healthy or
+        # is no longer wanted.
         self._errors: dict[tuple[str, str], dict[str, str]] = {}
+        # Owners that had workload policies: the Compute API is only asked about these and
+        # about owners whose spec or pools name one (GPU-only users need no Compute permission).
+        self._policy_owners: set[tuple[str, str]] = set()
 
     @property
     def parent(self) -> str:
@@ -94,58 +155,79 @@ class NodePools:
         labels = pool.config.labels
         return labels.get(OWNER_NS_LABEL) == owner[0] and labels.get(OWNER_LABEL) == owner[1]
 
+    def _gke_poll(self, operation: str) -> tuple[bool, str]:
+        name = f"projects/{self.cluster.project}/locations/{self.cluster.location}/operations/{operation}"
+        op = self.client.get_operation(name=name)
+        return op.status == container_v1.Operation.Status.DONE, op.error.message if op.error else ""
+
     def _poll(self, owner: tuple[str, str], out: PoolSync) -> None:
         """Check the operations this process started; failed ones become problems."""
         still = []
         for p in self._pending.get(owner, []):
-            name = f"projects/{self.cluster.project}/locations/{self.cluster.location}/operations/{p.operation}"
-            op = self.client.get_operation(name=name)
-            if op.status != container_v1.Operation.Status.DONE:
+            done, error = p.poll(p.operation)
+            if not done:
                 if time.monotonic() - p.started > self.op_timeout:
-                    out.problems.append(
-                        f"node pool {p.pool}: GKE operation {p.operation} did not finish in {self.op_timeout:.0f}s"
-                    )
+                    out.problems.append(f"{p.what}: operation {p.operation} did not finish in {self.op_timeout:.0f}s")
                 else:
                     out.busy = True
                     still.append(p)
-            elif op.error and op.error.message:
-                self._errors.setdefault(owner, {})[p.pool] = op.error.message
+            elif error:
+                self._errors.setdefault(owner, {})[p.what] = error
         if still:
             self._pending[owner] = still
         else:
             self._pending.pop(owner, None)
 
-    def _start(self, owner: tuple[str, str], pool: str, call: Any, out: PoolSync) -> None:
+    def _start(
+        self, owner: tuple[str, str], what: str, call: Any, out: PoolSync, poll: Callable[[str], tuple[bool, str]]
+    ) -> None:
         try:
             op = call()
-        except (gexc.AlreadyExists, gexc.NotFound):
+        except (gexc.Conflict, gexc.NotFound):
             out.busy = True  # created or deleted meanwhile: the next pass re-reads the list
             return
         except gexc.GoogleAPICallError as e:
             if _transient(e):
-                log.info("GKE busy for node pool %s, retrying later: %s", pool, _message(e))
+                log.info("GKE busy for %s, retrying later: %s", what, _message(e))
                 out.busy = True
             else:  # quota, permission, invalid request
-                self._errors.setdefault(owner, {})[pool] = _message(e)
+                self._errors.setdefault(owner, {})[what] = _message(e)
             return
-        self._pending.setdefault(owner, []).append(_Pending(op.name, pool, time.monotonic()))
+        self._pending.setdefault(owner, []).append(_Pending(op.name, what, time.monotonic(), poll))
         out.busy = True
 
-    def sync(self, owner: tuple[str, str], desired: list[dict[str, Any]]) -> PoolSync:
+    def _start_gke(self, owner: tuple[str, str], pool: str, call: Any, out: PoolSync) -> None:
+        self._start(owner, f"node pool {pool}", call, out, self._gke_poll)
+
+    def sync(
+        self,
+        owner: tuple[str, str],
+        desired: list[dict[str, Any]],
+        policies: list[dict[str, Any]] | None = None,
+        hold_replaced: bool = False,
+    ) -> PoolSync:
+        """Make GKE match `desired` pools (render.nodepools.node_pools) and the workload
+        `policies` they name (render.nodepools.workload_policies). `hold_replaced`: the old
+        Ray cluster still serves on the pools being replaced (a blue/green switch under way),
+        so they stay until it is done."""
         out = PoolSync()
         self._poll(owner, out)
         live = {p.name: p for p in self.client.list_node_pools(parent=self.parent).node_pools}
-        wanted = {d["name"] for d in desired}
+        ready, owned_policies = self._sync_policies(owner, policies or [], live, out)
+        desired = self._adopt(owner, desired, live)
         errors = self._errors.setdefault(owner, {})
-        for gone in set(errors) - wanted:
-            del errors[gone]
         for d in desired:
             name = d["name"]
             pool = live.get(name)
             want = container_v1.NodePoolAutoscaling(**d["autoscaling"])
             if pool is None:
+                needs = d.get("placement_policy", {}).get("policy_name")
+                if needs and needs not in ready:  # GKE refuses a pool whose policy does not exist
+                    out.busy = True
+                    out.progress.append(f"node pool {name} waits for workload policy {needs}")
+                    continue
                 msg = container_v1.NodePool(**d)
-                self._start(
+                self._start_gke(
                     owner, name, lambda m=msg: self.client.create_node_pool(parent=self.parent, node_pool=m), out
                 )
                 continue
@@ -154,19 +236,12 @@ class NodePools:
                     f"node pool {name} exists but was not created for this LLMService: rename or remove it"
                 )
                 continue
-            state = container_v1.NodePool.Status(pool.status).name
+            state = _state(pool)
             if state in ERROR_STATES:
-                errors[name] = _pool_error(pool, state)
+                errors[f"node pool {name}"] = _pool_error(pool, state)
             elif state == "RUNNING":
-                errors.pop(name, None)
-            out.pools.append(
-                {
-                    "name": name,
-                    "state": state,
-                    "minNodes": pool.autoscaling.total_min_node_count,
-                    "maxNodes": pool.autoscaling.total_max_node_count,
-                }
-            )
+                errors.pop(f"node pool {name}", None)
+            out.pools.append(self._status(pool))
             if state in BUSY_STATES:
                 out.busy = True
             elif state == "ERROR":  # unusable (a failed create): make it again, with backoff
@@ -175,37 +250,172 @@ class NodePools:
                 want.total_min_node_count,
                 want.total_max_node_count,
             ):
-                self._start(owner, name, self._autoscale_call(name, want), out)
-        for name, pool in live.items():
-            if name not in wanted and self._owned(pool, owner):
-                self._delete(owner, pool, out)
+                self._start_gke(owner, name, self._autoscale_call(name, want), out)
+        # Every desired pool is ours and RUNNING: the pools they replace may go.
+        running = all(
+            (p := live.get(d["name"])) is not None and self._owned(p, owner) and _state(p) == "RUNNING" for d in desired
+        )
+        self._retire(owner, desired, live, running, hold_replaced, out)
+        # Errors stay while what they are about is wanted or still there (a pool being replaced,
+        # a policy being deleted).
+        pools = {d["name"] for d in desired} | {n for n, p in live.items() if self._owned(p, owner)}
+        keep = {f"node pool {n}" for n in pools} | {f"workload policy {n}" for n in owned_policies}
+        keep |= {f"workload policy {p['name']}" for p in policies or []}
+        for gone in set(errors) - keep:
+            del errors[gone]
         out.problems += _problems(errors)
         if not errors:
             del self._errors[owner]
         return out
+
+    @staticmethod
+    def _status(pool: container_v1.NodePool) -> dict[str, Any]:
+        return {
+            "name": pool.name,
+            "state": _state(pool),
+            "minNodes": pool.autoscaling.total_min_node_count,
+            "maxNodes": pool.autoscaling.total_max_node_count,
+        }
+
+    def _adopt(
+        self, owner: tuple[str, str], desired: list[dict[str, Any]], live: dict[str, container_v1.NodePool]
+    ) -> list[dict[str, Any]]:
+        """A missing desired pool whose slot already has an owned pool of the same hardware under
+        another name (made before names carried a hardware digest) is that pool: no needless
+        replacement."""
+        names = {d["name"] for d in desired}
+        spare = [p for n, p in sorted(live.items()) if n not in names and self._owned(p, owner)]
+        out = []
+        for d in desired:
+            if d["name"] not in live:
+                slot, want = d["config"]["labels"][SLOT_LABEL], container_v1.NodePool(**d)
+                same = [p for p in spare if _slot(p) == slot and not hardware_changes(p, want)]
+                if same:
+                    spare.remove(same[0])
+                    d = {**d, "name": same[0].name}
+            out.append(d)
+        return out
+
+    def _retire(
+        self,
+        owner: tuple[str, str],
+        desired: list[dict[str, Any]],
+        live: dict[str, container_v1.NodePool],
+        running: bool,
+        hold: bool,
+        out: PoolSync,
+    ) -> None:
+        """Owned pools no longer desired (old hardware, fewer slices) are deleted once every
+        desired pool is RUNNING and no old Ray cluster serves on them (`hold`): never a moment
+        without a pool to run on."""
+        by_slot = {d["config"]["labels"][SLOT_LABEL]: d for d in desired}
+        wanted = {d["name"] for d in desired}
+        for name, pool in sorted(live.items()):
+            if name in wanted or not self._owned(pool, owner):
+                continue
+            out.pools.append(self._status(pool))
+            new = by_slot.get(_slot(pool))
+            if new is not None:
+                changes = ", ".join(hardware_changes(pool, container_v1.NodePool(**new))) or "hardware"
+                now = live.get(new["name"])
+                if now is None:
+                    step = f"new pool {new['name']} is being created"
+                elif running and hold and _state(pool) != "STOPPING":
+                    step = f"new pool {new['name']} is RUNNING; the old one stays until the new Ray cluster serves"
+                elif running or _state(pool) == "STOPPING":
+                    step = f"new pool {new['name']} is RUNNING, deleting the old one (GKE drains its nodes)"
+                else:
+                    step = f"new pool {new['name']} is {_state(now)}"
+                out.progress.append(f"replacing node pool {name} ({changes}): {step}")
+            if running and not hold:
+                self._delete(owner, pool, out)
+            else:
+                out.busy = True  # look again soon: the new pool is on its way, or the switch
+
+    def _sync_policies(
+        self,
+        owner: tuple[str, str],
+        desired: list[dict[str, Any]],
+        live: dict[str, container_v1.NodePool],
+        out: PoolSync,
+    ) -> tuple[set[str], set[str]]:
+        """Create the desired workload policies, delete owned ones no pool names any more;
+        return the names of those READY for a pool to name, and of all owned ones found."""
+        named = {basename(p.placement_policy.policy_name) for p in live.values() if p.placement_policy.policy_name}
+        ours = any(self._owned(p, owner) and p.placement_policy.policy_name for p in live.values())
+        if not desired and not ours and owner not in self._policy_owners:
+            return set(), set()
+        if self.policies is None:
+            if desired:
+                out.problems.append(NO_COMPUTE)
+            return set(), set()
+        try:
+            existing = self.policies.list()
+        except gexc.GoogleAPICallError as e:
+            if isinstance(e, gexc.PermissionDenied) and not desired and not ours:
+                # Nothing needs a policy: a setup without Compute permissions has none of ours.
+                log.warning("cannot list workload policies to clean up: %s", _message(e))
+                self._policy_owners.discard(owner)
+            elif _transient(e):
+                out.busy = True
+            else:
+                out.problems.append(f"workload policies: {_message(e)}")
+            return set(), set()
+        ready: set[str] = set()
+        for d in desired:
+            name, policy = d["name"], existing.get(d["name"])
+            if policy is None:
+                self._start(owner, f"workload policy {name}", self.policies.insert(owner, d), out, self.policies.poll)
+            elif not self.policies.owned(policy, owner):
+                out.problems.append(
+                    f"workload policy {name} exists but was not created for this LLMService: rename or remove it"
+                )
+            elif policy.status == READY:
+                ready.add(name)
+            else:
+                out.busy = True  # CREATING
+        wanted = {d["name"] for d in desired}
+        left = [p for n, p in existing.items() if n not in wanted and self.policies.owned(p, owner)]
+        for policy in left:
+            if policy.name in named or policy.status == "DELETING":
+                out.busy = True  # a pool still names it (it is being replaced or deleted)
+            else:
+                self._start(
+                    owner, f"workload policy {policy.name}", self.policies.delete(policy.name), out, self.policies.poll
+                )
+        if desired or left:
+            self._policy_owners.add(owner)
+        else:
+            self._policy_owners.discard(owner)
+        return ready, {n for n, p in existing.items() if self.policies.owned(p, owner)}
 
     def _autoscale_call(self, pool: str, want: container_v1.NodePoolAutoscaling) -> Any:
         req = container_v1.SetNodePoolAutoscalingRequest(name=f"{self.parent}/nodePools/{pool}", autoscaling=want)
         return lambda: self.client.set_node_pool_autoscaling(request=req)
 
     def _delete(self, owner: tuple[str, str], pool: container_v1.NodePool, out: PoolSync) -> None:
-        if container_v1.NodePool.Status(pool.status).name == "STOPPING":
+        if _state(pool) == "STOPPING":
             out.busy = True
             return
         name = f"{self.parent}/nodePools/{pool.name}"
-        self._start(owner, pool.name, lambda: self.client.delete_node_pool(name=name), out)
+        self._start_gke(owner, pool.name, lambda: self.client.delete_node_pool(name=name), out)
 
     def delete_owned(self, owner: tuple[str, str]) -> PoolSync:
-        """Start deleting every pool this LLMService owns; done when `busy` is False and no
-        owned pool is left (a pool already gone counts as deleted)."""
+        """Start deleting every pool this LLMService owns, then its workload policies; done when
+        `busy` is False and nothing owned is left (a pool already gone counts as deleted)."""
         out = PoolSync()
         self._errors.pop(owner, None)  # deletion errors are reported; earlier ones no longer matter
         self._poll(owner, out)
-        for pool in self.client.list_node_pools(parent=self.parent).node_pools:
+        live = {p.name: p for p in self.client.list_node_pools(parent=self.parent).node_pools}
+        for pool in live.values():
             if self._owned(pool, owner):
                 out.busy = True
                 self._delete(owner, pool, out)
+        if self.policies is not None:
+            self._policy_owners.add(owner)  # also after a restart: policies may be left
+            self._sync_policies(owner, [], live, out)
         out.problems += _problems(self._errors.pop(owner, {}))
         if not out.busy:
             self._pending.pop(owner, None)
+            self._policy_owners.discard(owner)
         return out

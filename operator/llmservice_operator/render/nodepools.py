@@ -1,10 +1,16 @@
-"""GKE node pools per worker group, as dicts that map 1:1 onto google.cloud.container_v1.NodePool.
+"""GKE node pools per worker group, as dicts that map 1:1 onto google.cloud.container_v1.NodePool,
+and the Compute Engine workload policies some of them name (tpu7x multi-host slices).
 
-Pools are named and labelled so the operator only ever touches pools it created.
+Pools are named and labelled so the operator only ever touches pools it created. GKE cannot
+change a pool's hardware in place, so a pool's name ends with a digest of the fields it
+cannot update (HARDWARE): new hardware is a new pool beside the old one, which the operator
+deletes once the new one runs. The `slot` label (the name without the digest) pairs the two.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from ..api.resource import LLMService
@@ -14,23 +20,47 @@ from .shape import WorkerBounds, worker_bounds
 
 OWNER_LABEL = "llmservice-dev-owner"  # GCE label keys allow no dots or slashes
 OWNER_NS_LABEL = "llmservice-dev-namespace"
+SLOT_LABEL = "llmservice-dev-slot"  # the pool's name without its hardware digest
 POOL_NAME_LIMIT = 40  # GKE node pool names: at most 40 characters
+POLICY_NAME_LIMIT = 63  # Compute Engine resource names (RFC 1035)
+# NodeConfig and NodePool fields GKE cannot update in place: a change needs a new pool.
+HARDWARE_CONFIG = ("machine_type", "disk_size_gb", "disk_type", "accelerators", "spot", "flex_start")
+HARDWARE_CONFIG += ("reservation_affinity", "service_account")
+HARDWARE_POOL = ("placement_policy", "locations")
 
 
 def _taint(key: str) -> dict[str, Any]:
     return {"key": key, "value": "present", "effect": "NO_SCHEDULE"}
 
 
+def _base(svc: LLMService) -> str:
+    # Node pool names are cluster-wide and workload policies region-wide: the namespace keeps
+    # same-named services apart.
+    return f"{svc.metadata.namespace}-{svc.metadata.name}"
+
+
+def workload_policy_name(svc: LLMService, topology: str) -> str:
+    """One policy per service and slice topology (a policy's topology cannot change)."""
+    return names.child(_base(svc), "slice", topology, limit=POLICY_NAME_LIMIT)
+
+
+def hardware_digest(pool: dict[str, Any]) -> str:
+    """Five hex digits that change whenever a field GKE cannot update in place changes."""
+    config = pool["config"]
+    hw = {k: config.get(k) for k in HARDWARE_CONFIG} | {k: pool.get(k) for k in HARDWARE_POOL}
+    hw["accelerators"] = [[a["accelerator_type"], a["accelerator_count"]] for a in config.get("accelerators", [])]
+    return hashlib.sha256(json.dumps(hw, sort_keys=True).encode()).hexdigest()[:5]
+
+
 def _pool(svc: LLMService, wb: WorkerBounds, suffix: str, spot: bool) -> dict[str, Any]:
     spec = svc.spec
     sh = wb.shape
     acc = sh.accelerator
-    # Node pool names are cluster-wide: the namespace keeps same-named services apart.
-    base = f"{svc.metadata.namespace}-{svc.metadata.name}"
-    name = names.child(base, wb.role if wb.role in ("prefill", "decode") else "", suffix, limit=POOL_NAME_LIMIT)
+    slot = names.child(_base(svc), wb.role if wb.role in ("prefill", "decode") else "", suffix, limit=POOL_NAME_LIMIT)
     node_labels = {
         OWNER_LABEL: svc.metadata.name,
         OWNER_NS_LABEL: svc.metadata.namespace,
+        SLOT_LABEL: slot,
         **spec.node_pool.labels,
     }
     config: dict[str, Any] = {
@@ -63,17 +93,17 @@ def _pool(svc: LLMService, wb: WorkerBounds, suffix: str, spot: bool) -> dict[st
             "key": "compute.googleapis.com/reservation-name",
             "values": [spec.accelerator.reservation],
         }
-    pool: dict[str, Any] = {"name": name, "config": config, "initial_node_count": 0}
+    pool: dict[str, Any] = {"name": slot, "config": config, "initial_node_count": 0}
     if spec.placement.zones:
         pool["locations"] = list(spec.placement.zones)
     # Multi-host TPU slices are atomic: a pool is one slice and scales 0 <-> hosts.
-    if sh.tpu:
-        pool["placement_policy"] = {"type_": "COMPACT", "tpu_topology": sh.tpu.topology} if sh.tpu.multi_host else {}
-        if sh.tpu.multi_host and acc.multihost_needs_workload_policy:
-            pool["placement_policy"]["policy_name"] = names.child(svc.metadata.name, "slice", limit=POOL_NAME_LIMIT)
-        if not pool["placement_policy"]:
-            del pool["placement_policy"]
-    elif spec.placement.compact:
+    if sh.tpu and sh.tpu.multi_host and acc.multihost_needs_workload_policy:
+        # Ironwood: the workload policy (see workload_policies) carries the slice topology, in
+        # place of tpu_topology (GKE docs, "About Ironwood (TPU7x) in GKE").
+        pool["placement_policy"] = {"policy_name": workload_policy_name(svc, sh.tpu.topology)}
+    elif sh.tpu and sh.tpu.multi_host:
+        pool["placement_policy"] = {"type_": "COMPACT", "tpu_topology": sh.tpu.topology}
+    elif spec.placement.compact and not sh.tpu:  # single-host slices need no placement
         pool["placement_policy"] = {"type_": "COMPACT"}
     if provisioning == "flex-start":
         pool["queued_provisioning"] = {"enabled": False}
@@ -89,6 +119,7 @@ def _pool(svc: LLMService, wb: WorkerBounds, suffix: str, spot: bool) -> dict[st
         "total_max_node_count": max_nodes,
         "location_policy": "ANY",
     }
+    pool["name"] = names.child(slot, hardware_digest(pool), limit=POOL_NAME_LIMIT)
     return pool
 
 
@@ -106,3 +137,20 @@ def node_pools(svc: LLMService) -> list[dict[str, Any]]:
         else:
             pools.append(_pool(svc, wb, "", provisioning == "spot"))
     return pools
+
+
+def workload_policies(svc: LLMService) -> list[dict[str, Any]]:
+    """The workload policies the service's pools name, as dicts that map onto
+    google.cloud.compute_v1.ResourcePolicy (less region and description, which the GKE layer
+    adds): `gcloud compute resource-policies create workload-policy NAME --type=HIGH_THROUGHPUT
+    --accelerator-topology=AxBxC`."""
+    out: dict[str, dict[str, Any]] = {}
+    for wb in worker_bounds(svc.spec):
+        tpu = wb.shape.tpu
+        if tpu and tpu.multi_host and wb.shape.accelerator.multihost_needs_workload_policy:
+            name = workload_policy_name(svc, tpu.topology)
+            out[name] = {
+                "name": name,
+                "workload_policy": {"type_": "HIGH_THROUGHPUT", "accelerator_topology": tpu.topology},
+            }
+    return list(out.values())

@@ -27,6 +27,7 @@ class Observed:
     pool_problems: list[str] = field(default_factory=list)  # GKE refused: quota, stockout, permission
     node_pools: list[dict[str, Any]] = field(default_factory=list)
     ray_cluster: dict[str, Any] | None = None  # the active RayCluster: its status counts ready workers
+    pool_progress: list[str] = field(default_factory=list)  # a node pool being replaced, a policy awaited
 
 
 def _cond(ctype: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
@@ -154,6 +155,11 @@ def status(
         phase = "Degraded"
         conds = [c for c in conds if c["type"] != "Degraded"]
         conds.append(_cond("Degraded", True, "NodePoolError", "; ".join(obs.pool_problems)))
+    if obs.pool_progress and not obs.problems:
+        # Nodes are changing under a service that may well be serving: Progressing says so
+        # (the phase stays what the Ray side makes it).
+        conds = [c for c in conds if c["type"] != "Progressing"]
+        conds.append(_cond("Progressing", True, "UpdatingNodePools", "; ".join(obs.pool_progress)))
     conds = [{**c, "observedGeneration": obs.generation} for c in conds]
     rs = obs.ray_service
     rs_status = (rs or {}).get("status") or {}
