@@ -81,13 +81,24 @@ def api_keys(cluster: Cluster, namespace: str, keys: dict[str, str] | None = Non
     cluster.apply([{"apiVersion": "v1", "kind": "Secret", "metadata": meta, "data": data}])
 
 
-def lora_store(cluster: Cluster, built: model.Built) -> tuple[str, dict[str, str]]:
+S3_SECRET = "s3-credentials"
+SERVICE_ACCOUNT = "llm-serving"
+
+
+def lora_store(cluster: Cluster, built: model.Built, namespace: str) -> tuple[str, dict[str, Any]]:
     """Start the fake S3 in the node's network with the tiny LoRA in it; returns the
-    `model.lora.source` URI and the env the Ray pods need to reach it."""
+    `model.lora.source` URI and the `spec.ray` env the Ray pods need to reach it: the
+    endpoint as plain env, the credentials from a Secret (as they would be for real S3)."""
     assert cluster.node
     s3 = FakeS3(cluster.node).start()
     uri = s3.upload(built.lora_dir, "loras", f"adapters/{built.lora_dir.name}")
-    return uri.rsplit("/", 1)[0], s3.env()
+    env = s3.env()
+    secret = {k.lower().replace("_", "-"): env.pop(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    data = {k: base64.b64encode(v.encode()).decode() for k, v in secret.items()}
+    meta = {"name": S3_SECRET, "namespace": namespace}
+    cluster.apply([{"apiVersion": "v1", "kind": "Secret", "metadata": meta, "data": data}])
+    secret_env = {k.upper().replace("-", "_"): {"name": S3_SECRET, "key": k} for k in secret}
+    return uri.rsplit("/", 1)[0], {"env": env, "secretEnv": secret_env}
 
 
 def redis(cluster: Cluster) -> str:
@@ -120,11 +131,15 @@ def apply_cpu_service(
         cluster.kubectl("create", "namespace", namespace)
     built = model_volume(cluster, namespace)
     api_keys(cluster, namespace)
-    lora_uri, lora_env = lora_store(cluster, built)
+    lora_uri, lora_env = lora_store(cluster, built, namespace)
+    # The Ray pods run as their own ServiceAccount (on GKE: Workload Identity for gs:// models).
+    cluster.apply(
+        [{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": SERVICE_ACCOUNT, "namespace": namespace}}]
+    )
     doc = sample(namespace)
     spec = doc["spec"]
     spec["model"]["lora"] = {"source": lora_uri, "maxAdaptersPerReplica": 2}
-    spec["ray"]["env"] = lora_env
+    spec["ray"] |= lora_env | {"serviceAccountName": SERVICE_ACCOUNT, "workerPods": {"labels": {"team": "e2e"}}}
     spec["faultTolerance"] = {"redisAddress": redis(cluster)}
     if drain_seconds is not None:
         spec["upgrade"] = {"drainSeconds": drain_seconds}

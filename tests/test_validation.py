@@ -11,7 +11,8 @@ from .conftest import sample_doc, with_spec
 GPU = "gemma-b200.yaml"
 TPU = "tpu-v6e-4x4-multihost.yaml"
 PD = "prefill-decode.yaml"  # nvidia-h200, engine TP 2, decode TP 4
-CPU = "cpu-tiny.yaml"  # n2-standard-2, workers of 500m (1 Ray CPU) and 6Gi
+CPU = "cpu-tiny.yaml"
+LB = "networking.gke.io/load-balancer-type"  # n2-standard-2, workers of 500m (1 Ray CPU) and 6Gi
 
 # (base sample, spec changes, field path, words the message must contain)
 CASES = [
@@ -138,8 +139,36 @@ CASES = [
 
 # Valid specs near the rules' edges: no rule may misfire (in CEL, a failed map lookup would
 # reject them with a runtime error instead of accepting them).
+POD_OVERRIDES = {
+    "labels": {"team": "search", "example.com/cost-centre": "llm-01"},
+    "annotations": {"gke-gcsfuse/volumes": "true"},
+    "nodeSelector": {"example.com/dedicated": "llm"},
+    "tolerations": [
+        {"key": "dedicated", "operator": "Equal", "value": "llm", "effect": "NoSchedule"},
+        {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60},
+        {"operator": "Exists"},
+    ],
+}
 GOOD_CASES = [
     (CPU, {}),
+    (
+        GPU,
+        {
+            "ray__headPod": POD_OVERRIDES,
+            "ray__workerPods": POD_OVERRIDES,
+            "ray__serviceAccountName": "llm-serving",
+            "ray__env": {"AWS_REGION": "us-east-1"},
+            "ray__secretEnv": {"AWS_ACCESS_KEY_ID": {"name": "s3-credentials", "key": "access-key-id"}},
+            "ingress": {
+                "apiKeysSecret": "llm-keys",
+                "service": {
+                    "type": "ExternalLoadBalancer",
+                    "annotations": {"cloud.google.com/l4-rbs": "enabled"},
+                    "loadBalancerSourceRanges": ["203.0.113.0/24"],
+                },
+            },
+        },
+    ),
     (CPU, {"accelerator": {"type": "cpu"}, "ray": None}),  # kind: no machine type, default workers
     (
         CPU,
@@ -159,6 +188,55 @@ GOOD_CASES = [
     (PD, {"prefillDecode__prefill__tensorParallelSize": 8, "engine__pipelineParallelSize": 2}),  # two whole nodes
 ]
 
+
+# What users add to the Ray pods and the Service (api/pod_rules.py), for both pods.
+for _pod in ("headPod", "workerPods"):
+    CASES += [
+        (GPU, {f"ray__{_pod}": {"labels": {"ray.io/group": "x"}}}, f"spec.ray.{_pod}.labels", "KubeRay sets"),
+        (GPU, {f"ray__{_pod}": {"labels": {"team": "a b"}}}, f"spec.ray.{_pod}.labels", "values must be up to 63"),
+        (GPU, {f"ray__{_pod}": {"annotations": {"llmservice.dev/engine": "x"}}}, f"spec.ray.{_pod}.annotations", "own"),
+        (
+            GPU,
+            {f"ray__{_pod}": {"nodeSelector": {"cloud.google.com/gke-accelerator": "nvidia-l4"}}},
+            f"spec.ray.{_pod}.nodeSelector",
+            "set those fields instead",
+        ),
+        (GPU, {f"ray__{_pod}": {"nodeSelector": {"pool": "a/b"}}}, f"spec.ray.{_pod}.nodeSelector", "values must"),
+        (
+            GPU,
+            {f"ray__{_pod}": {"tolerations": [{"key": "dedicated", "operator": "Exists", "value": "llm"}]}},
+            f"spec.ray.{_pod}.tolerations",
+            "Exists takes no value",
+        ),
+    ]
+CASES += [
+    (GPU, {"ray__env": {"1BAD": "x"}}, "spec.ray.env", "environment variable names"),
+    (
+        GPU,
+        {"ray__env": {"AWS_REGION": "x"}, "ray__secretEnv": {"AWS_REGION": {"name": "s3", "key": "region"}}},
+        "spec.ray.secretEnv",
+        "not also in ray.env",
+    ),
+    (
+        GPU,
+        {"model__hfTokenSecret": {"name": "hf"}, "ray__secretEnv": {"HF_TOKEN": {"name": "hf2", "key": "t"}}},
+        "spec.ray.secretEnv",
+        "keep one",
+    ),
+    (GPU, {"ingress": {"service": {"type": "ExternalLoadBalancer"}}}, "spec.ingress.service.type", "apiKeysSecret"),
+    (
+        GPU,
+        {"ingress": {"service": {"loadBalancerSourceRanges": ["10.0.0.0/8"]}}},
+        "spec.ingress.service.loadBalancerSourceRanges",
+        "only to a load balancer",
+    ),
+    (
+        GPU,
+        {"ingress": {"service": {"type": "InternalLoadBalancer", "annotations": {LB: "External"}}}},
+        "spec.ingress.service.annotations",
+        "type chooses it",
+    ),
+]
 
 # Schema-level errors (types, enums, unknown fields) carry their path as well.
 SCHEMA_CASES = [

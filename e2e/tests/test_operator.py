@@ -218,6 +218,47 @@ def test_deleting_the_llmservice_removes_its_children(cluster: Cluster, operator
     )
 
 
+def test_exposure_changes_reach_the_live_service(cluster: Cluster, operator: Operator, namespace: str):
+    """KubeRay writes the Service it makes from serveService once, and its spec again only when
+    traffic moves to a new Ray cluster: the operator changes the live Service's exposure."""
+    lb = {"type": "InternalLoadBalancer", "loadBalancerSourceRanges": ["10.0.0.0/8"]}
+    doc = with_spec(_in(sample_doc("gemma-b200.yaml"), namespace), ingress={"apiKeysSecret": "llm-keys", "service": lb})
+    cluster.apply([*_secrets(namespace), doc])
+    cluster.wait_for("RayService", lambda: _get(cluster, "rayservice", namespace, "gemma") is not None)
+    # Play KubeRay: the Service from serveService, with KubeRay's selector (the API server gives
+    # a LoadBalancer node ports).
+    made = _get(cluster, "rayservice", namespace, "gemma")["spec"]["serveService"]
+    made["metadata"]["namespace"] = namespace
+    made["spec"]["selector"] = {"ray.io/serve": "true", "ray.io/cluster": "gemma-x1y2z"}
+    cluster.kubectl("create", "-f", "-", input=yaml.safe_dump({"apiVersion": "v1", "kind": "Service", **made}))
+    live = _get(cluster, "service", namespace, "gemma")
+    assert live["spec"]["type"] == "LoadBalancer" and live["spec"]["ports"][0]["nodePort"]
+    assert live["metadata"]["annotations"]["networking.gke.io/load-balancer-type"] == "Internal"
+
+    cluster.apply([with_spec(doc, ingress={"apiKeysSecret": "llm-keys"})])  # back to ClusterIP
+
+    def cluster_ip() -> bool:
+        svc = _get(cluster, "service", namespace, "gemma")
+        return svc["spec"]["type"] == "ClusterIP" and not svc["metadata"].get("annotations")
+
+    cluster.wait_for("the Service back to ClusterIP", cluster_ip)
+    svc = _get(cluster, "service", namespace, "gemma")
+    assert "loadBalancerSourceRanges" not in svc["spec"] and "nodePort" not in svc["spec"]["ports"][0]
+    assert svc["spec"]["selector"] == made["spec"]["selector"], "KubeRay's selector is left alone"
+    external = {"type": "ExternalLoadBalancer", "annotations": {"cloud.google.com/l4-rbs": "enabled"}}
+    cluster.apply([with_spec(doc, ingress={"apiKeysSecret": "llm-keys", "service": external})])
+    cluster.wait_for(
+        "the Service external",
+        lambda: (
+            (_get(cluster, "service", namespace, "gemma")["metadata"].get("annotations") or {}).get(
+                "cloud.google.com/l4-rbs"
+            )
+            == "enabled"
+        ),
+    )
+    assert _get(cluster, "service", namespace, "gemma")["spec"]["type"] == "LoadBalancer"
+
+
 def test_missing_secret_degrades_and_keeps_the_last_healthy_rayservice(
     cluster: Cluster, operator: Operator, namespace: str
 ):

@@ -85,6 +85,14 @@ def test_kuberay_marks_it_ready_and_the_endpoint_streams_tokens(served: Served):
     assert svc["status"]["replicas"] == {"ready": 1, "desired": 1}
     # Every Ray pod runs on the real node, the image imported into its containerd.
     assert {p["spec"]["nodeName"] for p in served.pods()} == {cluster.node.name}
+    # ...as the ServiceAccount the spec names, with the S3 credentials from their Secret (the
+    # adapter test below downloads with them); the worker carries the label added to it.
+    for pod in served.pods():
+        assert pod["spec"]["serviceAccountName"] == serving.SERVICE_ACCOUNT
+        env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+        assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == serving.S3_SECRET
+    labels = [p["metadata"]["labels"] for p in served.pods()]
+    assert [x.get("team") for x in labels if x.get("ray.io/node-type") == "worker"] == ["e2e"], labels
 
     chat = served.client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Say hello."}], max_tokens=16

@@ -54,8 +54,13 @@ RayServices (garbage collection removes them with their LLMService). */}}
   resources: [podmonitors]
   verbs: [get, create, patch]
 - apiGroups: [""]
-  resources: [secrets, persistentvolumeclaims]
+  resources: [secrets, persistentvolumeclaims, serviceaccounts]
   verbs: [get]
+# The Service KubeRay creates from serveService: the operator applies ingress.service to it
+# (KubeRay writes a Service's spec only when traffic moves to a new Ray cluster).
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, patch]
 - apiGroups: ["", events.k8s.io]
   resources: [events]
   verbs: [create, patch]

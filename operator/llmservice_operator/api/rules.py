@@ -8,8 +8,6 @@ The CEL expression is evaluated by the API server at `kubectl apply` (CRD
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
 
 from ..catalog import (
     ACCELERATORS,
@@ -22,7 +20,9 @@ from ..catalog import (
     tpu_types,
 )
 from ..catalog.tpu import chips_in
+from .pod_rules import POD_RULES
 from .quantity import GIB, cpu_cores, memory_bytes, ray_cpus
+from .rule import FieldError, Rule
 from .spec import DEFAULT_CPU_WORKER, SOURCE_PATTERN, LLMServiceSpec, Resources, engine_arg
 
 MAX_NAME_LENGTH = 40  # leaves room for KubeRay's cluster/pod suffixes within 63 characters
@@ -32,23 +32,6 @@ NAME_MESSAGE = (
     "must start with a lowercase letter and hold only lowercase letters, digits and '-' "
     "(it names Services and Ray clusters: no dots)"
 )
-
-
-@dataclass(frozen=True)
-class Rule:
-    field: str  # dotted path under spec, camelCase as users write it
-    message: str
-    violated: Callable[[LLMServiceSpec], bool]
-    cel: str | None  # holds when valid; None when CEL cannot express it (renderer checks it)
-
-
-@dataclass(frozen=True)
-class FieldError:
-    path: str  # full path, e.g. spec.replicas.min
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
 
 
 def _is_tpu(s: LLMServiceSpec) -> bool:
@@ -460,7 +443,7 @@ def _pool_rules(role: str) -> tuple[Rule, ...]:
     )
 
 
-RULES += _pool_rules("prefill") + _pool_rules("decode")
+RULES += _pool_rules("prefill") + _pool_rules("decode") + POD_RULES
 
 
 def spec_errors(spec: LLMServiceSpec) -> list[FieldError]:

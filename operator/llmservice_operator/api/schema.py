@@ -19,7 +19,8 @@ import jsonschema
 from jsonschema import Draft4Validator
 from pydantic.alias_generators import to_camel
 
-from .rules import FieldError
+from .pod_rules import KEY_MESSAGE, LABEL_KEY, LABEL_VALUE, VALUE_MESSAGE
+from .rule import FieldError
 
 # Go's regexp (RE2) as Python sees it: `$` only at the very end (Python's also matches before
 # a final newline) and ASCII classes (`\w` is [0-9A-Za-z_], not every letter).
@@ -46,7 +47,6 @@ _Validator = jsonschema.validators.extend(
     type_checker=Draft4Validator.TYPE_CHECKER.redefine("integer", _integer),
 )
 
-_LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 _STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
 # ObjectMeta as the API server decodes it: these fields, these types (strict: others unknown).
 _METADATA: dict[str, Any] = {
@@ -173,33 +173,16 @@ def schema_errors(doc: dict[str, Any]) -> list[FieldError]:
     return sorted(set(out), key=lambda f: f.path)
 
 
-_QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]\Z", re.ASCII)
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z", re.ASCII)
-
-
-def _key_problem(key: str) -> str | None:
-    """Label and annotation keys: [prefix/]name, prefix a DNS subdomain, name up to 63."""
-    prefix, _, name = key.rpartition("/")
-    if prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
-        return "its prefix must be a DNS subdomain (example.com/...)"
-    if not name or len(name) > 63 or not _QUALIFIED_NAME.match(name):
-        return "must be at most 63 characters of letters, digits, '-', '_' or '.', starting and ending alphanumeric"
-    return None
-
-
 def _meta_map_errors(meta: dict[str, Any]) -> list[FieldError]:
+    """Label and annotation syntax, which ObjectMeta validation checks."""
     out = []
     for field in ("labels", "annotations"):
         entries = meta.get(field)
         if not isinstance(entries, dict):
             continue
         for key, value in entries.items():
-            if problem := _key_problem(key):
-                out.append(FieldError(f"metadata.{field}", f"key {key!r}: {problem}"))
-            if field == "labels" and isinstance(value, str) and (len(value) > 63 or not re2(_LABEL_VALUE).match(value)):
-                out.append(
-                    FieldError(
-                        f"metadata.labels.{key}", "value must be at most 63 letters, digits, '-', '_' or '.' (or empty)"
-                    )
-                )
+            if not re2(LABEL_KEY).match(key):
+                out.append(FieldError(f"metadata.{field}", f"key {key!r}: {KEY_MESSAGE}"))
+            if field == "labels" and isinstance(value, str) and not re2(LABEL_VALUE).match(value):
+                out.append(FieldError(f"metadata.labels.{key}", f"value {VALUE_MESSAGE}"))
     return out

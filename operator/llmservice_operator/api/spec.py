@@ -18,6 +18,11 @@ SOURCE_PATTERN = (
 REMOTE_PATTERN = r"^(gs|s3)://[a-z0-9][a-z0-9._-]+(/.*)?$"
 K8S_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 SIZE_PATTERN = r"^[0-9]+(Ki|Mi|Gi)?$"
+CIDR_PATTERN = r"^([0-9]{1,3}\.){3}[0-9]{1,3}/[0-9]{1,2}$|^[0-9a-fA-F:]+/[0-9]{1,3}$"
+# The longest context any open model advertises (Llama 4 Scout: 10M tokens); the model's own
+# limit is vLLM's to check at engine start (the operator never reads the weights' config).
+MAX_MODEL_LEN = 10 * 2**20
+MAX_POD_ENTRIES = 32  # labels, annotations, selectors, tolerations, secret env, source ranges
 
 
 class Model(BaseModel):
@@ -29,6 +34,13 @@ class SecretKeyRef(Model):
 
     name: Annotated[str, Field(pattern=K8S_NAME, max_length=253, description="Secret name.")]
     key: str = Field("token", description="Key inside the Secret.")
+
+
+class SecretEnvRef(Model):
+    """A key in a Secret in the LLMService's namespace, exposed as an environment variable."""
+
+    name: Annotated[str, Field(pattern=K8S_NAME, max_length=253, description="Secret name.")]
+    key: Annotated[str, Field(pattern=r"^[-._a-zA-Z0-9]+$", max_length=253, description="Key inside the Secret.")]
 
 
 class LoraSpec(Model):
@@ -93,7 +105,13 @@ class EngineSpec(Model):
         description="Data-parallel ranks (DP attention, e.g. for MoE models): above 1 the app "
         "is built with build_dp_openai_app and each rank is one Serve replica.",
     )
-    max_model_len: int | None = Field(None, ge=1, description="Context length (prompt + output).")
+    max_model_len: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_MODEL_LEN,
+        description="Context length (prompt + output). vLLM refuses more than the model's own "
+        "context at start; the Serve app's error then shows in status (Degraded).",
+    )
     gpu_memory_utilization: float | None = Field(
         None, gt=0, le=1, description="Fraction of accelerator memory vLLM may use."
     )
@@ -210,6 +228,27 @@ class RateLimitSpec(Model):
     requests_per_minute: int = Field(ge=1, description="Requests per minute allowed per API key.")
 
 
+class ServiceExposure(Model):
+    """How the Service in front of the serving pods is reachable."""
+
+    type: Literal["ClusterIP", "InternalLoadBalancer", "ExternalLoadBalancer"] = Field(
+        "ClusterIP",
+        description="ClusterIP: inside the cluster (put a Gateway in front). InternalLoadBalancer: "
+        "a GKE internal passthrough Network Load Balancer (VPC only). ExternalLoadBalancer: a "
+        "public one (needs ingress.apiKeysSecret; prefer tlsSecret too).",
+    )
+    annotations: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=MAX_POD_ENTRIES,
+        description="Service annotations, e.g. networking.gke.io/internal-load-balancer-allow-global-access.",
+    )
+    load_balancer_source_ranges: list[Annotated[str, Field(pattern=CIDR_PATTERN)]] = Field(
+        default_factory=list,
+        max_length=MAX_POD_ENTRIES,
+        description="Client CIDRs a load balancer accepts (default: any).",
+    )
+
+
 class IngressSpec(Model):
     """The edge HAProxy sidecar in front of Ray Serve: API keys, rate limits, TLS, body size."""
 
@@ -225,6 +264,7 @@ class IngressSpec(Model):
         None, pattern=K8S_NAME, description="kubernetes.io/tls Secret: the sidecar terminates TLS."
     )
     max_body_size: str = Field("16Mi", pattern=SIZE_PATTERN, description="Largest request body (413 above).")
+    service: ServiceExposure = Field(default_factory=ServiceExposure, description="How the endpoint is exposed.")
 
 
 class PlacementSpec(Model):
@@ -256,6 +296,47 @@ class NodePoolSpec(Model):
     labels: dict[str, str] = Field(default_factory=dict, description="Extra node labels.")
 
 
+# A label value is at most 63 characters; bounded here, CEL's checks of the values stay cheap.
+LabelValue = Annotated[str, Field(max_length=63)]
+
+
+class Toleration(Model):
+    """A Kubernetes toleration (core/v1 Toleration)."""
+
+    key: str | None = Field(None, max_length=316, description="Taint key; unset with operator Exists: every taint.")
+    operator: Literal["Exists", "Equal"] = Field("Equal", description="Equal matches `value`; Exists any value.")
+    value: str | None = Field(None, max_length=63, description="Taint value (operator Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect to tolerate; unset: every effect."
+    )
+    toleration_seconds: int | None = Field(
+        None, ge=0, description="NoExecute only: how long the pod stays on a node after the taint appears."
+    )
+
+
+class PodOverrides(Model):
+    """Additions to the Ray pods the operator renders; not a pod template: the operator keeps
+    choosing images, resources, placement for the accelerator, probes and the edge sidecar."""
+
+    labels: dict[str, LabelValue] = Field(
+        default_factory=dict, max_length=MAX_POD_ENTRIES, description="Extra pod labels (cost centre, team)."
+    )
+    annotations: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=MAX_POD_ENTRIES,
+        description="Extra pod annotations (e.g. gke-gcsfuse/volumes, sidecar injection opt-outs).",
+    )
+    node_selector: dict[str, LabelValue] = Field(
+        default_factory=dict,
+        max_length=MAX_POD_ENTRIES,
+        description="Extra node labels the pods require, on top of those the operator derives from "
+        "accelerator and placement (which cannot be set here).",
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=MAX_POD_ENTRIES, description="Extra tolerations (dedicated node pools)."
+    )
+
+
 class Resources(Model):
     """CPU and memory of a container."""
 
@@ -285,6 +366,25 @@ class RaySpec(Model):
         "the pod's share of its node.",
     )
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment for every Ray container.")
+    secret_env: dict[str, SecretEnvRef] = Field(
+        default_factory=dict,
+        max_length=MAX_POD_ENTRIES,
+        description="Environment from Secrets for every Ray container, e.g. for s3:// models and "
+        "adapters: {AWS_ACCESS_KEY_ID: {name: s3-credentials, key: access-key-id}, ...}. The "
+        "operator checks that each Secret and key exists before it applies anything.",
+    )
+    service_account_name: str | None = Field(
+        None,
+        pattern=K8S_NAME,
+        max_length=253,
+        description="Kubernetes ServiceAccount of the Ray pods (default: the namespace's `default`). "
+        "On GKE, Workload Identity Federation lets it read gs:// models and LoRA adapters "
+        "without keys (docs/gke.md).",
+    )
+    head_pod: PodOverrides = Field(default_factory=PodOverrides, description="Additions to the head pod.")
+    worker_pods: PodOverrides = Field(
+        default_factory=PodOverrides, description="Additions to every worker pod (the ones that run the model)."
+    )
 
 
 class UpgradeSpec(Model):

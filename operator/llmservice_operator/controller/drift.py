@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..render.rayservice import EXPOSURE_ANNOTATIONS
+
 
 def contains(live: Any, desired: Any) -> bool:
     """True when every field of `desired` is in `live` with the same value. Fields the API
@@ -35,3 +37,21 @@ def merge_patch(previous: Any, new: Any) -> Any:
     patch = {k: merge_patch(previous.get(k), v) for k, v in new.items()}
     patch.update({k: None for k in previous if k not in new})
     return patch
+
+
+def exposure_patch(live: dict[str, Any], annotations: dict[str, str], spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The merge patch that gives the live Service the wanted exposure (render.rayservice.
+    exposure), or None when it has it. Annotations set earlier and no longer wanted are
+    removed: the Service itself lists their keys (EXPOSURE_ANNOTATIONS)."""
+    have = (live.get("metadata") or {}).get("annotations") or {}
+    before = set(filter(None, have.get(EXPOSURE_ANNOTATIONS, "").split(",")))
+    if EXPOSURE_ANNOTATIONS in have:
+        before.add(EXPOSURE_ANNOTATIONS)
+    gone = {k: None for k in before - set(annotations)}
+    live_spec = live.get("spec") or {}
+    spec_patch = dict(spec)
+    if "loadBalancerSourceRanges" not in spec and live_spec.get("loadBalancerSourceRanges"):
+        spec_patch["loadBalancerSourceRanges"] = None
+    if not gone and contains(have, annotations) and contains(live_spec, spec) and spec_patch == spec:
+        return None
+    return {"metadata": {"annotations": {**annotations, **gone}}, "spec": spec_patch}

@@ -83,6 +83,11 @@ class Kube:
         with contextlib.suppress(NotFoundError):
             self._resource(api_version, kind).delete(name=name, namespace=namespace)
 
+    def merge_patch(self, api_version: str, kind: str, namespace: str, name: str, body: dict[str, Any]) -> None:
+        self._resource(api_version, kind).patch(
+            body=body, name=name, namespace=namespace, content_type="application/merge-patch+json"
+        )
+
     def set_finalizers(self, namespace: str, name: str, finalizers: list[str]) -> None:
         res = self._resource(f"{GROUP}/{VERSION}", KIND)
         res.patch(

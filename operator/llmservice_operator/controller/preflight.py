@@ -1,5 +1,5 @@
-"""References an LLMService makes that the CRD schema cannot check: Secrets and PVCs must exist
-(with the keys the pods will read) before anything is applied."""
+"""References an LLMService makes that the CRD schema cannot check: Secrets (with the keys the
+pods will read), PVCs and the ServiceAccount must exist before anything is applied."""
 
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ def problems(svc: LLMService, get: Getter) -> list[str]:
         wanted.append(("spec.ingress.apiKeysSecret", s.ingress.api_keys_secret, {API_KEYS_FILE}))
     if s.ingress.tls_secret:
         wanted.append(("spec.ingress.tlsSecret", s.ingress.tls_secret, {"tls.crt", "tls.key"}))
+    for env, ref in sorted(s.ray.secret_env.items()):
+        wanted.append((f"spec.ray.secretEnv.{env}", ref.name, {ref.key}))
     ft = s.fault_tolerance
     if ft and ft.redis_password_secret:
         ref = ft.redis_password_secret
@@ -39,6 +41,10 @@ def problems(svc: LLMService, get: Getter) -> list[str]:
             out.append(f"{field}: Secret {ns}/{name} not found: create it")
         elif missing := sorted(keys - have):
             out.append(f"{field}: Secret {ns}/{name} has no key {', '.join(missing)}: add it")
+    account = s.ray.service_account_name
+    if account and get("ServiceAccount", ns, account) is None:
+        # KubeRay could not create a single pod: say so before anything is applied.
+        out.append(f"spec.ray.serviceAccountName: ServiceAccount {ns}/{account} not found: create it")
     if s.model.source.startswith("pvc://"):
         claim = s.model.source.removeprefix("pvc://").split("/", 1)[0]
         if get("PersistentVolumeClaim", ns, claim) is None:

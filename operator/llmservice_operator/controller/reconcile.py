@@ -15,9 +15,10 @@ from ..render import names, render
 from ..render import status as status_mod
 from ..render.nodepools import node_pools as render_node_pools
 from ..render.nodepools import workload_policies
+from ..render.rayservice import exposure
 from ..settings import OperatorSettings
 from . import metrics, preflight
-from .drift import merge_patch, up_to_date
+from .drift import exposure_patch, merge_patch, up_to_date
 from .kube import Kube
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,22 @@ class Reconciler:
             if is_rs:
                 ray_service = live
         self._prune(svc, {(o["kind"], o["metadata"]["name"]) for o in desired}, out)
+        self._expose(svc, out)
         return ray_service
+
+    def _expose(self, svc: LLMService, out: Outcome) -> None:
+        """ingress.service on the Service KubeRay made from serveService: KubeRay writes a
+        Service's spec only when traffic moves to a new Ray cluster, its annotations never."""
+        ns, name = svc.metadata.namespace, svc.metadata.name
+        live = self.kube.get("v1", "Service", ns, name)
+        if live is None:
+            return  # KubeRay creates it (from serveService, with the same exposure)
+        meta, spec = exposure(svc.spec)
+        patch = exposure_patch(live, meta.get("annotations", {}), spec)
+        if patch is not None:
+            self.kube.merge_patch("v1", "Service", ns, name, patch)
+            metrics.WRITES.labels("Service").inc()
+            out.applied.append(f"Service/{name}")
 
     def _served(self, obj: dict[str, Any]) -> bool:
         """Monitoring CRDs may be absent (no Prometheus operator / GMP): skip, say so once."""

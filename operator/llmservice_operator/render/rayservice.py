@@ -7,9 +7,10 @@ from typing import Any
 
 import yaml
 
+from ..api.pod_rules import LB_TYPE_ANNOTATION
 from ..api.quantity import GIB, memory_bytes
 from ..api.resource import LLMService
-from ..api.spec import LLMServiceSpec
+from ..api.spec import LLMServiceSpec, PodOverrides
 from ..catalog import Accelerator, get
 from ..settings import OperatorSettings
 from . import edge, names, scheduling
@@ -78,9 +79,11 @@ def ray_env(svc: LLMService, engine_env: dict[str, str] | None = None) -> list[d
             env["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] = "1"
     env.update(spec.ray.env)
     out: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(env.items())]
+    secrets = {name: (ref.name, ref.key) for name, ref in spec.ray.secret_env.items()}
     if spec.model.hf_token_secret:
-        ref = spec.model.hf_token_secret
-        out.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+        secrets["HF_TOKEN"] = (spec.model.hf_token_secret.name, spec.model.hf_token_secret.key)
+    for name, (secret, key) in sorted(secrets.items()):
+        out.append({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
     return out
 
 
@@ -141,7 +144,28 @@ def _pod(
         "terminationGracePeriodSeconds": termination_grace_seconds(svc.spec, serves),
         **(extra_spec or {}),
     }
-    return {"metadata": {"labels": names.labels(svc.metadata.name)}, "spec": pod_spec}
+    if svc.spec.ray.service_account_name:
+        pod_spec["serviceAccountName"] = svc.spec.ray.service_account_name
+    return _with_overrides(
+        {"metadata": {"labels": names.labels(svc.metadata.name)}, "spec": pod_spec},
+        svc.spec.ray.worker_pods if worker else svc.spec.ray.head_pod,
+    )
+
+
+def _with_overrides(template: dict[str, Any], add: PodOverrides) -> dict[str, Any]:
+    """The user's additions (api/pod_rules.py keeps them off the keys rendered here)."""
+    meta, spec = template["metadata"], template["spec"]
+    if add.labels:
+        meta["labels"] = {**add.labels, **meta["labels"]}
+    if add.annotations:
+        meta["annotations"] = dict(sorted(add.annotations.items()))
+    if add.node_selector:
+        spec["nodeSelector"] = dict(sorted({**add.node_selector, **spec.get("nodeSelector", {})}.items()))
+    if add.tolerations:
+        spec["tolerations"] = spec.get("tolerations", []) + [
+            t.model_dump(by_alias=True, exclude_none=True) for t in add.tolerations
+        ]
+    return template
 
 
 def head_group(svc: LLMService, settings: OperatorSettings) -> dict[str, Any]:
@@ -267,10 +291,32 @@ def serve_service(svc: LLMService) -> dict[str, Any]:
     """KubeRay keeps this Service pointed at the active cluster's serving pods; naming it after
     the LLMService gives the endpoint http://<name>.<namespace>.svc:8000/v1."""
     target = "edge" if svc.spec.ingress.sidecar else "serve"
-    return {
-        "metadata": {"name": svc.metadata.name, "labels": names.labels(svc.metadata.name)},
-        "spec": {"ports": [{"name": "serve", "port": SERVE_PORT, "targetPort": target, "protocol": "TCP"}]},
-    }
+    meta: dict[str, Any] = {"name": svc.metadata.name, "labels": names.labels(svc.metadata.name)}
+    spec: dict[str, Any] = {"ports": [{"name": "serve", "port": SERVE_PORT, "targetPort": target, "protocol": "TCP"}]}
+    meta_exposure, spec_exposure = exposure(svc.spec)
+    meta.update(meta_exposure)
+    spec.update(spec_exposure)
+    return {"metadata": meta, "spec": spec}
+
+
+EXPOSURE_ANNOTATIONS = "llmservice.dev/service-annotations"  # keys set from ingress.service
+
+
+def exposure(spec: LLMServiceSpec) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Service's metadata and spec fields that ingress.service decides (the operator also
+    applies these to the existing Service: KubeRay writes a Service's spec only when traffic
+    moves to a new Ray cluster, and its annotations never)."""
+    e = spec.ingress.service
+    annotations = dict(e.annotations)
+    if e.type == "InternalLoadBalancer":
+        annotations[LB_TYPE_ANNOTATION] = "Internal"
+    if annotations:  # so that a later change can remove what is no longer wanted
+        annotations[EXPOSURE_ANNOTATIONS] = ",".join(sorted(annotations))
+    meta = {"annotations": dict(sorted(annotations.items()))} if annotations else {}
+    out: dict[str, Any] = {"type": "ClusterIP" if e.type == "ClusterIP" else "LoadBalancer"}
+    if e.load_balancer_source_ranges:
+        out["loadBalancerSourceRanges"] = list(e.load_balancer_source_ranges)
+    return meta, out
 
 
 def _pin_engine(cluster: dict[str, Any], digest: str) -> None:
