@@ -6,6 +6,8 @@ import json
 import subprocess
 from pathlib import Path
 
+import yaml
+
 from .conftest import ROOT, SAMPLES
 
 CLI = str(ROOT / ".venv" / "bin" / "llmservice")
@@ -105,3 +107,20 @@ def test_deep_large_and_self_referencing_yaml_get_one_line(tmp_path: Path):
     big = tmp_path / "big.yaml"
     big.write_text("# padding\n" * 400_000)  # 4 MB
     _one_line_error(run("validate", str(big)), str(big), "larger than 3 MiB")
+
+
+def test_render_shows_the_workload_policy_a_tpu7x_slice_needs(tmp_path: Path):
+    doc = yaml.safe_load((ROOT / "manifests/samples/tpu-v6e-4x4-multihost.yaml").read_text())
+    doc["spec"]["accelerator"] |= {"type": "tpu-7x", "topology": "2x2x4"}
+    doc["spec"]["engine"]["tensorParallelSize"] = 16
+    f = tmp_path / "tpu7x.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    res = run("render", str(f))
+    assert res.returncode == 0, res.stderr
+    docs = list(yaml.safe_load_all(res.stdout))
+    policies = [d for d in docs if d["kind"] == "ResourcePolicy"]
+    pools = [d for d in docs if d["kind"] == "NodePool"]
+    assert [p["spec"]["workload_policy"] for p in policies] == [
+        {"type_": "HIGH_THROUGHPUT", "accelerator_topology": "2x2x4"}
+    ]
+    assert {p["spec"]["placement_policy"]["policy_name"] for p in pools} == {policies[0]["metadata"]["name"]}

@@ -104,15 +104,21 @@ def _dump(objs: list[dict[str, Any]], output: Output) -> str:
     return dump_all(objs)
 
 
-def _node_pool_doc(svc: LLMService, pool: dict[str, Any]) -> dict[str, Any]:
+_API_NAMES = {"container": "GKE", "compute": "Compute Engine"}
+
+
+def _gcp_doc(api: str, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+    """What the operator creates through a Google API, shown like a Kubernetes object."""
     return {
-        "apiVersion": "container.googleapis.com/v1",
-        "kind": "NodePool",
+        "apiVersion": f"{api}.googleapis.com/v1",
+        "kind": kind,
         "metadata": {
-            "name": pool["name"],
-            "annotations": {"llmservice.dev/note": "created through the GKE API by the operator, not kubectl"},
+            "name": obj["name"],
+            "annotations": {
+                "llmservice.dev/note": f"created through the {_API_NAMES[api]} API by the operator, not kubectl"
+            },
         },
-        "spec": pool,
+        "spec": obj,
     }
 
 
@@ -124,7 +130,8 @@ def render_cmd(
         bool, typer.Option("--kubernetes-only", help="Leave out GKE node pools (output is kubectl-appliable).")
     ] = False,
 ) -> None:
-    """Print what each LLMService becomes: RayService, edge config, PDB, monitoring, node pools."""
+    """Print what each LLMService becomes: RayService, edge config, PDB, monitoring, node pools
+    (and the workload policies tpu7x slices need)."""
     try:
         services, problems = _load(file)
     except Fail as e:
@@ -140,7 +147,8 @@ def render_cmd(
         out = render(svc, settings)
         objs += out.kubernetes_objects()
         if not kubernetes_only:
-            objs += [_node_pool_doc(svc, p) for p in out.node_pools]
+            objs += [_gcp_doc("compute", "ResourcePolicy", p) for p in out.workload_policies]
+            objs += [_gcp_doc("container", "NodePool", p) for p in out.node_pools]
     sys.stdout.write(_dump(objs, output))
 
 

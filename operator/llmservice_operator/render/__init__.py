@@ -20,6 +20,7 @@ class Rendered:
     pdb: dict[str, Any] | None
     monitoring: dict[str, Any] | None
     node_pools: list[dict[str, Any]] = field(default_factory=list)
+    workload_policies: list[dict[str, Any]] = field(default_factory=list)  # Compute resource policies
 
     def kubernetes_objects(self) -> list[dict[str, Any]]:
         """In apply order: the edge config exists before pods that mount it."""
@@ -35,6 +36,7 @@ def render(svc: LLMService, settings: OperatorSettings | None = None) -> Rendere
         pdb=policy.pod_disruption_budget(svc),
         monitoring=policy.monitoring(svc, settings),
         node_pools=nodepools.node_pools(svc) if svc.spec.node_pool.managed else [],
+        workload_policies=nodepools.workload_policies(svc) if svc.spec.node_pool.managed else [],
     )
 
 
