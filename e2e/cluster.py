@@ -246,18 +246,22 @@ class Cluster:
             self._imports[0].result()
 
     def stop(self) -> None:
+        """Idempotent: everything stopped is forgotten."""
         for p in reversed(self.processes):
             if p.popen:
                 _stop_group(p.popen.pid, p.popen)
         self.processes.clear()
         if self.node:
             self.node.stop()
+            self.node = None
         for imported in self._imports:
             if not imported.cancel():  # started: cut short, its containerd is gone
                 with contextlib.suppress(Exception):
                     imported.result(timeout=60)
+        self._imports = []
         if self.network:
             self.network.delete()
+            self.network = None
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Process:

@@ -97,13 +97,15 @@ def mutated(draw: st.DrawFn) -> dict[str, Any]:
 
 
 def _validate(text: str | bytes) -> bool:
-    started = time.monotonic()
+    # validate's own CPU time: the wall clock also counts whatever else runs on the machine (the
+    # local cluster starts beside the unit tests).
+    started = time.thread_time()
     res = CliRunner().invoke(app, ["validate", "-"], input=text)
-    took = time.monotonic() - started
+    took = time.thread_time() - started
     assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
     assert res.exit_code in (0, 1), res.output
     assert "Traceback" not in res.output
-    assert took < 1.0, f"validate took {took:.2f} s"
+    assert took < 1.0, f"validate took {took:.2f} s of CPU"
     FUZZ["validate runs"] = FUZZ.get("validate runs", 0) + 1
     return res.exit_code == 0
 

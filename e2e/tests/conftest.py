@@ -69,12 +69,33 @@ def measured_cluster_start(cluster: Cluster) -> None:
     MEASURED.update({f"cluster start: {k} (s)": round(v, 1) for k, v in cluster.timings.items() if v >= 1})
 
 
+# The cluster starts as soon as the run is known to need it, in a thread, so that its start
+# (processes, image import) overlaps the unit tests, which run first.
+_starting: concurrent.futures.Future[Cluster] | None = None
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    global _starting
+    if any("cluster" in getattr(item, "fixturenames", ()) for item in session.items):
+        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cluster-start")
+        _starting = pool.submit(Cluster(images_in_background=True).start)
+        pool.shutdown(wait=False)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A cluster started for tests that never ran (interrupted, or all skipped) goes too."""
+    if _starting is not None and not _starting.cancelled() and _starting.exception() is None:
+        _starting.result().stop()  # idempotent: the fixture may have stopped it already
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
-    # stop() runs even when a test fails or is interrupted
-    with Cluster(images_in_background=True) as c:
+    c = _starting.result() if _starting is not None else Cluster(images_in_background=True).start()
+    try:  # stop() runs even when a test fails or is interrupted
         measured_cluster_start(c)
         yield c
+    finally:
+        c.stop()
 
 
 @pytest.fixture
