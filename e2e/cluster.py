@@ -134,6 +134,7 @@ class Cluster:
     ports: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     _imports: list[concurrent.futures.Future] = field(default_factory=list)  # one per image, in order
+    _stopped: bool = False
 
     @property
     def kubeconfig(self) -> Path:
@@ -246,22 +247,22 @@ class Cluster:
             self._imports[0].result()
 
     def stop(self) -> None:
-        """Idempotent: everything stopped is forgotten."""
+        """Idempotent: a second call does nothing (the network slot may be another cluster's by then)."""
+        if self._stopped:
+            return
+        self._stopped = True
         for p in reversed(self.processes):
             if p.popen:
                 _stop_group(p.popen.pid, p.popen)
         self.processes.clear()
         if self.node:
             self.node.stop()
-            self.node = None
         for imported in self._imports:
             if not imported.cancel():  # started: cut short, its containerd is gone
                 with contextlib.suppress(Exception):
                     imported.result(timeout=60)
-        self._imports = []
         if self.network:
             self.network.delete()
-            self.network = None
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Process:
