@@ -31,8 +31,6 @@ def install() -> Iterator:
         handlers.install(_Failing(*errors))  # type: ignore[arg-type]
 
     yield _install
-    if handlers._retrier is not None:
-        handlers._retrier.stop()
     handlers._unexpected.clear()
 
 
@@ -44,7 +42,7 @@ def test_an_unexpected_error_is_logged_once_with_its_traceback(install, caplog):
     install(KeyError("apis"), KeyError("apis"), KeyError("apis"))
     with caplog.at_level(logging.INFO):
         for _ in range(3):
-            handlers.reconcile("team-a", "gemma")
+            handlers.reconcile_now("team-a", "gemma")
     records = _records(caplog)
     assert [tb for _, _, tb in records] == [True, False, False], records
     level, message, _ = records[0]
@@ -53,7 +51,7 @@ def test_an_unexpected_error_is_logged_once_with_its_traceback(install, caplog):
     assert first.exc_info is not None and repr(first.exc_info[1]) == "KeyError('apis')"
     assert all("KeyError('apis')" in m for _, m, _ in records[1:])
     # Success forgets it: the same bug later gets its traceback again.
-    handlers.reconcile("team-a", "gemma")
+    handlers.reconcile_now("team-a", "gemma")
     assert ("team-a", "gemma") not in handlers._unexpected
 
 
@@ -65,7 +63,7 @@ def test_an_unexpected_error_is_logged_once_with_its_traceback(install, caplog):
 def test_expected_api_errors_stay_one_line_warnings(install, caplog, error):
     install(error)
     with caplog.at_level(logging.INFO):
-        handlers.reconcile("team-a", "gemma")
+        handlers.reconcile_now("team-a", "gemma")
     assert _records(caplog) == [(logging.WARNING, f"reconcile team-a/gemma failed, will retry: {error}", False)]
 
 
@@ -73,5 +71,41 @@ def test_a_client_error_is_not_expected(install, caplog):
     """A 422 or 403 will not go away by retrying: it is a bug (or missing RBAC), with a traceback."""
     install(ApiException(status=403, reason="Forbidden"))
     with caplog.at_level(logging.INFO):
-        handlers.reconcile("team-a", "gemma")
+        handlers.reconcile_now("team-a", "gemma")
     assert [tb for _, _, tb in _records(caplog)] == [True]
+
+
+class _Recorder:
+    settings = SimpleNamespace(retry_delay_seconds=30, retry_max_delay_seconds=60)
+
+    def reconcile(self, namespace: str, name: str) -> None:
+        return None
+
+
+def _event(kind: str, rv: str, type_: str | None = "MODIFIED", **fields) -> dict:
+    meta = {"name": "gemma-workers" if kind != "LLMService" else "gemma", "namespace": "team-a", "resourceVersion": rv}
+    return {"type": type_, "object": {"kind": kind, "metadata": meta, **fields}}
+
+
+def test_events_that_cannot_change_the_outcome_queue_nothing():
+    from llmservice_operator.controller.cache import Cache
+
+    cache = Cache()
+    queue = handlers.install(_Recorder(), cache)  # type: ignore[arg-type]
+    owner = ("team-a", "gemma")
+    assert handlers.observe(_event("LLMService", "10", None, spec={"a": 1}), owner) == "queued"  # startup listing
+    # The operator's own status write is in the cache already (write-through): its echo is nothing new.
+    cache.put(_event("LLMService", "11", spec={"a": 1}, status={"phase": "Ready"})["object"])
+    assert handlers.observe(_event("LLMService", "11", spec={"a": 1}, status={"phase": "Ready"}), owner) == "own-write"
+    assert handlers.observe(_event("LLMService", "10", spec={"a": 1}), owner) == "own-write", "an older copy"
+    assert handlers.observe(_event("LLMService", "12", spec={"a": 2}), owner) == "queued"
+    pdb = {"spec": {"minAvailable": 1}}
+    assert handlers.observe(_event("PodDisruptionBudget", "20", **pdb, status={"currentHealthy": 0}), owner) == "queued"
+    assert (
+        handlers.observe(_event("PodDisruptionBudget", "21", **pdb, status={"currentHealthy": 3}), owner)
+        == "status-only"
+    )
+    assert handlers.observe(_event("PodDisruptionBudget", "22", spec={"minAvailable": 2}), owner) == "queued"
+    assert handlers.observe(_event("PodDisruptionBudget", "23", "DELETED"), owner) == "queued"
+    assert cache.get("PodDisruptionBudget", "team-a", "gemma-workers") is None
+    assert queue.tracked() == 1, "however many events, the service waits in the queue once"

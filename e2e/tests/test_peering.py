@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -10,6 +11,7 @@ from e2e.cluster import Cluster
 from tests.conftest import sample_doc
 
 from .conftest import ROOT, Operator
+from .test_operator import _get, _secrets, _wait_status
 
 pytestmark = pytest.mark.e2e
 PEERING = "llmservice-e2e"
@@ -30,14 +32,19 @@ def _apply(cluster: Cluster, namespace: str, name: str) -> None:
     cluster.apply([doc])
 
 
-def test_only_the_leader_reconciles_and_a_follower_takes_over(cluster: Cluster, operator: Operator, namespace: str):
-    operator.stop()  # the suite's standalone operator would act in every namespace
+def _peering(cluster: Cluster, namespace: str) -> tuple[str, ...]:
+    """The peering object; returns the replicas' common arguments."""
     cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / "kopf-peering.yaml"))
     cluster.wait_established(["kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"])
     cluster.apply(
         [{"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": PEERING, "namespace": namespace}}]
     )
-    common = ("-n", namespace, "--peering", PEERING, "--log-format", "json")
+    return ("-n", namespace, "--peering", PEERING, "--log-format", "json")
+
+
+def test_only_the_leader_reconciles_and_a_follower_takes_over(cluster: Cluster, operator: Operator, namespace: str):
+    operator.stop()  # the suite's standalone operator would act in every namespace
+    common = _peering(cluster, namespace)
     leader = Operator(cluster, "operator-a", (*common, "--priority", "200"))
     follower = Operator(cluster, "operator-b", (*common, "--priority", "100"))
     users = (leader.user, follower.user)
@@ -65,4 +72,30 @@ def test_only_the_leader_reconciles_and_a_follower_takes_over(cluster: Cluster, 
     finally:
         leader.stop()
         follower.stop()
+        operator.start()
+
+
+def test_a_paused_replica_keeps_its_retries_to_itself(cluster: Cluster, operator: Operator, namespace: str):
+    """Work a replica queued while it led (here: retrying a service whose Secrets are missing)
+    waits while another replica leads: when the Secrets appear, only the leader applies."""
+    operator.stop()
+    common = _peering(cluster, namespace)
+    first = Operator(cluster, "operator-c", (*common, "--priority", "100"))
+    leader = Operator(cluster, "operator-d", (*common, "--priority", "200"))
+    users = (first.user, leader.user)
+    try:
+        first.start()
+        doc = sample_doc("gemma-b200.yaml")
+        doc["metadata"]["namespace"] = namespace
+        cluster.apply([doc])  # its Secrets are missing: retried every 2 s
+        _wait_status(cluster, namespace, "gemma", lambda s: s.get("phase") == "Degraded", "Degraded")
+        leader.start()
+        cluster.wait_for("the first replica to pause", lambda: "follows: work paused" in first.log.read_text())
+        cluster.apply(_secrets(namespace))
+        cluster.wait_for("the RayService", lambda: _get(cluster, "rayservice", namespace, "gemma") is not None)
+        time.sleep(4)  # two of the paused replica's retry periods
+        assert _writers(cluster, namespace, users) == {leader.user}
+    finally:
+        leader.stop()
+        first.stop()
         operator.start()

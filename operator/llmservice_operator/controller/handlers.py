@@ -1,13 +1,24 @@
 """kopf wiring: which events lead to a reconcile. All decisions are in reconcile.py and render/.
 
+kopf delivers watch events; each one updates the watch-fed cache (cache.py) and, unless it
+cannot change the outcome, adds its LLMService to the work queue (queue.py), which runs the
+reconciles: one at a time per service, however many events arrive. No reconcile for:
+
+- the echo of the operator's own write (the cache already holds that resourceVersion);
+- a status-only update of a child whose status nothing reads (PodDisruptionBudget: the
+  disruption controller rewrites it as pods come and go).
+
 Every handler is a plain event handler: kopf stores no state on the LLMService (no diff-base
 annotations, no finalizer, no status.kopf), so a reconcile that finds nothing to change makes
-no write at all. The reconcile is level-triggered, so handling each event is always safe.
+no write at all. Retries (API errors with backoff, missing references after a delay, GKE
+operations in progress) go through the same queue, which holds them while another replica
+leads (leader.py).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Hashable
 from typing import Any
 
 import kopf
@@ -16,22 +27,36 @@ from google.api_core.exceptions import GoogleAPIError
 from kubernetes.client.exceptions import ApiException
 
 from .. import GROUP, PLURAL, VERSION
+from . import metrics
+from .cache import Cache
+from .leader import Leadership
+from .queue import Requeue, WorkQueue
 from .reconcile import Reconciler
-from .retry import Retrier
 
 MANAGED = {"app.kubernetes.io/managed-by": "llmservice-operator"}
 OWNER_LABEL = "llmservice.dev/name"
+# Children whose status no reconcile reads: a status-only update of one changes nothing.
+STATUS_UNREAD = {"PodDisruptionBudget"}
 log = logging.getLogger(__name__)
 
 _reconciler: Reconciler | None = None
-_retrier: Retrier | None = None
+_queue: WorkQueue | None = None
+_cache: Cache | None = None
+_leadership: Leadership | None = None
 
 
-def install(reconciler: Reconciler) -> None:
-    global _reconciler, _retrier
-    _reconciler = reconciler
-    s = reconciler.settings
-    _retrier = Retrier(reconcile, problem_delay=s.retry_delay_seconds, max_delay=s.retry_max_delay_seconds)
+def install(
+    reconciler: Reconciler, cache: Cache | None = None, leadership: Leadership | None = None, workers: int = 4
+) -> WorkQueue:
+    global _reconciler, _queue, _cache, _leadership
+    _reconciler, _cache, _leadership = reconciler, cache if cache is not None else Cache(), leadership
+    _queue = WorkQueue(
+        _process,
+        workers=workers,
+        active=leadership.active if leadership else lambda: True,
+        max_backoff=reconciler.settings.retry_max_delay_seconds,
+    )
+    return _queue
 
 
 def expected(e: BaseException) -> bool:
@@ -42,12 +67,13 @@ def expected(e: BaseException) -> bool:
     return isinstance(e, TimeoutError | ConnectionError | urllib3.exceptions.HTTPError | GoogleAPIError)
 
 
-_unexpected: dict[tuple[str, str], str] = {}  # the last unexpected error per object, until it succeeds
+_unexpected: dict[Hashable, str] = {}  # the last unexpected error per object, until it succeeds
 
 
-def reconcile(namespace: str, name: str) -> None:
-    """Reconcile now; on an API error or a missing reference, again later with backoff."""
-    assert _reconciler is not None and _retrier is not None, "controller.handlers.install() first"
+def reconcile_now(namespace: str, name: str) -> Requeue | None:
+    """Reconcile one LLMService; what to do next: nothing, retry after a delay (a missing
+    Secret or PVC, which is not watched) or with backoff (an API error, a GKE operation)."""
+    assert _reconciler is not None, "controller.handlers.install() first"
     key = (namespace, name)
     try:
         outcome = _reconciler.reconcile(namespace, name)
@@ -59,16 +85,49 @@ def reconcile(namespace: str, name: str) -> None:
             log.exception("reconcile %s/%s hit an unexpected error, will retry", namespace, name)
         else:
             log.warning("reconcile %s/%s failed again, will retry: %r", namespace, name, e)
-        _retrier.failed(namespace, name)
-        return
+        return Requeue(backoff=True)
     _unexpected.pop(key, None)
     if outcome is not None and outcome.busy:
-        _retrier.waiting(namespace, name)  # poll the GKE operation again, with backoff
-    elif outcome is not None and outcome.problems:
-        # Missing Secrets/PVCs are not watched (that needs cluster-wide Secret access): retry.
-        _retrier.blocked(namespace, name)
+        return Requeue(backoff=True)  # poll the GKE operation again
+    if outcome is not None and outcome.problems:
+        return Requeue(after=_reconciler.settings.retry_delay_seconds)
+    return None
+
+
+def _process(key: Hashable) -> Requeue | None:
+    namespace, name = key  # type: ignore[misc]
+    return reconcile_now(namespace, name)
+
+
+def _same_but_status(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    def core(obj: dict[str, Any]) -> dict[str, Any]:
+        meta = {k: v for k, v in obj.get("metadata", {}).items() if k not in ("resourceVersion", "managedFields")}
+        return {**{k: v for k, v in obj.items() if k != "status"}, "metadata": meta}
+
+    return core(old) == core(new)
+
+
+def observe(event: dict[str, Any], owner: tuple[str, str]) -> str:
+    """Feed one watch event to the cache and, if it may change the outcome, queue `owner`;
+    returns what was done (also counted in llmservice_events_total)."""
+    assert _cache is not None and _queue is not None, "controller.handlers.install() first"
+    obj = event["object"]
+    kind, meta = obj.get("kind", ""), obj.get("metadata", {})
+    if event.get("type") == "DELETED":
+        _cache.delete(kind, meta.get("namespace", ""), meta.get("name", ""))
+        action = "queued"
     else:
-        _retrier.done(namespace, name)
+        old, newer = _cache.put(obj)
+        if not newer:
+            action = "own-write"
+        elif old is not None and kind in STATUS_UNREAD and _same_but_status(old, obj):
+            action = "status-only"
+        else:
+            action = "queued"
+    if action == "queued":
+        _queue.add(owner)
+    metrics.EVENTS.labels(kind, action).inc()
+    return action
 
 
 @kopf.on.startup()
@@ -78,25 +137,31 @@ def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
+    if _leadership is not None:
+        _leadership.start()
+    if _queue is not None:
+        _queue.start()
 
 
 @kopf.on.cleanup()
-def _stop_retries(**_: Any) -> None:
-    if _retrier is not None:
-        _retrier.stop()
+def _stop(**_: Any) -> None:
+    if _queue is not None:
+        _queue.stop()
+    if _leadership is not None:
+        _leadership.stop()
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def llmservice_event(namespace: str, name: str, **_: Any) -> None:
-    reconcile(namespace, name)
+def llmservice_event(event: dict[str, Any], namespace: str, name: str, **_: Any) -> None:
+    observe(event, (namespace, name))
 
 
 @kopf.on.event("ray.io", "v1", "rayservices", labels=MANAGED)
 @kopf.on.event("ray.io", "v1", "rayclusters", labels=MANAGED)  # KubeRay copies the RayService's labels
 @kopf.on.event("v1", "configmaps", labels=MANAGED)
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED)
-def child_event(namespace: str, labels: dict[str, str], **_: Any) -> None:
+def child_event(event: dict[str, Any], namespace: str, labels: dict[str, str], **_: Any) -> None:
     """Status from KubeRay, a hand edit or a deletion of a child: reconcile its owner."""
     owner = labels.get(OWNER_LABEL)
     if owner:
-        reconcile(namespace, owner)
+        observe(event, (namespace, owner))

@@ -88,23 +88,23 @@ class Kube:
             body=body, name=name, namespace=namespace, content_type="application/merge-patch+json"
         )
 
-    def set_finalizers(self, namespace: str, name: str, finalizers: list[str]) -> None:
+    def set_finalizers(self, namespace: str, name: str, finalizers: list[str]) -> dict[str, Any]:
         res = self._resource(f"{GROUP}/{VERSION}", KIND)
-        res.patch(
+        return res.patch(
             body={"metadata": {"finalizers": finalizers}},
             name=name,
             namespace=namespace,
             content_type="application/merge-patch+json",
-        )
+        ).to_dict()
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
         res = self._resource(f"{GROUP}/{VERSION}", KIND)
-        res.status.patch(
+        return res.status.patch(
             body={"status": status},
             name=name,
             namespace=namespace,
             content_type="application/merge-patch+json",
-        )
+        ).to_dict()
 
     def kind_served(self, api_version: str, kind: str) -> bool:
         try:

@@ -11,6 +11,8 @@ WRITES = Counter("llmservice_child_applies_total", "Server-side applies of child
 ERRORS = Counter("llmservice_reconcile_errors_total", "Reconciles that raised.", ["error"])
 DURATION = Histogram("llmservice_reconcile_duration_seconds", "Time per reconcile.")
 BY_PHASE = Gauge("llmservice_services", "LLMServices by phase.", ["phase"])
+QUEUE_DEPTH = Gauge("llmservice_queue_depth", "Keys ready to be processed, by queue.", ["queue"])
+EVENTS = Counter("llmservice_events_total", "Watch events by kind and what they led to.", ["kind", "action"])
 
 _phases: dict[tuple[str, str], str] = {}
 

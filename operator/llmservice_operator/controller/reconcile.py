@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import threading
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..api import InvalidLLMService, LLMService, parse
 from ..gke import NodePools, PoolSync
-from ..render import names, render
+from ..render import Rendered, names, render
 from ..render import status as status_mod
-from ..render.nodepools import node_pools as render_node_pools
-from ..render.nodepools import workload_policies
 from ..render.rayservice import exposure
 from ..settings import OperatorSettings
 from . import metrics, preflight
@@ -74,15 +70,14 @@ class Reconciler:
         self.kube = kube
         self.settings = settings
         self.node_pools = node_pools
-        self._locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
         self._unserved: set[str] = set()
 
     def _get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         return self.kube.get("v1", kind, namespace, name)
 
     def reconcile(self, namespace: str, name: str) -> Outcome | None:
-        """Serialised per object: kopf's change handlers and child events may both call it."""
-        with self._locks[(namespace, name)], metrics.DURATION.time():
+        """One at a time per object: the work queue never hands a key to two workers."""
+        with metrics.DURATION.time():
             try:
                 outcome = self._reconcile(namespace, name)
             except Exception as e:
@@ -105,33 +100,37 @@ class Reconciler:
             svc = parse(body)
         except InvalidLLMService as e:  # rules CEL cannot express (engine.extraArgs)
             out.problems = [str(x) for x in e.errors]
+        rendered = None
         if svc is not None:
             out.problems += preflight.problems(svc, lambda k, ns, n: self._get(k, ns, n))
+            rendered = render(svc, self.settings)  # once: children, node pools, policies
         ray_service = self.kube.get("ray.io/v1", "RayService", namespace, name)
-        pools = self._sync_node_pools(body, svc, out, _switching(ray_service))
-        if svc is not None and not out.problems:
-            ray_service = self._apply_children(body, svc, ray_service, out)
+        pools = self._sync_node_pools(body, rendered, out, _switching(ray_service))
+        if svc is not None and rendered is not None and not out.problems:
+            ray_service = self._apply_children(body, svc, rendered, ray_service, out)
         self._write_status(body, svc, ray_service, out, pools)
         metrics.set_phase(namespace, name, out.phase)
         return out
 
-    def _sync_node_pools(self, body: dict[str, Any], svc: LLMService | None, out: Outcome, switching: bool) -> PoolSync:
+    def _sync_node_pools(
+        self, body: dict[str, Any], rendered: Rendered | None, out: Outcome, switching: bool
+    ) -> PoolSync:
         """GKE node pools for services that ask for them; the finalizer makes deletion wait
         until the pools are gone."""
         meta = body["metadata"]
         finalizers = meta.get("finalizers") or []
-        managed = svc is not None and svc.spec.node_pool.managed
+        managed = rendered is not None and rendered.managed_pools
         if not managed:
-            if FINALIZER in finalizers and svc is not None:  # unmanaged now: pools stay for the user
+            if FINALIZER in finalizers and rendered is not None:  # unmanaged now: pools stay for the user
                 self.kube.set_finalizers(meta["namespace"], meta["name"], [f for f in finalizers if f != FINALIZER])
             return PoolSync()
-        assert svc is not None
+        assert rendered is not None
         if self.node_pools is None:
             return PoolSync(problems=[NO_GKE])
         if FINALIZER not in finalizers:
             self.kube.set_finalizers(meta["namespace"], meta["name"], [*finalizers, FINALIZER])
         owner = (meta["namespace"], meta["name"])
-        sync = self.node_pools.sync(owner, render_node_pools(svc), workload_policies(svc), hold_replaced=switching)
+        sync = self.node_pools.sync(owner, rendered.node_pools, rendered.workload_policies, hold_replaced=switching)
         out.busy = out.busy or sync.busy
         return sync
 
@@ -149,9 +148,13 @@ class Reconciler:
         return None
 
     def _apply_children(
-        self, body: dict[str, Any], svc: LLMService, ray_service: dict[str, Any] | None, out: Outcome
+        self,
+        body: dict[str, Any],
+        svc: LLMService,
+        rendered: Rendered,
+        ray_service: dict[str, Any] | None,
+        out: Outcome,
     ) -> dict[str, Any] | None:
-        rendered = render(svc, self.settings)
         desired = rendered.kubernetes_objects()
         owner = _owner_ref(body)
         for obj in desired:

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from typing import Any
 
 import kopf
 from prometheus_client import start_http_server
@@ -10,7 +15,9 @@ from prometheus_client import start_http_server
 from ..gke import NodePools, cluster_manager, compute
 from ..settings import OperatorSettings
 from . import handlers
+from .cache import Cache, CachedKube
 from .kube import Kube
+from .leader import Leadership
 from .reconcile import Reconciler
 
 
@@ -29,7 +36,15 @@ def run(
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     gke = settings.gke
     pools = NodePools(cluster_manager(gke), gke, compute=compute(gke)) if gke else None
-    handlers.install(Reconciler(Kube(), settings, pools))
+    cache = Cache()
+    kube = CachedKube(Kube(), cache)
+    # kopf's own rule for "another replica leads" is applied to the queue too (leader.py).
+    identity = os.environ.get("POD_ID") or f"{socket.gethostname()}/{uuid.uuid4().hex[:8]}"
+    leadership = None
+    if peering is not None:
+        readers = [_peering_reader(kube, peering, ns) for ns in namespaces or [None]]
+        leadership = Leadership(lambda: _merged(readers), identity, priority)
+    handlers.install(Reconciler(kube, settings, pools), cache, leadership)
     host, _, port = metrics_address.rpartition(":")
     start_http_server(int(port), addr=host or "0.0.0.0")
     kopf.run(
@@ -38,5 +53,20 @@ def run(
         standalone=peering is None,
         peering_name=peering,
         priority=priority,
+        identity=identity,
         liveness_endpoint=f"http://{health_address}/healthz",
     )
+
+
+def _peering_reader(kube: Kube, name: str, namespace: str | None) -> Callable[[], dict[str, Any] | None]:
+    kind = "ClusterKopfPeering" if namespace is None else "KopfPeering"
+    return lambda: kube.get("kopf.dev/v1", kind, namespace or "", name)
+
+
+def _merged(readers: list[Callable[[], dict[str, Any] | None]]) -> dict[str, Any]:
+    """kopf pauses the whole operator while any of its peerings (one per namespace) has a
+    leader other than this replica: one status with every peer of every peering."""
+    status: dict[str, Any] = {}
+    for read in readers:
+        status.update(((read() or {}).get("status")) or {})
+    return {"status": status}

@@ -21,6 +21,7 @@ class Rendered:
     monitoring: dict[str, Any] | None
     node_pools: list[dict[str, Any]] = field(default_factory=list)
     workload_policies: list[dict[str, Any]] = field(default_factory=list)  # Compute resource policies
+    managed_pools: bool = False  # spec.nodePool.managed: the pools above are the operator's to keep
 
     def kubernetes_objects(self) -> list[dict[str, Any]]:
         """In apply order: the edge config exists before pods that mount it."""
@@ -37,6 +38,7 @@ def render(svc: LLMService, settings: OperatorSettings | None = None) -> Rendere
         monitoring=policy.monitoring(svc, settings),
         node_pools=nodepools.node_pools(svc) if svc.spec.node_pool.managed else [],
         workload_policies=nodepools.workload_policies(svc) if svc.spec.node_pool.managed else [],
+        managed_pools=svc.spec.node_pool.managed,
     )
 
 

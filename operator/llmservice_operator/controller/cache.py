@@ -1,0 +1,109 @@
+"""Watch-fed copies of the objects reconciles read: the LLMServices and their children.
+
+An informer cache, fed by the kopf watch events the operator receives anyway: a reconcile
+reads these from memory instead of GETting each of them from the API server. The operator's
+own writes go in too (write-through), so the watch event that echoes a write finds the same
+resourceVersion and is recognised as nothing new. Secrets, PVCs and ServiceAccounts are not
+cached: they are read by name when a reconcile needs them, so the operator needs no list or
+watch on Secrets and never holds their data.
+
+Deleted objects leave the cache with their DELETED event: nothing outlives its object.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from .kube import Kube
+
+Key = tuple[str, str, str]  # (kind, namespace, name)
+# What the watches feed: the kinds the controller reads and the handlers watch.
+WATCHED = {
+    ("llmservice.dev/v1alpha1", "LLMService"),
+    ("ray.io/v1", "RayService"),
+    ("ray.io/v1", "RayCluster"),
+    ("v1", "ConfigMap"),
+    ("policy/v1", "PodDisruptionBudget"),
+}
+
+
+def _key(obj: dict[str, Any]) -> Key:
+    meta = obj["metadata"]
+    return obj["kind"], meta.get("namespace", ""), meta["name"]
+
+
+def _version(obj: dict[str, Any] | None) -> int:
+    # resourceVersions are opaque, but etcd's are increasing integers: an older copy (an event
+    # that arrives after our own write's answer) must not replace a newer one.
+    rv = ((obj or {}).get("metadata") or {}).get("resourceVersion") or ""
+    return int(rv) if rv.isdigit() else -1
+
+
+class Cache:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._objects: dict[Key, dict[str, Any]] = {}
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._objects.get((kind, namespace, name))
+
+    def put(self, obj: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
+        """Store a watched or just-written object; returns (the previous copy, whether this
+        one is newer). Not newer: our own write's echo, a relist, or an old event."""
+        key = _key(obj)
+        with self._lock:
+            old = self._objects.get(key)
+            newer = _version(obj) > _version(old) or old is None
+            if newer:
+                self._objects[key] = obj
+            return old, newer
+
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        with self._lock:
+            self._objects.pop((kind, namespace, name), None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._objects)
+
+
+class CachedKube(Kube):
+    """Kube whose reads of watched kinds come from the cache (a miss, such as an object the
+    watch has not delivered yet, is read from the API server and kept), and whose writes
+    refresh it."""
+
+    def __init__(self, kube: Kube, cache: Cache):
+        self.__dict__.update(kube.__dict__)  # the same client, discovery and lock
+        self.cache = cache
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        if (api_version, kind) not in WATCHED:
+            return super().get(api_version, kind, namespace, name)
+        found = self.cache.get(kind, namespace, name)
+        if found is None:
+            found = super().get(api_version, kind, namespace, name)
+            if found is not None:
+                self.cache.put(found)
+        return found
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        live = super().apply(obj)
+        if (obj["apiVersion"], obj["kind"]) in WATCHED:
+            self.cache.put(live)
+        return live
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        live = super().patch_status(namespace, name, status)
+        self.cache.put(live)
+        return live
+
+    def set_finalizers(self, namespace: str, name: str, finalizers: list[str]) -> dict[str, Any]:
+        live = super().set_finalizers(namespace, name, finalizers)
+        self.cache.put(live)
+        return live
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        super().delete(api_version, kind, namespace, name)
+        self.cache.delete(kind, namespace, name)
