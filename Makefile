@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint fmt crds manifests bench-dataplane render-samples e2e-bins node-deps images image-lock cluster-up cluster-down demo clean
+.PHONY: test lint fmt crds manifests bench-dataplane bench-controlplane render-samples e2e-bins node-deps images image-lock cluster-up cluster-down demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -36,6 +36,10 @@ crds: $(STAMP)
 manifests: e2e-bins
 	$$($(PY) -m e2e.bins --print-dir helm)/helm template llmservice-operator charts/llmservice-operator \
 	  --namespace llmservice-system --include-crds --kube-version 1.36.3 2>/dev/null > manifests/kustomize/operator.yaml
+
+## The operator at fleet scale on the local control plane (N=100,300,1000): table + PNG.
+bench-controlplane: $(STAMP) e2e-bins
+	$(BIN)/python -m e2e.bench_controlplane --n 100,300,1000 --png bench-controlplane.png
 
 ## The request path side by side (Python proxy, HAProxy ingress, + edge sidecar, direct): table + PNG.
 bench-dataplane: $(STAMP)

@@ -10,12 +10,13 @@ pools.py beside the pools that use them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
-
-from google.cloud import compute_v1
+from typing import TYPE_CHECKING, Any
 
 from ..settings import GKECluster
 from .client import Compute
+
+if TYPE_CHECKING:  # loaded on first use (see client.Compute)
+    from google.cloud import compute_v1
 
 READY = "READY"  # compute_v1.ResourcePolicy.status is a string (Operation.status an enum)
 
@@ -48,6 +49,8 @@ class WorkloadPolicies:
         return {p.name: p for p in self.compute.policies.list(project=self.project, region=self.region)}
 
     def insert(self, owner: tuple[str, str], desired: dict[str, Any]) -> Callable[[], compute_v1.Operation]:
+        from google.cloud import compute_v1
+
         policy = compute_v1.ResourcePolicy(**desired, description=self.description(owner))
         req = compute_v1.InsertResourcePolicyRequest(
             project=self.project, region=self.region, resource_policy_resource=policy
@@ -56,11 +59,15 @@ class WorkloadPolicies:
         return lambda: self.compute.policies.insert_unary(request=req)
 
     def delete(self, name: str) -> Callable[[], compute_v1.Operation]:
+        from google.cloud import compute_v1
+
         req = compute_v1.DeleteResourcePolicyRequest(project=self.project, region=self.region, resource_policy=name)
         return lambda: self.compute.policies.delete_unary(request=req)
 
     def poll(self, operation: str) -> tuple[bool, str]:
         """(done, error message or "") of a region operation."""
+        from google.cloud import compute_v1
+
         op = self.compute.operations.get(project=self.project, region=self.region, operation=operation)
         if op.status != compute_v1.Operation.Status.DONE:
             return False, ""

@@ -1,0 +1,298 @@
+"""`make bench-controlplane`: the operator at fleet scale on the local control plane.
+
+Per N (default 100, 300, 1000), side by side in one run:
+- the operator: N LLMServices created by 8 client threads (server-side apply) in a namespace
+  KubeRay does not watch; converged when every status has observedGeneration 1. Children per
+  second, reconciles per service, the operator's CPU per service, its RSS before / after /
+  after deleting everything (twice, 10 s apart: a leak from the allocator), writes during
+  idle and after a label edit (audit log), spec-edit-to-RayService latency, deletion time;
+- the baseline: the same rendered children applied directly by the same 8 threads.
+Prints a table, the targets as met / NOT met, and a PNG of the convergence curves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import copy
+import os
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+from kubernetes.config import new_client_from_config
+
+from e2e.cluster import HOST, Cluster, free_port
+from llmservice_operator.api import parse
+from llmservice_operator.controller.kube import Kube
+from llmservice_operator.render import render
+from tests.conftest import sample_doc
+
+ROOT = Path(__file__).resolve().parents[1]
+THREADS = 8
+OPERATOR_USER = "bench-operator"
+SAMPLE = "gemma-b200.yaml"
+TARGETS = "ratio >= 0.8 at the largest N; <= 2 reconciles per service; 0 idle writes; RSS <= 200 MiB"
+
+
+@dataclass
+class Result:
+    n: int
+    submit_s: float = 0
+    converge_s: float = 0
+    busy_after_s: float = 0
+    child_per_s: float = 0
+    raw_per_s: float = 0
+    reconciles_per_svc: float = 0
+    cpu_ms_per_svc: float = 0
+    rss_mib: tuple[float, float, float, float] = (0, 0, 0, 0)  # before, after, deleted, deleted +10 s
+    idle_writes: int = 0
+    label_writes: int = 0
+    edit_p50_ms: float = 0
+    edit_p99_ms: float = 0
+    delete_s: float = 0
+    curve: list[tuple[float, int]] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        return self.child_per_s / self.raw_per_s if self.raw_per_s else 0
+
+
+class OperatorProcess:
+    def __init__(self, cluster: Cluster, namespace: str):
+        self.metrics_port, health = free_port(), free_port()
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(cluster.kubeconfig_for(OPERATOR_USER, ("system:masters",))),
+            "LLMSERVICE_RETRY_DELAY_SECONDS": "5",
+        }
+        cli = str(Path(sys.executable).with_name("llmservice"))
+        args = [cli, "run", "-n", namespace, "--log-format", "text",
+                "--health-address", f"{HOST}:{health}", "--metrics-address", f"{HOST}:{self.metrics_port}"]  # fmt: skip
+        self.log = cluster.workdir / "bench-operator.log"
+        self.proc = subprocess.Popen(args, env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
+        cluster.wait_for("the operator's /healthz", lambda: Cluster._http_ok(health, "/healthz"), timeout=60)
+        self.ps = psutil.Process(self.proc.pid)
+
+    def metric(self, name: str) -> float:
+        text = urllib.request.urlopen(f"http://{HOST}:{self.metrics_port}/metrics", timeout=5).read().decode()
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+    def rss_mib(self) -> float:
+        return self.ps.memory_info().rss / 2**20
+
+    def cpu_s(self) -> float:
+        t = self.ps.cpu_times()
+        return t.user + t.system
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def _doc(namespace: str, i: int) -> dict[str, Any]:
+    doc = sample_doc(SAMPLE)
+    doc["metadata"] = {"name": f"svc-{i:04d}", "namespace": namespace}
+    return doc
+
+
+def _secrets(namespace: str) -> list[dict[str, Any]]:
+    data = {"hf-token": {"token": "aGY="}, "llm-keys": {"api-keys.map": "c2stYSB0ZWFtLWEK"}}
+    return [
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": n, "namespace": namespace}, "data": d}
+        for n, d in data.items()
+    ]
+
+
+def _apply_all(kube: Kube, objs: list[dict[str, Any]]) -> float:
+    """Server-side apply by THREADS threads; returns the seconds it took."""
+
+    def one(obj: dict[str, Any]) -> None:
+        kube._resource(obj["apiVersion"], obj["kind"]).server_side_apply(
+            body=obj, name=obj["metadata"]["name"], namespace=obj["metadata"]["namespace"],
+            field_manager="bench", force_conflicts=True,
+        )  # fmt: skip
+
+    start = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
+        list(pool.map(one, objs))
+    return time.monotonic() - start
+
+
+def _children(kube: Kube, doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """What the operator applies for `doc` here (no monitoring CRDs on the local cluster)."""
+    objs = render(parse(doc)).kubernetes_objects()
+    return [o for o in objs if kube.kind_served(o["apiVersion"], o["kind"])]
+
+
+def _converged(kube: Kube, namespace: str) -> int:
+    items = kube._resource("llmservice.dev/v1alpha1", "LLMService").get(namespace=namespace).to_dict()["items"]
+    return sum((i.get("status") or {}).get("observedGeneration") == i["metadata"]["generation"] for i in items)
+
+
+def _writes(cluster: Cluster) -> int:
+    return len(cluster.audit_writes(OPERATOR_USER))
+
+
+def _quiet(op: OperatorProcess, quiet_s: float = 2.0, limit_s: float = 300) -> float:
+    """Seconds until the operator's reconcile count stops moving (then `quiet_s` more)."""
+    start, last, count = time.monotonic(), time.monotonic(), op.metric("llmservice_reconciles_total")
+    while time.monotonic() - last < quiet_s and time.monotonic() - start < limit_s:
+        time.sleep(0.2)
+        now = op.metric("llmservice_reconciles_total")
+        if now != count:
+            count, last = now, time.monotonic()
+    return last - start
+
+
+def run_n(
+    cluster: Cluster, kube: Kube, n: int, idle_s: float, edits: int, settle_s: float = 10, delete: bool = True
+) -> Result:
+    """One fleet size. The smoke run shortens the pauses that let the operator settle
+    (`settle_s`) and leaves the deletion to the namespace's (`delete`)."""
+    ns, raw_ns = f"bench-{n}", f"bench-raw-{n}"
+    for name in (ns, raw_ns):
+        cluster.kubectl("create", "namespace", name)
+    _apply_all(kube, _secrets(ns))
+    op = OperatorProcess(cluster, ns)
+    r = Result(n)
+    try:
+        time.sleep(min(settle_s, 2))
+        rss0, cpu0, rec0 = op.rss_mib(), op.cpu_s(), op.metric("llmservice_reconciles_total")
+        docs = [_doc(ns, i) for i in range(n)]
+        start = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(1) as submit:
+            sub = submit.submit(_apply_all, kube, docs)
+            while (done := _converged(kube, ns)) < n:
+                r.curve.append((time.monotonic() - start, done))
+                time.sleep(0.5)
+            r.submit_s = sub.result()
+        r.converge_s = time.monotonic() - start
+        r.curve.append((r.converge_s, n))
+        r.busy_after_s = _quiet(op, quiet_s=max(1, min(settle_s, 2)))
+        children = len(_children(kube, docs[0])) * n
+        r.child_per_s = children / r.converge_s
+        r.reconciles_per_svc = (op.metric("llmservice_reconciles_total") - rec0) / n
+        r.cpu_ms_per_svc = (op.cpu_s() - cpu0) * 1000 / n
+        rss_after = op.rss_mib()
+        before = _writes(cluster)
+        time.sleep(idle_s)
+        r.idle_writes = _writes(cluster) - before
+        cluster.kubectl("label", "llmsvc", "svc-0000", "-n", ns, "team=bench")
+        time.sleep(min(settle_s, 3) or 0.5)
+        r.label_writes = _writes(cluster) - before - r.idle_writes
+        lat = []
+        rs = kube._resource("ray.io/v1", "RayService")
+        for k in range(edits):
+            doc = copy.deepcopy(docs[k % n])
+            doc["spec"]["autoscaling"] = {"targetOngoingRequests": 10 + k}
+            t = time.monotonic()
+            _apply_all(kube, [doc])
+            want = f"target_ongoing_requests: {10 + k}"
+            while want not in rs.get(name=doc["metadata"]["name"], namespace=ns).to_dict()["spec"]["serveConfigV2"]:
+                time.sleep(0.005)
+            lat.append((time.monotonic() - t) * 1000)
+        if lat:
+            r.edit_p50_ms = statistics.median(lat)
+            r.edit_p99_ms = sorted(lat)[min(len(lat) - 1, int(len(lat) * 0.99))]
+        # The baseline: the same rendered children, applied directly (the operator
+        # does not watch that namespace).
+        raw = []
+        for d in docs:
+            d = copy.deepcopy(d)
+            d["metadata"]["namespace"] = raw_ns
+            raw += _children(kube, d)
+        r.raw_per_s = len(raw) / _apply_all(kube, raw)
+        rss_after_edits = op.rss_mib()
+        if not delete:
+            r.rss_mib = (rss0, rss_after, rss_after_edits, rss_after_edits)
+            return r
+        t = time.monotonic()
+        cluster.kubectl("delete", "llmsvc", "--all", "-n", ns, "--wait=true", "--timeout=600s")
+        cluster.wait_for("children garbage-collected", lambda: not rs.get(namespace=ns).to_dict()["items"], 600)
+        r.delete_s = time.monotonic() - t
+        _quiet(op, quiet_s=min(settle_s, 2))
+        deleted = op.rss_mib()
+        time.sleep(settle_s)
+        r.rss_mib = (rss0, rss_after, deleted, op.rss_mib())
+    finally:
+        op.stop()
+        for name in (ns, raw_ns):
+            cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    return r
+
+
+def report(results: list[Result], png: Path | None) -> str:
+    rows = [
+        ("submit / converge (s)", lambda r: f"{r.submit_s:.1f} / {r.converge_s:.1f}"),
+        ("services/s", lambda r: f"{r.n / r.converge_s:.1f}"),
+        ("operator: child objects/s", lambda r: f"{r.child_per_s:.1f}"),
+        ("applied directly: objects/s", lambda r: f"{r.raw_per_s:.1f}"),
+        ("ratio", lambda r: f"{r.ratio:.2f}"),
+        ("reconciles per service on create", lambda r: f"{r.reconciles_per_svc:.1f}"),
+        ("operator CPU per service (ms)", lambda r: f"{r.cpu_ms_per_svc:.0f}"),
+        ("operator busy after the last status (s)", lambda r: f"{r.busy_after_s:.1f}"),
+        ("RSS before / after / deleted / +10 s (MiB)", lambda r: " / ".join(f"{x:.0f}" for x in r.rss_mib)),
+        ("writes while idle / after a label edit", lambda r: f"{r.idle_writes} / {r.label_writes}"),
+        ("spec edit -> RayService p50 / p99 (ms)", lambda r: f"{r.edit_p50_ms:.0f} / {r.edit_p99_ms:.0f}"),
+        ("delete everything (s)", lambda r: f"{r.delete_s:.1f}"),
+    ]
+    out = ["| | " + " | ".join(f"N={r.n}" for r in results) + " |", "|---" * (len(results) + 1) + "|"]
+    out += [f"| {name} | " + " | ".join(f(r) for r in results) + " |" for name, f in rows]
+    big = results[-1]
+    checks = [
+        (f"ratio >= 0.8 at N={big.n}", big.ratio >= 0.8),
+        ("<= 2 reconciles per service on create", all(r.reconciles_per_svc <= 2 for r in results)),
+        ("0 writes while idle and after a label edit", all(r.idle_writes == r.label_writes == 0 for r in results)),
+        (f"RSS <= 200 MiB at N={big.n}", big.rss_mib[1] <= 200),
+        ("RSS back within 10% after deleting", all(r.rss_mib[3] <= r.rss_mib[0] * 1.1 for r in results)),
+        (f"N={big.n} converged within 60 s", big.converge_s <= 60),
+    ]
+    out += ["", "Targets:"] + [f"- {what}: {'met' if ok else 'NOT met'}" for what, ok in checks]
+    if png is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for r in results:
+            ax.plot([t for t, _ in r.curve], [c / r.n for _, c in r.curve], label=f"N={r.n}")
+        ax.set_xlabel("seconds since the first create")
+        ax.set_ylabel("services converged (fraction)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(png)
+    return "\n".join(out)
+
+
+def bench(ns: list[int], idle_s: float = 60, edits: int = 20) -> list[Result]:
+    with Cluster(real_node=False, kuberay_namespaces=("kuberay",)) as cluster:
+        cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / "llmservice.dev_llmservices.yaml"))
+        cluster.wait_established(["llmservices.llmservice.dev"])
+        kube = Kube(new_client_from_config(config_file=str(cluster.kubeconfig)))
+        return [run_n(cluster, kube, n, idle_s, edits) for n in ns]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", default="100,300,1000", help="fleet sizes, comma-separated")
+    p.add_argument("--idle", type=float, default=60, help="seconds of idle to count no-op writes")
+    p.add_argument("--edits", type=int, default=20, help="spec edits timed to the RayService")
+    p.add_argument("--png", type=Path, default=Path("bench-controlplane.png"))
+    a = p.parse_args()
+    results = bench([int(x) for x in a.n.split(",")], a.idle, a.edits)
+    print(report(results, a.png))
+
+
+if __name__ == "__main__":
+    main()
