@@ -15,20 +15,16 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import copy
-import os
 import statistics
-import subprocess
-import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 from kubernetes.config import new_client_from_config
 
-from e2e.cluster import HOST, Cluster, free_port
+from e2e.cluster import Cluster
+from e2e.operator import Operator
 from llmservice_operator.api import parse
 from llmservice_operator.controller.kube import Kube
 from llmservice_operator.render import render
@@ -38,7 +34,6 @@ ROOT = Path(__file__).resolve().parents[1]
 THREADS = 8
 OPERATOR_USER = "bench-operator"
 SAMPLE = "gemma-b200.yaml"
-TARGETS = "ratio >= 0.8 at the largest N; <= 2 reconciles per service; 0 idle writes; RSS <= 200 MiB"
 
 
 @dataclass
@@ -64,39 +59,13 @@ class Result:
         return self.child_per_s / self.raw_per_s if self.raw_per_s else 0
 
 
-class OperatorProcess:
-    def __init__(self, cluster: Cluster, namespace: str):
-        self.metrics_port, health = free_port(), free_port()
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(cluster.kubeconfig_for(OPERATOR_USER, ("system:masters",))),
-            "LLMSERVICE_RETRY_DELAY_SECONDS": "5",
-        }
-        cli = str(Path(sys.executable).with_name("llmservice"))
-        args = [cli, "run", "-n", namespace, "--log-format", "text",
-                "--health-address", f"{HOST}:{health}", "--metrics-address", f"{HOST}:{self.metrics_port}"]  # fmt: skip
-        self.log = cluster.workdir / "bench-operator.log"
-        self.proc = subprocess.Popen(args, env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
-        cluster.wait_for("the operator's /healthz", lambda: Cluster._http_ok(health, "/healthz"), timeout=60)
-        self.ps = psutil.Process(self.proc.pid)
+def _rss_mib(op: Operator) -> float:
+    return op.process.memory_info().rss / 2**20
 
-    def metric(self, name: str) -> float:
-        text = urllib.request.urlopen(f"http://{HOST}:{self.metrics_port}/metrics", timeout=5).read().decode()
-        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + "{"))
 
-    def rss_mib(self) -> float:
-        return self.ps.memory_info().rss / 2**20
-
-    def cpu_s(self) -> float:
-        t = self.ps.cpu_times()
-        return t.user + t.system
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+def _cpu_s(op: Operator) -> float:
+    t = op.process.cpu_times()
+    return t.user + t.system
 
 
 def _doc(namespace: str, i: int) -> dict[str, Any]:
@@ -143,12 +112,12 @@ def _writes(cluster: Cluster) -> int:
     return len(cluster.audit_writes(OPERATOR_USER))
 
 
-def _quiet(op: OperatorProcess, quiet_s: float = 2.0, limit_s: float = 300) -> float:
+def _quiet(op: Operator, quiet_s: float = 2.0, limit_s: float = 300) -> float:
     """Seconds until the operator's reconcile count stops moving (then `quiet_s` more)."""
-    start, last, count = time.monotonic(), time.monotonic(), op.metric("llmservice_reconciles_total")
+    start, last, count = time.monotonic(), time.monotonic(), op.total("llmservice_reconciles_total")
     while time.monotonic() - last < quiet_s and time.monotonic() - start < limit_s:
         time.sleep(0.2)
-        now = op.metric("llmservice_reconciles_total")
+        now = op.total("llmservice_reconciles_total")
         if now != count:
             count, last = now, time.monotonic()
     return last - start
@@ -163,11 +132,13 @@ def run_n(
     for name in (ns, raw_ns):
         cluster.kubectl("create", "namespace", name)
     _apply_all(kube, _secrets(ns))
-    op = OperatorProcess(cluster, ns)
+    # Its own user (the audit log counts its writes) and only this namespace.
+    op = Operator(cluster, OPERATOR_USER, ("-n", ns, "--log-format", "text"), {"LLMSERVICE_RETRY_DELAY_SECONDS": "5"})
+    op.start()
     r = Result(n)
     try:
         time.sleep(min(settle_s, 2))
-        rss0, cpu0, rec0 = op.rss_mib(), op.cpu_s(), op.metric("llmservice_reconciles_total")
+        rss0, cpu0, rec0 = _rss_mib(op), _cpu_s(op), op.total("llmservice_reconciles_total")
         docs = [_doc(ns, i) for i in range(n)]
         start = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(1) as submit:
@@ -181,9 +152,9 @@ def run_n(
         r.busy_after_s = _quiet(op, quiet_s=max(1, min(settle_s, 2)))
         children = len(_children(kube, docs[0])) * n
         r.child_per_s = children / r.converge_s
-        r.reconciles_per_svc = (op.metric("llmservice_reconciles_total") - rec0) / n
-        r.cpu_ms_per_svc = (op.cpu_s() - cpu0) * 1000 / n
-        rss_after = op.rss_mib()
+        r.reconciles_per_svc = (op.total("llmservice_reconciles_total") - rec0) / n
+        r.cpu_ms_per_svc = (_cpu_s(op) - cpu0) * 1000 / n
+        rss_after = _rss_mib(op)
         before = _writes(cluster)
         time.sleep(idle_s)
         r.idle_writes = _writes(cluster) - before
@@ -212,7 +183,7 @@ def run_n(
             d["metadata"]["namespace"] = raw_ns
             raw += _children(kube, d)
         r.raw_per_s = len(raw) / _apply_all(kube, raw)
-        rss_after_edits = op.rss_mib()
+        rss_after_edits = _rss_mib(op)
         if not delete:
             r.rss_mib = (rss0, rss_after, rss_after_edits, rss_after_edits)
             return r
@@ -221,9 +192,9 @@ def run_n(
         cluster.wait_for("children garbage-collected", lambda: not rs.get(namespace=ns).to_dict()["items"], 600)
         r.delete_s = time.monotonic() - t
         _quiet(op, quiet_s=min(settle_s, 2))
-        deleted = op.rss_mib()
+        deleted = _rss_mib(op)
         time.sleep(settle_s)
-        r.rss_mib = (rss0, rss_after, deleted, op.rss_mib())
+        r.rss_mib = (rss0, rss_after, deleted, _rss_mib(op))
     finally:
         op.stop()
         for name in (ns, raw_ns):

@@ -27,6 +27,7 @@ from .rule import FieldError
 _END = re.compile(r"(?<!\\)\$")
 
 
+@functools.cache  # a handful of patterns, checked for every field of every document
 def re2(pattern: str) -> re.Pattern[str]:
     return re.compile(_END.sub(r"\\Z", pattern), re.ASCII)
 

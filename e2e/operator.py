@@ -1,0 +1,85 @@
+"""`llmservice run` as a process on the local cluster: for the end-to-end tests and the
+control-plane benchmark."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+from e2e.cluster import HOST, Cluster, free_port
+
+
+class Operator:
+    """`llmservice run` as a process, with its own client certificate (user llmservice-operator)."""
+
+    USER = "llmservice-operator"
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        user: str = USER,
+        args: tuple[str, ...] = ("--log-format", "text"),
+        env: dict[str, str] | None = None,
+        kubeconfig: Path | None = None,
+    ):
+        self.cluster = cluster
+        self.kubeconfig = kubeconfig
+        self.extra_env = env or {}
+        self.user = user
+        self.args = args
+        self.health_port, self.metrics_port = free_port(), free_port()
+        self.log = cluster.workdir / f"{user}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig or self.cluster.kubeconfig_for(self.user, ("system:masters",))),
+            "LLMSERVICE_RETRY_DELAY_SECONDS": "2",
+            "LLMSERVICE_RETRY_MAX_DELAY_SECONDS": "2",  # GKE's fake finishes operations in 1 s
+            **self.extra_env,
+        }
+        cli = str(Path(sys.executable).with_name("llmservice"))
+        args = [cli, "run", *self.args, "--health-address", f"{HOST}:{self.health_port}",
+                "--metrics-address", f"{HOST}:{self.metrics_port}"]  # fmt: skip
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.cluster.wait_for("the operator's /healthz", self.healthy, timeout=60)
+
+    def healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"operator exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+        return Cluster._http_ok(self.health_port, "/healthz")
+
+    def metric(self, name: str, **labels: str) -> float:
+        text = urllib.request.urlopen(f"http://{HOST}:{self.metrics_port}/metrics", timeout=5).read().decode()
+        want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        for line in text.splitlines():
+            if line.startswith(f"{name}{{{want}}} ") or (not want and line.startswith(f"{name} ")):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def total(self, name: str) -> float:
+        """A counter summed over all its label sets."""
+        text = urllib.request.urlopen(f"http://{HOST}:{self.metrics_port}/metrics", timeout=5).read().decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+    @property
+    def process(self) -> psutil.Process:
+        assert self.proc is not None
+        return psutil.Process(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
