@@ -189,6 +189,23 @@ GOOD_CASES = [
 ]
 
 
+# Each prefill/decode pool's replica range, as the service's.
+for _role in ("prefill", "decode"):
+    CASES += [
+        (
+            PD,
+            {f"prefillDecode__{_role}__replicas": {"min": 5, "max": 4}},
+            f"spec.prefillDecode.{_role}.replicas.min",
+            "<= ",
+        ),
+        (
+            PD,
+            {f"prefillDecode__{_role}__replicas": {"min": 1, "max": 2, "initial": 3}},
+            f"spec.prefillDecode.{_role}.replicas.initial",
+            "between",
+        ),
+    ]
+
 # What users add to the Ray pods and the Service (api/pod_rules.py), for both pods.
 for _pod in ("headPod", "workerPods"):
     CASES += [

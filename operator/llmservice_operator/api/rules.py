@@ -8,6 +8,7 @@ The CEL expression is evaluated by the API server at `kubectl apply` (CRD
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from ..catalog import (
     ACCELERATORS,
@@ -23,7 +24,7 @@ from ..catalog.tpu import chips_in
 from .pod_rules import POD_RULES
 from .quantity import GIB, cpu_cores, memory_bytes, ray_cpus
 from .rule import FieldError, Rule
-from .spec import DEFAULT_CPU_WORKER, SOURCE_PATTERN, LLMServiceSpec, Resources, engine_arg
+from .spec import DEFAULT_CPU_WORKER, SOURCE_PATTERN, LLMServiceSpec, ReplicaSpec, Resources, engine_arg
 
 MAX_NAME_LENGTH = 40  # leaves room for KubeRay's cluster/pod suffixes within 63 characters
 # The name becomes Service and Ray cluster names: DNS-1035 labels (no dots, a letter first).
@@ -165,6 +166,28 @@ def _twice_named_args(s: LLMServiceSpec) -> list[str]:
     return sorted({k for k in seen if seen.count(k) > 1})
 
 
+def _replica_rules(
+    field: str, get: Callable[[LLMServiceSpec], ReplicaSpec | None], guard: str = ""
+) -> tuple[Rule, ...]:
+    """A replica range is ordered: the service's (`replicas`) and each prefill/decode pool's.
+    `guard`: CEL that holds when the range is absent."""
+    r = f"self.{field}"
+    return (
+        Rule(
+            f"{field}.min",
+            f"must be <= {field}.max",
+            lambda s: (x := get(s)) is not None and x.min > x.max,
+            f"{guard}{r}.min <= {r}.max",
+        ),
+        Rule(
+            f"{field}.initial",
+            f"must be between {field}.min and {field}.max",
+            lambda s: (x := get(s)) is not None and x.initial is not None and not x.min <= x.initial <= x.max,
+            f"{guard}!has({r}.initial) || ({r}.initial >= {r}.min && {r}.initial <= {r}.max)",
+        ),
+    )
+
+
 RULES: tuple[Rule, ...] = (
     Rule(
         "model.source",
@@ -172,19 +195,7 @@ RULES: tuple[Rule, ...] = (
         lambda s: re.fullmatch(SOURCE_PATTERN, s.model.source, re.ASCII) is None,
         f"self.model.source.matches(r'{SOURCE_PATTERN}')",  # raw string: CEL rejects the \\w escape
     ),
-    Rule(
-        "replicas.min",
-        "must be <= replicas.max",
-        lambda s: s.replicas.min > s.replicas.max,
-        "self.replicas.min <= self.replicas.max",
-    ),
-    Rule(
-        "replicas.initial",
-        "must be between replicas.min and replicas.max",
-        lambda s: s.replicas.initial is not None and not s.replicas.min <= s.replicas.initial <= s.replicas.max,
-        "!has(self.replicas.initial) || (self.replicas.initial >= self.replicas.min && "
-        "self.replicas.initial <= self.replicas.max)",
-    ),
+    *_replica_rules("replicas", lambda s: s.replicas),
     Rule(
         "accelerator.topology",
         "is required for TPU types: set the slice topology of one replica, e.g. 2x4",
@@ -422,10 +433,17 @@ def _pool_tp(s: LLMServiceSpec, role: str) -> int | None:
 
 
 def _pool_rules(role: str) -> tuple[Rule, ...]:
-    """The main engine's per-node rules for one side of prefill/decode (its own TP size)."""
+    """The main engine's replica and per-node rules for one side of prefill/decode (its own
+    replica range and TP size)."""
     tp = f"self.prefillDecode.{role}.tensorParallelSize"
     unset = f"!has(self.prefillDecode) || !has({tp}) || "
+    pool = f"self.prefillDecode.{role}"
     return (
+        *_replica_rules(
+            f"prefillDecode.{role}.replicas",
+            lambda s: getattr(s.prefill_decode, role).replicas if s.prefill_decode else None,
+            f"!has(self.prefillDecode) || !has({pool}) || !has({pool}.replicas) || ",
+        ),
         Rule(
             f"prefillDecode.{role}.tensorParallelSize",
             f"must fit in one node of accelerator.type (GPUs per node: {_GPUS_PER_NODE}); "
