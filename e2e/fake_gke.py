@@ -4,7 +4,7 @@ The real `google.cloud.container_v1.ClusterManagerClient` talks to it over HTTP 
 It models what the operator must cope with: node pool mutations are long-running operations
 that take time; a cluster runs one operation at a time (others get 400 FAILED_PRECONDITION
 "incompatible operation"); accelerator quota (403 at request time); stockouts (the operation
-ends with an error); 429s; NotFound.
+ends with an error); 429s; NotFound; a storm of 429, 503 and "incompatible operation" answers.
 
 The same server answers Compute Engine's regional resource policies (compute.googleapis.com
 `/compute/v1/...`: list, insert, get, delete, and region operations) for the real
@@ -33,6 +33,7 @@ _ROUTES = [
     ("DELETE", re.compile(rf"^/v1/{_CLUSTER}/nodePools/(?P<n>[^/:]+)$"), "delete"),
     ("POST", re.compile(rf"^/v1/{_CLUSTER}/nodePools/(?P<n>[^/:]+):setAutoscaling$"), "autoscale"),
     ("GET", re.compile(r"^/v1/projects/(?P<p>[^/]+)/locations/(?P<l>[^/]+)/operations/(?P<o>[^/]+)$"), "operation"),
+    ("GET", re.compile(r"^/v1/projects/(?P<p>[^/]+)/locations/(?P<l>[^/]+)/operations$"), "operations"),
 ]
 _REGION = r"^/compute/v1/projects/(?P<p>[^/]+)/regions/(?P<r>[^/]+)"
 _COMPUTE_ROUTES = [
@@ -128,12 +129,14 @@ class FakeGKE:
     stockout: set[str] = field(default_factory=set)  # machine types that never come up
     forbidden: bool = False
     rate_limit_next: int = 0  # answer the next N mutations with 429
+    storm_until: float = 0.0  # until this time.monotonic(), mutations get 429, 503 and "incompatible" in turn
     pools: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # cluster -> name -> pool
     ops: dict[str, Operation] = field(default_factory=dict)
     policies: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # region -> name -> policy
     compute_ops: dict[str, ComputeOperation] = field(default_factory=dict)
     policy_inserts: list[str] = field(default_factory=list)  # policy names, in order
     requests: list[tuple[str, str]] = field(default_factory=list)
+    storm_answers: int = 0
     create_attempts: list[str] = field(default_factory=list)  # pool names, in order
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -151,6 +154,14 @@ class FakeGKE:
         return next((o for o in self.ops.values() if o.cluster == cluster and not o.done), None)
 
     def _mutation(self, cluster: str) -> None:
+        if time.monotonic() < self.storm_until:
+            self.storm_answers += 1
+            kind = self.storm_answers % 3
+            if kind == 0:
+                raise ApiError(429, "Quota exceeded for quota metric 'Mutate requests' (rate limit)")
+            if kind == 1:
+                raise ApiError(503, "The service is currently unavailable.", "UNAVAILABLE")
+            raise ApiError(400, "Cluster is running incompatible operation operation-upgrade-master.")
         if self.rate_limit_next > 0:
             self.rate_limit_next -= 1
             raise ApiError(429, "Quota exceeded for quota metric 'Mutate requests' (rate limit)")
@@ -326,6 +337,9 @@ class FakeGKE:
                     return self.delete(cluster, g["n"])
                 if action == "autoscale":
                     return self.autoscale(cluster, g["n"], body)
+                if action == "operations":  # every cluster's in the location, as GKE lists them
+                    where = f"projects/{g['p']}/locations/{g['l']}/"
+                    return {"operations": [o.as_json() for o in self.ops.values() if o.cluster.startswith(where)]}
                 if action == "operation":
                     op = self.ops.get(g["o"])
                     if op is None:

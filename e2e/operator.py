@@ -41,7 +41,8 @@ class Operator:
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig or self.cluster.kubeconfig_for(self.user, ("system:masters",))),
             "LLMSERVICE_RETRY_DELAY_SECONDS": "2",
-            "LLMSERVICE_RETRY_MAX_DELAY_SECONDS": "2",  # GKE's fake finishes operations in 1 s
+            "LLMSERVICE_RETRY_MAX_DELAY_SECONDS": "2",
+            "LLMSERVICE_GKE_POLL_SECONDS": "0.25",  # GKE's fake finishes operations in 1 s
             **self.extra_env,
         }
         cli = str(Path(sys.executable).with_name("llmservice"))

@@ -1,14 +1,17 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from e2e.fake_gke import FakeGKE, FakeGKEServer
 from llmservice_operator.api import LLMService, parse
-from llmservice_operator.settings import OperatorSettings
+from llmservice_operator.gke import NodePools, cluster_manager, compute
+from llmservice_operator.settings import GKECluster, OperatorSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = sorted((ROOT / "manifests" / "samples").glob("*.yaml"))
@@ -45,6 +48,26 @@ def settings() -> OperatorSettings:
 
 # Counts the property-based tests reach, printed after the run.
 FUZZ: dict[str, int] = {}
+
+
+_managers: list[NodePools] = []
+
+
+@pytest.fixture
+def gke() -> Iterator[FakeGKEServer]:
+    """The fake GKE API (0.2 s operations); node pool managers made with gke_manager stop after."""
+    with FakeGKEServer(FakeGKE(op_seconds=0.2)) as server:
+        yield server
+        while _managers:  # their operation queues' threads
+            _managers.pop().stop()
+
+
+def gke_manager(server: FakeGKEServer, **kw: Any) -> NodePools:
+    """NodePools as `llmservice run` builds them (real clients), against `server`."""
+    cluster = GKECluster(project="p", location="us-central1", cluster="c", endpoint=server.endpoint)
+    pools = NodePools(cluster_manager(cluster), cluster, compute=compute(cluster), **{"poll_seconds": 0.05, **kw})
+    _managers.append(pools)
+    return pools
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

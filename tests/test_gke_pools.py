@@ -4,30 +4,18 @@ ResourcePoliciesClient, for tpu7x workload policies) over REST against a local f
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from e2e.fake_gke import FakeGKE, FakeGKEServer, camel
+from e2e.fake_gke import FakeGKEServer, camel
 from llmservice_operator.api import parse
-from llmservice_operator.gke import NodePools, cluster_manager, compute
+from llmservice_operator.gke import NodePools
 from llmservice_operator.render.nodepools import node_pools, workload_policies
-from llmservice_operator.settings import GKECluster
 
+from .conftest import gke_manager as manager
 from .conftest import sample_doc, with_spec
 
 OWNER = ("serving", "qwen-l4")
-
-
-@pytest.fixture
-def gke() -> Iterator[FakeGKEServer]:
-    with FakeGKEServer(FakeGKE(op_seconds=0.2)) as server:
-        yield server
-
-
-def manager(server: FakeGKEServer, **kw) -> NodePools:
-    cluster = GKECluster(project="p", location="us-central1", cluster="c", endpoint=server.endpoint)
-    return NodePools(cluster_manager(cluster), cluster, compute=compute(cluster), **kw)
 
 
 def desired(name: str = "qwen-l4", **changes) -> list[dict]:
@@ -59,9 +47,9 @@ def test_creates_pools_one_operation_at_a_time_then_stays_quiet(gke):
         (SPOT, "RUNNING"),
         (ONDEMAND, "RUNNING"),
     ]
-    # The second create met "incompatible operation" (400) while the first ran, and was retried.
+    # The cluster's queue started the second create once the first was done: no collision.
     creates = [r for r in gke.fake.mutations() if r[0] == "POST" and r[1].endswith("/nodePools")]
-    assert len(creates) >= 3
+    assert len(creates) == 2
     before = len(gke.fake.mutations())
     assert not pools.sync(OWNER, desired()).busy
     assert len(gke.fake.mutations()) == before, "in sync: no mutation"
@@ -119,14 +107,14 @@ def test_quota_error_is_reported_in_gkes_words_and_blocks_nobody_else(gke):
     pools = manager(gke)
     doc = with_spec(sample_doc("gemma-b200.yaml"), nodePool={"managed": True}, replicas={"min": 8, "max": 16})
     doc["metadata"]["namespace"] = "serving"
-    out = pools.sync(("serving", "gemma"), node_pools(parse(doc)))
+    out = _until(pools, lambda o: o.problems, owner=("serving", "gemma"), want=node_pools(parse(doc)))
     assert any('Insufficient regional quota to satisfy request: resource "NVIDIA_B200_GPUS"' in p for p in out.problems)
     assert settle(pools).pools, "another LLMService still gets its pools"
 
 
-def _until(pools: NodePools, done, rounds: int = 60):
+def _until(pools: NodePools, done, rounds: int = 60, owner=OWNER, want=None, policies=None):
     for _ in range(rounds):
-        out = pools.sync(OWNER, desired())
+        out = pools.sync(owner, desired() if want is None else want, policies)
         if done(out):
             return out
         time.sleep(0.1)
@@ -140,9 +128,10 @@ STOCKOUT = "ZONE_RESOURCE_POOL_EXHAUSTED"
 def test_a_stockout_stays_a_problem_until_the_pool_comes_up(gke, restart):
     gke.fake.stockout = {"g2-standard-8"}
     pools = manager(gke)
-    pools.sync(OWNER, desired())  # the first create is under way
-    if restart:
-        pools = manager(gke)  # knows nothing of the operation: reads GKE's record on the pool
+    pools.sync(OWNER, desired())
+    if restart:  # once the first create is under way: the new one reads GKE's record on the pool
+        crash_once_started(pools, lambda: gke.fake.create_attempts)
+        pools = manager(gke)
     out = _until(pools, lambda o: o.problems)
     assert any(STOCKOUT in p and SPOT in p for p in out.problems), out.problems
     # Every later pass says it again (the pool is deleted and created again meanwhile).
@@ -162,18 +151,32 @@ def test_rate_limits_and_permission_errors(gke):
     assert out.busy and not out.problems  # 429: later, not an error
     settle(pools)
     gke.fake.forbidden = True
-    out = pools.sync(("serving", "new"), desired("new"))
+    out = _until(pools, lambda o: o.problems, owner=("serving", "new"), want=desired("new"))
     assert any("permission" in p for p in out.problems)
+
+
+def crash_once_started(pools: NodePools, started) -> None:
+    """The operator dies (kill -9) once `started()`: its queue and what it knew are gone."""
+    for _ in range(100):
+        if started():
+            pools.stop()
+            return
+        time.sleep(0.02)
+    raise AssertionError("nothing started")
 
 
 def test_no_duplicate_pool_after_a_restart_mid_operation(gke):
     gke.fake.op_seconds = 1.0
-    manager(gke).sync(OWNER, desired())  # starts the first create, then "crashes"
+    first = manager(gke)
+    first.sync(OWNER, desired())
+    crash_once_started(first, lambda: gke.fake.create_attempts)
     restarted = manager(gke)  # knows nothing of the operation
     out = restarted.sync(OWNER, desired())
     assert out.busy
-    assert gke.fake.create_attempts.count(SPOT) == 1, "the pool being created is not created again"
     assert list(gke.fake.pools[CLUSTER]) == [SPOT]
+    settle(restarted)
+    # The restarted queue found the create under way and waited for it: no duplicate, no collision.
+    assert gke.fake.create_attempts == [SPOT, ONDEMAND]
 
 
 def test_operation_timeout_is_a_problem(gke):
@@ -280,7 +283,8 @@ def test_a_restart_mid_replacement_ends_with_one_pool_of_the_new_hardware(gke, p
         ):
             break
         time.sleep(0.05)
-    pools = manager(gke)  # the operator restarts: nothing remembered
+    pools.stop()  # the operator is killed mid-replacement and restarts: nothing remembered
+    pools = manager(gke)
     out = settle(pools, want=new, rounds=100)
     assert not out.problems
     slots = _slots(_ours(gke))
@@ -348,6 +352,7 @@ def test_tpu7x_policy_is_created_before_its_pools_and_deleted_after_them(gke):
     pools = manager(gke)
     first = pools.sync(TPU_OWNER, want, policies)
     assert first.busy and not first.problems
+    _until(pools, lambda o: gke.fake.policy_inserts, owner=TPU_OWNER, want=want, policies=policies)
     assert gke.fake.policy_inserts == [name]
     assert gke.fake.create_attempts == [], "no pool before its policy is READY"
     assert any(f"waits for workload policy {name}" in m for m in first.progress)
@@ -384,7 +389,9 @@ def test_a_same_named_policy_not_ours_is_reported_and_never_deleted(gke):
 def test_no_duplicate_policy_after_a_restart_mid_insert(gke):
     gke.fake.op_seconds = 1.0
     want, policies = tpu7x()
-    manager(gke).sync(TPU_OWNER, want, policies)  # starts the insert, then "crashes"
+    first = manager(gke)
+    first.sync(TPU_OWNER, want, policies)
+    crash_once_started(first, lambda: gke.fake.policy_inserts)
     restarted = manager(gke)
     out = restarted.sync(TPU_OWNER, want, policies)
     assert out.busy and not out.problems

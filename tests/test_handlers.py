@@ -18,7 +18,8 @@ class _Failing:
 
     def __init__(self, *errors: Exception):
         self.errors = list(errors)
-        self.settings = SimpleNamespace(retry_delay_seconds=3600, retry_max_delay_seconds=3600)
+        self.settings = SimpleNamespace(retry_delay_seconds=3600, retry_max_delay_seconds=3600, reconcile_workers=4)
+        self.node_pools = None
 
     def reconcile(self, namespace: str, name: str) -> None:
         if self.errors:
@@ -76,7 +77,8 @@ def test_a_client_error_is_not_expected(install, caplog):
 
 
 class _Recorder:
-    settings = SimpleNamespace(retry_delay_seconds=30, retry_max_delay_seconds=60)
+    settings = SimpleNamespace(retry_delay_seconds=30, retry_max_delay_seconds=60, reconcile_workers=4)
+    node_pools = None
 
     def reconcile(self, namespace: str, name: str) -> None:
         return None

@@ -67,7 +67,7 @@ def test_a_spec_only_the_renderer_rejects_is_degraded_and_nothing_is_applied(set
 def _until_idle(r: Reconciler, namespace: str, name: str, rounds: int = 100) -> None:
     for _ in range(rounds):
         outcome = r.reconcile(namespace, name)
-        if outcome is not None and not outcome.busy:
+        if outcome is not None and not outcome.busy and not outcome.queued:
             return
         time.sleep(0.05)
     raise AssertionError("still busy")
@@ -81,7 +81,8 @@ def test_a_node_pool_replacement_is_reported_in_progressing(settings):
     with FakeGKEServer(FakeGKE(op_seconds=0.1)) as gke:
         cluster = GKECluster(project="p", location="us-central1", cluster="c", endpoint=gke.endpoint)
         kube = DictKube(doc)
-        r = Reconciler(kube, settings, NodePools(cluster_manager(cluster), cluster, compute=compute(cluster)))
+        pools = NodePools(cluster_manager(cluster), cluster, compute=compute(cluster), poll_seconds=0.05)
+        r = Reconciler(kube, settings, pools)
         _until_idle(r, "serving", "qwen-l4")
         before = {p["name"] for p in kube.get_llmservice("serving", "qwen-l4")["status"]["nodePools"]}
         live = kube.objects[("LLMService", "serving", "qwen-l4")]
@@ -98,3 +99,4 @@ def test_a_node_pool_replacement_is_reported_in_progressing(settings):
         after = {p["name"] for p in status["nodePools"]}
         assert after == set(gke.fake.pools["projects/p/locations/us-central1/clusters/c"]) and not after & before
         assert next(c for c in status["conditions"] if c["type"] == "Progressing")["reason"] != "UpdatingNodePools"
+        pools.stop()

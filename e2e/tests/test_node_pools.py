@@ -3,6 +3,8 @@ changes, deleted with the service; tpu7x workload policies created and deleted w
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
@@ -13,7 +15,7 @@ from llmservice_operator.api import parse
 from llmservice_operator.render.nodepools import node_pools
 from tests.conftest import sample_doc, with_spec
 
-from .conftest import GKE_PARENT, Operator
+from .conftest import GKE_PARENT, MEASURED, Operator
 from .test_operator import _cond, _events, _get, _in, _wait_status
 
 pytestmark = pytest.mark.e2e
@@ -167,3 +169,43 @@ def test_tpu7x_slices_get_a_workload_policy_that_goes_with_the_service(
         timeout=90,
     )
     assert not _pools(fake_gke, namespace)
+
+
+def test_services_deleted_at_once_lose_their_pools_in_turn_even_across_a_kill_9(
+    cluster: Cluster, operator: Operator, fake_gke: FakeGKEServer, namespace: str
+):
+    """GKE runs one node pool operation per cluster at a time. The operator's queue for the
+    cluster starts each create and delete when the previous one is done: every request is
+    accepted the first time. Killed (-9) mid-deletion, the restarted operator finds the
+    operation under way, waits for it, and deletes the rest: no pool left, none deleted twice."""
+    n = 3
+    docs = []
+    for i in range(n):
+        doc = _in(sample_doc("l4-spot-fallback.yaml"), namespace)
+        doc["metadata"]["name"] = f"fleet-{i}"
+        docs.append(doc)
+    cluster.apply(docs)
+    ours = lambda: _pools(fake_gke, namespace)  # noqa: E731
+    cluster.wait_for(
+        "every pool RUNNING", lambda: len(ours()) == 2 * n and all(p["status"] == "RUNNING" for p in ours().values())
+    )
+    started = time.monotonic()
+    cluster.kubectl("delete", "llmsvc", "--all", "-n", namespace, "--wait=false")
+    cluster.wait_for("the first pool deleted", lambda: len(ours()) < 2 * n, timeout=30)
+    assert operator.proc is not None
+    os.killpg(operator.proc.pid, signal.SIGKILL)
+    operator.proc.wait()
+    operator.start()
+    cluster.wait_for(
+        "pools, then services, gone",
+        lambda: not ours() and not cluster.get_json("llmsvc", "-n", namespace)["items"],
+        timeout=60,
+    )
+    MEASURED[f"node pools: {n} services ({2 * n} pools) deleted, kill -9 midway (s)"] = round(
+        time.monotonic() - started, 1
+    )
+    requests = [(m, path) for m, path in fake_gke.fake.mutations() if f"/nodePools/{namespace}-" in path]
+    creates = [n for n in fake_gke.fake.create_attempts if n.startswith(namespace)]
+    assert len(creates) == 2 * n, "each pool created once, never refused"
+    deletes = [path for m, path in requests if m == "DELETE"]
+    assert sorted(deletes) == sorted(set(deletes)) and len(deletes) == 2 * n, "each pool deleted once, never refused"

@@ -49,8 +49,20 @@ class OperatorSettings(BaseModel):
     retry_max_delay_seconds: float = Field(
         60,
         gt=0,
-        description="Cap of the backoff (1, 2, 5, 10, 30, 60 s) between retries after errors and "
-        "between polls of a GKE operation.",
+        description="Cap of the backoff (1, 2, 5, 10, 30, 60 s) between retries after errors.",
+    )
+    reconcile_workers: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Reconciles run at once (each LLMService by one at a time): they mostly wait "
+        "on the API server, so more than the CPU count helps a large fleet converge.",
+    )
+    gke_poll_seconds: float = Field(
+        5,
+        gt=0,
+        description="How often a running GKE or Compute Engine operation is polled, and a node pool "
+        "that GKE is changing is looked at again.",
     )
 
 

@@ -11,8 +11,9 @@ reconciles: one at a time per service, however many events arrive. No reconcile 
 Every handler is a plain event handler: kopf stores no state on the LLMService (no diff-base
 annotations, no finalizer, no status.kopf), so a reconcile that finds nothing to change makes
 no write at all. Retries (API errors with backoff, missing references after a delay, GKE
-operations in progress) go through the same queue, which holds them while another replica
-leads (leader.py).
+states changing outside our own operations) go through the same queue, which holds them while
+another replica leads (leader.py). GKE mutations wait in the cluster's operation queue
+(gke/ops.py), which adds their service to this queue when they start and when they end.
 """
 
 from __future__ import annotations
@@ -27,14 +28,15 @@ from google.api_core.exceptions import GoogleAPIError
 from kubernetes.client.exceptions import ApiException
 
 from .. import GROUP, PLURAL, VERSION
+from .. import labels as keys
 from . import metrics
 from .cache import Cache
 from .leader import Leadership
 from .queue import Requeue, WorkQueue
 from .reconcile import Reconciler
 
-MANAGED = {"app.kubernetes.io/managed-by": "llmservice-operator"}
-OWNER_LABEL = "llmservice.dev/name"
+MANAGED = {keys.MANAGED_BY: keys.MANAGER}
+OWNER_LABEL = keys.OWNER
 # Children whose status no reconcile reads: a status-only update of one changes nothing.
 STATUS_UNREAD = {"PodDisruptionBudget"}
 log = logging.getLogger(__name__)
@@ -46,16 +48,18 @@ _leadership: Leadership | None = None
 
 
 def install(
-    reconciler: Reconciler, cache: Cache | None = None, leadership: Leadership | None = None, workers: int = 4
+    reconciler: Reconciler, cache: Cache | None = None, leadership: Leadership | None = None, workers: int | None = None
 ) -> WorkQueue:
     global _reconciler, _queue, _cache, _leadership
     _reconciler, _cache, _leadership = reconciler, cache if cache is not None else Cache(), leadership
     _queue = WorkQueue(
         _process,
-        workers=workers,
+        workers=workers or reconciler.settings.reconcile_workers,
         active=leadership.active if leadership else lambda: True,
         max_backoff=reconciler.settings.retry_max_delay_seconds,
     )
+    if reconciler.node_pools is not None:  # GKE operations wake their service when they start and end
+        reconciler.node_pools.bind(_queue.add, leadership.active if leadership else lambda: True)
     return _queue
 
 
@@ -88,7 +92,7 @@ def reconcile_now(namespace: str, name: str) -> Requeue | None:
         return Requeue(backoff=True)
     _unexpected.pop(key, None)
     if outcome is not None and outcome.busy:
-        return Requeue(backoff=True)  # poll the GKE operation again
+        return Requeue(after=_reconciler.settings.gke_poll_seconds)  # look at GKE again
     if outcome is not None and outcome.problems:
         return Requeue(after=_reconciler.settings.retry_delay_seconds)
     return None
@@ -147,6 +151,8 @@ def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 def _stop(**_: Any) -> None:
     if _queue is not None:
         _queue.stop()
+    if _reconciler is not None and _reconciler.node_pools is not None:
+        _reconciler.node_pools.stop()
     if _leadership is not None:
         _leadership.stop()
 

@@ -7,7 +7,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import labels as keys
 from ..api import InvalidLLMService, LLMService, parse
+from ..api.status import ConditionType as Cond
+from ..api.status import Phase
 from ..gke import NodePools, PoolSync
 from ..render import Rendered, names, render
 from ..render import status as status_mod
@@ -26,7 +29,7 @@ OPTIONAL_CHILDREN = (
 )
 
 
-FINALIZER = "llmservice.dev/node-pools"  # only on services with managed node pools
+FINALIZER = keys.FINALIZER  # only on services with managed node pools
 NO_GKE = (
     "spec.nodePool.managed: the operator has no GKE cluster configured: set LLMSERVICE_GKE__PROJECT, "
     "LLMSERVICE_GKE__LOCATION and LLMSERVICE_GKE__CLUSTER (Helm: gke.*)"
@@ -39,7 +42,8 @@ class Outcome:
     applied: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     status_written: bool = False
-    busy: bool = False  # a GKE operation is under way: look again soon
+    busy: bool = False  # GKE is changing something no queued operation of ours covers: poll it
+    queued: bool = False  # a GKE mutation waits in the cluster's queue, which wakes this service
 
 
 def _switching(ray_service: dict[str, Any] | None) -> bool:
@@ -47,6 +51,11 @@ def _switching(ray_service: dict[str, Any] | None) -> bool:
     old one runs on must stay until traffic has moved."""
     pending = ((ray_service or {}).get("status") or {}).get("pendingServiceStatus") or {}
     return bool(pending.get("rayClusterName"))
+
+
+def _has_cluster(ray_service: dict[str, Any] | None) -> bool:
+    status = (ray_service or {}).get("status") or {}
+    return any((status.get(k) or {}).get("rayClusterName") for k in ("activeServiceStatus", "pendingServiceStatus"))
 
 
 def _now() -> str:
@@ -131,7 +140,8 @@ class Reconciler:
             self.kube.set_finalizers(meta["namespace"], meta["name"], [*finalizers, FINALIZER])
         owner = (meta["namespace"], meta["name"])
         sync = self.node_pools.sync(owner, rendered.node_pools, rendered.workload_policies, hold_replaced=switching)
-        out.busy = out.busy or sync.busy
+        out.busy = out.busy or (sync.busy and not sync.queued)  # queued: the GKE queue wakes us
+        out.queued = sync.queued
         return sync
 
     def _finalize(self, body: dict[str, Any]) -> Outcome | None:
@@ -142,7 +152,7 @@ class Reconciler:
         if self.node_pools is not None:
             sync = self.node_pools.delete_owned((meta["namespace"], meta["name"]))
             if sync.busy or sync.problems:
-                return Outcome(busy=True, problems=sync.problems)
+                return Outcome(busy=sync.busy and not sync.queued, queued=sync.queued, problems=sync.problems)
         # Released also when the pools were already gone (or GKE was never configured).
         self.kube.set_finalizers(meta["namespace"], meta["name"], [f for f in finalizers if f != FINALIZER])
         return None
@@ -175,7 +185,8 @@ class Reconciler:
             if is_rs:
                 ray_service = live
         self._prune(svc, {(o["kind"], o["metadata"]["name"]) for o in desired}, out)
-        self._expose(svc, out)
+        if _has_cluster(ray_service):  # KubeRay makes the Service once it has a Ray cluster
+            self._expose(svc, out)
         return ray_service
 
     def _expose(self, svc: LLMService, out: Outcome) -> None:
@@ -254,7 +265,7 @@ class Reconciler:
         out.status_written = True
         if new["phase"] != previous.get("phase"):
             # The condition that explains the new phase becomes the Event.
-            explains = {"Ready": "Ready", "Degraded": "Degraded"}.get(new["phase"], "Progressing")
+            explains = {Phase.READY: Cond.READY, Phase.DEGRADED: Cond.DEGRADED}.get(new["phase"], Cond.PROGRESSING)
             cond = next(c for c in new["conditions"] if c["type"] == explains)
             message = cond["message"] or f"phase {previous.get('phase') or '-'} -> {new['phase']}"
-            self.kube.event(body, "Warning" if new["phase"] == "Degraded" else "Normal", cond["reason"], message)
+            self.kube.event(body, "Warning" if new["phase"] == Phase.DEGRADED else "Normal", cond["reason"], message)

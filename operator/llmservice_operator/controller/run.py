@@ -35,7 +35,11 @@ def run(
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if json_logs else kopf.LogFormat.FULL)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     gke = settings.gke
-    pools = NodePools(cluster_manager(gke), gke, compute=compute(gke)) if gke else None
+    pools = (
+        NodePools(cluster_manager(gke), gke, compute=compute(gke), poll_seconds=settings.gke_poll_seconds)
+        if gke
+        else None
+    )
     cache = Cache()
     kube = CachedKube(Kube(), cache)
     # kopf's own rule for "another replica leads" is applied to the queue too (leader.py).

@@ -1,5 +1,6 @@
-"""Node pool reconciliation. Never blocks on a GKE operation: it starts one, remembers it, and
-reports `busy` so the caller reconciles again later (with backoff) to poll it.
+"""Node pool reconciliation. Never blocks on a GKE operation: it queues the mutation in the
+cluster's operation queue (ops.py: one at a time, services taking turns), which wakes the
+service when its operation starts and ends; `busy` says the pools are not settled yet.
 
 Only pools labelled as owned by this LLMService are changed or deleted; a same-named pool
 that is not ours is reported, never touched. The same holds for the Compute Engine workload
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,31 +34,12 @@ from google.cloud import container_v1
 from ..render.nodepools import OWNER_LABEL, OWNER_NS_LABEL, SLOT_LABEL
 from ..settings import GKECluster
 from .client import Compute
-from .policies import READY, WorkloadPolicies, basename
+from .ops import Mutation, OperationQueue, Owner, Poll, message, transient
+from .policies import READY, WorkloadPolicies, basename, region
 
 log = logging.getLogger(__name__)
 
-# Retried later, not reported: GKE is busy with another operation, or throttling us.
-TRANSIENT = (
-    gexc.FailedPrecondition,
-    gexc.TooManyRequests,
-    gexc.ServiceUnavailable,
-    gexc.Aborted,
-    gexc.DeadlineExceeded,
-    gexc.InternalServerError,
-)
-_HTTP_PREFIX = re.compile(r"^(GET|POST|PUT|PATCH|DELETE) \S+: ")
 NO_COMPUTE = "the operator has no Compute Engine client for the workload policies tpu7x slices need"
-
-
-def _message(e: gexc.GoogleAPICallError) -> str:
-    """GKE's own words, without the REST client's "POST <url>: " prefix."""
-    return _HTTP_PREFIX.sub("", e.message or str(e))
-
-
-def _transient(e: gexc.GoogleAPICallError) -> bool:
-    # Over REST a 400 arrives as BadRequest even when GKE means FAILED_PRECONDITION.
-    return isinstance(e, TRANSIENT) or "incompatible operation" in (e.message or "")
 
 
 BUSY_STATES = {"PROVISIONING", "RECONCILING", "STOPPING"}
@@ -115,16 +96,10 @@ def hardware_changes(live: container_v1.NodePool, want: container_v1.NodePool) -
 class PoolSync:
     pools: list[dict[str, Any]] = field(default_factory=list)  # status.nodePools entries
     problems: list[str] = field(default_factory=list)  # GKE's own words: quota, stockout, permission
-    busy: bool = False  # an operation is under way or GKE asked us to come back later
+    busy: bool = False  # not settled: an operation is queued or under way, or a pool is changing
+    queued: bool = False  # a mutation is in the operation queue, which wakes the owner: no need to poll
+    submitted: set[Owner] = field(default_factory=set, repr=False)  # (what, verb) wanted now
     progress: list[str] = field(default_factory=list)  # changes under way: a pool replaced, a policy awaited
-
-
-@dataclass
-class _Pending:
-    operation: str
-    what: str  # "node pool X", "workload policy Y": for messages
-    started: float
-    poll: Callable[[str], tuple[bool, str]]  # operation name -> (done, error message)
 
 
 class NodePools:
@@ -134,24 +109,44 @@ class NodePools:
         cluster: GKECluster,
         op_timeout: float = 3600,
         compute: Compute | None = None,
+        poll_seconds: float = 5.0,
     ):
         self.client = client
         self.cluster = cluster
-        self.op_timeout = op_timeout
         self.policies = WorkloadPolicies(compute, cluster) if compute else None
-        self._pending: dict[tuple[str, str], list[_Pending]] = {}
+        # GKE runs one node pool operation per cluster at a time; Compute Engine's policy
+        # operations are queued the same way (they are few), so both have one mechanism.
+        self.ops = OperationQueue(
+            f"GKE cluster {cluster.cluster}",
+            foreign=self._running_operations,
+            poll_seconds=poll_seconds,
+            op_timeout=op_timeout,
+        )
+        self.policy_ops = OperationQueue(
+            f"Compute region {region(cluster.location)}", poll_seconds=poll_seconds, op_timeout=op_timeout
+        )
         # The last error per owned pool or policy ("node pool X"), until it is seen healthy or
         # is no longer wanted.
-        self._errors: dict[tuple[str, str], dict[str, str]] = {}
+        self._errors: dict[Owner, dict[str, str]] = {}
         # Owners that had workload policies: the Compute API is only asked about these and
         # about owners whose spec or pools name one (GPU-only users need no Compute permission).
-        self._policy_owners: set[tuple[str, str]] = set()
+        self._policy_owners: set[Owner] = set()
+
+    def bind(self, notify: Callable[[Owner], None], active: Callable[[], bool]) -> None:
+        """`notify(owner)` when an owner's mutation starts or ends; start nothing while
+        `active()` is false (another replica leads)."""
+        for q in (self.ops, self.policy_ops):
+            q.notify, q.active = notify, active
+
+    def stop(self) -> None:
+        for q in (self.ops, self.policy_ops):
+            q.stop()
 
     @property
     def parent(self) -> str:
         return self.cluster.path
 
-    def _owned(self, pool: container_v1.NodePool, owner: tuple[str, str]) -> bool:
+    def _owned(self, pool: container_v1.NodePool, owner: Owner) -> bool:
         labels = pool.config.labels
         return labels.get(OWNER_NS_LABEL) == owner[0] and labels.get(OWNER_LABEL) == owner[1]
 
@@ -160,48 +155,39 @@ class NodePools:
         op = self.client.get_operation(name=name)
         return op.status == container_v1.Operation.Status.DONE, op.error.message if op.error else ""
 
-    def _poll(self, owner: tuple[str, str], out: PoolSync) -> None:
-        """Check the operations this process started; failed ones become problems."""
-        still = []
-        for p in self._pending.get(owner, []):
-            done, error = p.poll(p.operation)
-            if not done:
-                if time.monotonic() - p.started > self.op_timeout:
-                    out.problems.append(f"{p.what}: operation {p.operation} did not finish in {self.op_timeout:.0f}s")
-                else:
-                    out.busy = True
-                    still.append(p)
-            elif error:
-                self._errors.setdefault(owner, {})[p.what] = error
-        if still:
-            self._pending[owner] = still
-        else:
-            self._pending.pop(owner, None)
+    def _running_operations(self) -> list[tuple[str, Poll]]:
+        """Operations under way in this cluster, whoever started them."""
+        parent = f"projects/{self.cluster.project}/locations/{self.cluster.location}"
+        ours = re.compile(rf"/clusters/{re.escape(self.cluster.cluster)}(/|$)")
+        ops = self.client.list_operations(parent=parent).operations
+        done = container_v1.Operation.Status.DONE
+        return [(op.name, self._gke_poll) for op in ops if op.status != done and ours.search(op.target_link)]
 
-    def _start(
-        self, owner: tuple[str, str], what: str, call: Any, out: PoolSync, poll: Callable[[str], tuple[bool, str]]
-    ) -> None:
-        try:
-            op = call()
-        except (gexc.Conflict, gexc.NotFound):
-            out.busy = True  # created or deleted meanwhile: the next pass re-reads the list
-            return
-        except gexc.GoogleAPICallError as e:
-            if _transient(e):
-                log.info("GKE busy for %s, retrying later: %s", what, _message(e))
-                out.busy = True
-            else:  # quota, permission, invalid request
-                self._errors.setdefault(owner, {})[what] = _message(e)
-            return
-        self._pending.setdefault(owner, []).append(_Pending(op.name, what, time.monotonic(), poll))
+    def _submit(self, queue: OperationQueue, m: Mutation, out: PoolSync) -> None:
+        queue.submit(m)
+        out.submitted.add((m.what, m.verb))
         out.busy = True
 
-    def _start_gke(self, owner: tuple[str, str], pool: str, call: Any, out: PoolSync) -> None:
-        self._start(owner, f"node pool {pool}", call, out, self._gke_poll)
+    def _gke(self, owner: Owner, pool: str, verb: str, call: Callable[[], Any], out: PoolSync) -> None:
+        self._submit(self.ops, Mutation(owner, f"node pool {pool}", verb, call, self._gke_poll), out)
+
+    def _policy(self, owner: Owner, name: str, verb: str, call: Callable[[], Any], out: PoolSync) -> None:
+        assert self.policies is not None
+        self._submit(self.policy_ops, Mutation(owner, f"workload policy {name}", verb, call, self.policies.poll), out)
+
+    def _take_errors(self, owner: Owner) -> dict[str, str]:
+        return {**self.ops.take_errors(owner), **self.policy_ops.take_errors(owner)}
+
+    def _finish(self, owner: Owner, out: PoolSync) -> None:
+        """Queued mutations no longer wanted go; the status says where the others wait."""
+        self.ops.retain(owner, out.submitted)
+        self.policy_ops.retain(owner, out.submitted)
+        out.progress += self.ops.where(owner) + self.policy_ops.where(owner)
+        out.queued = self.ops.pending(owner) or self.policy_ops.pending(owner)
 
     def sync(
         self,
-        owner: tuple[str, str],
+        owner: Owner,
         desired: list[dict[str, Any]],
         policies: list[dict[str, Any]] | None = None,
         hold_replaced: bool = False,
@@ -211,11 +197,11 @@ class NodePools:
         Ray cluster still serves on the pools being replaced (a blue/green switch under way),
         so they stay until it is done."""
         out = PoolSync()
-        self._poll(owner, out)
+        errors = self._errors.setdefault(owner, {})
+        errors.update(self._take_errors(owner))
         live = {p.name: p for p in self.client.list_node_pools(parent=self.parent).node_pools}
         ready, owned_policies = self._sync_policies(owner, policies or [], live, out)
         desired = self._adopt(owner, desired, live)
-        errors = self._errors.setdefault(owner, {})
         for d in desired:
             name = d["name"]
             pool = live.get(name)
@@ -227,9 +213,8 @@ class NodePools:
                     out.progress.append(f"node pool {name} waits for workload policy {needs}")
                     continue
                 msg = container_v1.NodePool(**d)
-                self._start_gke(
-                    owner, name, lambda m=msg: self.client.create_node_pool(parent=self.parent, node_pool=m), out
-                )
+                create = lambda m=msg: self.client.create_node_pool(parent=self.parent, node_pool=m)  # noqa: E731
+                self._gke(owner, name, "create", create, out)
                 continue
             if not self._owned(pool, owner):
                 out.problems.append(
@@ -244,13 +229,13 @@ class NodePools:
             out.pools.append(self._status(pool))
             if state in BUSY_STATES:
                 out.busy = True
-            elif state == "ERROR":  # unusable (a failed create): make it again, with backoff
+            elif state == "ERROR":  # unusable (a failed create): delete it, then make it again
                 self._delete(owner, pool, out)
             elif (pool.autoscaling.total_min_node_count, pool.autoscaling.total_max_node_count) != (
                 want.total_min_node_count,
                 want.total_max_node_count,
             ):
-                self._start_gke(owner, name, self._autoscale_call(name, want), out)
+                self._gke(owner, name, "set autoscaling", self._autoscale_call(name, want), out)
         # Every desired pool is ours and RUNNING: the pools they replace may go.
         running = all(
             (p := live.get(d["name"])) is not None and self._owned(p, owner) and _state(p) == "RUNNING" for d in desired
@@ -266,6 +251,7 @@ class NodePools:
         out.problems += _problems(errors)
         if not errors:
             del self._errors[owner]
+        self._finish(owner, out)
         return out
 
     @staticmethod
@@ -278,7 +264,7 @@ class NodePools:
         }
 
     def _adopt(
-        self, owner: tuple[str, str], desired: list[dict[str, Any]], live: dict[str, container_v1.NodePool]
+        self, owner: Owner, desired: list[dict[str, Any]], live: dict[str, container_v1.NodePool]
     ) -> list[dict[str, Any]]:
         """A missing desired pool whose slot already has an owned pool of the same hardware under
         another name (made before names carried a hardware digest) is that pool: no needless
@@ -298,7 +284,7 @@ class NodePools:
 
     def _retire(
         self,
-        owner: tuple[str, str],
+        owner: Owner,
         desired: list[dict[str, Any]],
         live: dict[str, container_v1.NodePool],
         running: bool,
@@ -334,7 +320,7 @@ class NodePools:
 
     def _sync_policies(
         self,
-        owner: tuple[str, str],
+        owner: Owner,
         desired: list[dict[str, Any]],
         live: dict[str, container_v1.NodePool],
         out: PoolSync,
@@ -354,18 +340,18 @@ class NodePools:
         except gexc.GoogleAPICallError as e:
             if isinstance(e, gexc.PermissionDenied) and not desired and not ours:
                 # Nothing needs a policy: a setup without Compute permissions has none of ours.
-                log.warning("cannot list workload policies to clean up: %s", _message(e))
+                log.warning("cannot list workload policies to clean up: %s", message(e))
                 self._policy_owners.discard(owner)
-            elif _transient(e):
+            elif transient(e):
                 out.busy = True
             else:
-                out.problems.append(f"workload policies: {_message(e)}")
+                out.problems.append(f"workload policies: {message(e)}")
             return set(), set()
         ready: set[str] = set()
         for d in desired:
             name, policy = d["name"], existing.get(d["name"])
             if policy is None:
-                self._start(owner, f"workload policy {name}", self.policies.insert(owner, d), out, self.policies.poll)
+                self._policy(owner, name, "create", self.policies.insert(owner, d), out)
             elif not self.policies.owned(policy, owner):
                 out.problems.append(
                     f"workload policy {name} exists but was not created for this LLMService: rename or remove it"
@@ -380,9 +366,7 @@ class NodePools:
             if policy.name in named or policy.status == "DELETING":
                 out.busy = True  # a pool still names it (it is being replaced or deleted)
             else:
-                self._start(
-                    owner, f"workload policy {policy.name}", self.policies.delete(policy.name), out, self.policies.poll
-                )
+                self._policy(owner, policy.name, "delete", self.policies.delete(policy.name), out)
         if desired or left:
             self._policy_owners.add(owner)
         else:
@@ -393,19 +377,19 @@ class NodePools:
         req = container_v1.SetNodePoolAutoscalingRequest(name=f"{self.parent}/nodePools/{pool}", autoscaling=want)
         return lambda: self.client.set_node_pool_autoscaling(request=req)
 
-    def _delete(self, owner: tuple[str, str], pool: container_v1.NodePool, out: PoolSync) -> None:
+    def _delete(self, owner: Owner, pool: container_v1.NodePool, out: PoolSync) -> None:
         if _state(pool) == "STOPPING":
             out.busy = True
             return
         name = f"{self.parent}/nodePools/{pool.name}"
-        self._start_gke(owner, pool.name, lambda: self.client.delete_node_pool(name=name), out)
+        self._gke(owner, pool.name, "delete", lambda: self.client.delete_node_pool(name=name), out)
 
-    def delete_owned(self, owner: tuple[str, str]) -> PoolSync:
+    def delete_owned(self, owner: Owner) -> PoolSync:
         """Start deleting every pool this LLMService owns, then its workload policies; done when
         `busy` is False and nothing owned is left (a pool already gone counts as deleted)."""
         out = PoolSync()
         self._errors.pop(owner, None)  # deletion errors are reported; earlier ones no longer matter
-        self._poll(owner, out)
+        errors = self._take_errors(owner)
         live = {p.name: p for p in self.client.list_node_pools(parent=self.parent).node_pools}
         for pool in live.values():
             if self._owned(pool, owner):
@@ -414,8 +398,10 @@ class NodePools:
         if self.policies is not None:
             self._policy_owners.add(owner)  # also after a restart: policies may be left
             self._sync_policies(owner, [], live, out)
-        out.problems += _problems(self._errors.pop(owner, {}))
+        out.problems += _problems(errors)
+        self._finish(owner, out)
         if not out.busy:
-            self._pending.pop(owner, None)
             self._policy_owners.discard(owner)
+            self.ops.forget(owner)
+            self.policy_ops.forget(owner)
         return out
