@@ -7,18 +7,19 @@ from __future__ import annotations
 
 import re
 
+from .. import labels as keys
 from ..catalog import ACCELERATORS, labels
 from .rule import Rule
 from .spec import LLMServiceSpec, PodOverrides
 
 # Set by the operator (render/names.py) and by KubeRay (ray.io/*) on every Ray pod.
 OWN_LABELS = (
-    "app.kubernetes.io/name",
-    "app.kubernetes.io/instance",
-    "app.kubernetes.io/managed-by",
-    "llmservice.dev/name",
+    keys.NAME,
+    keys.INSTANCE,
+    keys.MANAGED_BY,
+    keys.OWNER,
 )
-OWN_ANNOTATION_PREFIX = "llmservice.dev/"
+OWN_ANNOTATION_PREFIX = keys.OWN_PREFIX
 # Node labels the operator derives from accelerator.* and placement (render/scheduling.py).
 OWN_NODE_LABELS = tuple(
     sorted(

@@ -2,13 +2,52 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import Field
 
 from .spec import Model
 
-Phase = Literal["Pending", "Provisioning", "Ready", "Degraded", "Suspended"]
+
+class Phase(StrEnum):
+    """One word for `kubectl get`: where the service is."""
+
+    PENDING = "Pending"  # the RayService is being created
+    PROVISIONING = "Provisioning"  # KubeRay brings up the Ray cluster and the Serve app
+    READY = "Ready"  # serving traffic
+    DEGRADED = "Degraded"  # cannot get (or stay) there without a change: the Degraded condition says why
+    SUSPENDED = "Suspended"  # spec.suspend: the Ray cluster is deleted
+
+
+class ConditionType(StrEnum):
+    READY = "Ready"
+    PROGRESSING = "Progressing"
+    DEGRADED = "Degraded"
+
+
+class Reason(StrEnum):
+    """Every condition reason the operator writes (Ready's may also be KubeRay's own)."""
+
+    # Ready
+    SERVING_TRAFFIC = "ServingTraffic"
+    SERVING_PREVIOUS_SPEC = "ServingPreviousSpec"  # a reference is missing; the old spec still serves
+    NOT_DEPLOYED = "NotDeployed"
+    DEPLOYING = "Deploying"
+    CREATING = "Creating"
+    SUSPENDED = "Suspended"
+    # Progressing
+    RECONCILED = "Reconciled"
+    RECONCILING = "Reconciling"  # KubeRay has not observed the latest spec
+    UPGRADING = "Upgrading"  # a new Ray cluster starts beside the serving one
+    UPDATING_NODE_POOLS = "UpdatingNodePools"  # GKE pools being created, replaced or queued
+    BLOCKED = "Blocked"  # nothing is applied until the spec or its references are fixed
+    # Degraded
+    AS_EXPECTED = "AsExpected"
+    INVALID_SPEC = "InvalidSpec"
+    INVALID_REFERENCE = "InvalidReference"  # a Secret, key, PVC or ServiceAccount is missing
+    SERVE_APPLICATION_FAILED = "ServeApplicationFailed"
+    NODE_POOL_ERROR = "NodePoolError"  # GKE's words: quota, stockout, permission
 
 
 class Condition(Model):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 
+from .. import labels as keys
+from ..labels import ENGINE_ANNOTATION  # noqa: F401  (rayservice._pin_engine sets it)
+
 MAX = 63
-# On every Ray pod template: the digest of what the engine loads (see rayservice._pin_engine).
-ENGINE_ANNOTATION = "llmservice.dev/engine"
 
 
 def child(base: str, *suffixes: str, limit: int = MAX) -> str:
@@ -20,8 +21,8 @@ def child(base: str, *suffixes: str, limit: int = MAX) -> str:
 def labels(svc_name: str) -> dict[str, str]:
     """Labels on every child and pod: who owns it, for selectors and `kubectl get -l`."""
     return {
-        "app.kubernetes.io/name": "llmservice",
-        "app.kubernetes.io/instance": svc_name,
-        "app.kubernetes.io/managed-by": "llmservice-operator",
-        "llmservice.dev/name": svc_name,
+        keys.NAME: "llmservice",
+        keys.INSTANCE: svc_name,
+        keys.MANAGED_BY: keys.MANAGER,
+        keys.OWNER: svc_name,
     }

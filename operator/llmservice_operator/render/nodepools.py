@@ -13,14 +13,15 @@ import hashlib
 import json
 from typing import Any
 
+from .. import labels as keys
 from ..api.resource import LLMService
 from ..catalog import boot_disk_type
 from . import names
 from .shape import WorkerBounds, worker_bounds
 
-OWNER_LABEL = "llmservice-dev-owner"  # GCE label keys allow no dots or slashes
-OWNER_NS_LABEL = "llmservice-dev-namespace"
-SLOT_LABEL = "llmservice-dev-slot"  # the pool's name without its hardware digest
+OWNER_LABEL = keys.POOL_OWNER
+OWNER_NS_LABEL = keys.POOL_NAMESPACE
+SLOT_LABEL = keys.POOL_SLOT
 POOL_NAME_LIMIT = 40  # GKE node pool names: at most 40 characters
 POLICY_NAME_LIMIT = 63  # Compute Engine resource names (RFC 1035)
 # NodeConfig and NodePool fields GKE cannot update in place: a change needs a new pool.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import labels as keys
 from ..api.resource import LLMService
 from ..settings import OperatorSettings
 from . import names
@@ -32,7 +33,7 @@ def pod_disruption_budget(svc: LLMService) -> dict[str, Any] | None:
         "metadata": _meta(svc, "workers"),
         "spec": {
             "minAvailable": floor,
-            "selector": {"matchLabels": {"llmservice.dev/name": svc.metadata.name, "ray.io/node-type": "worker"}},
+            "selector": {"matchLabels": {keys.OWNER: svc.metadata.name, keys.RAY_NODE_TYPE: "worker"}},
         },
     }
 
@@ -47,7 +48,7 @@ def _endpoints(svc: LLMService) -> list[dict[str, Any]]:
 def monitoring(svc: LLMService, settings: OperatorSettings) -> dict[str, Any] | None:
     if not svc.spec.observability.metrics or settings.monitoring == "none":
         return None
-    selector = {"matchLabels": {"llmservice.dev/name": svc.metadata.name}}
+    selector = {"matchLabels": {keys.OWNER: svc.metadata.name}}
     if settings.monitoring == "gmp":
         return {
             "apiVersion": "monitoring.googleapis.com/v1",

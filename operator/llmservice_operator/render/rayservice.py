@@ -7,6 +7,7 @@ from typing import Any
 
 import yaml
 
+from .. import labels as keys
 from ..api.pod_rules import LB_TYPE_ANNOTATION
 from ..api.quantity import GIB, memory_bytes
 from ..api.resource import LLMService
@@ -299,7 +300,7 @@ def serve_service(svc: LLMService) -> dict[str, Any]:
     return {"metadata": meta, "spec": spec}
 
 
-EXPOSURE_ANNOTATIONS = "llmservice.dev/service-annotations"  # keys set from ingress.service
+EXPOSURE_ANNOTATIONS = keys.EXPOSURE_ANNOTATIONS
 
 
 def exposure(spec: LLMServiceSpec) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import labels as keys
 from ..api.spec import LLMServiceSpec
 from ..catalog import labels
 from .shape import Shape
 
-GROUP_LABEL = "ray.io/group"
-REPLICA_LABEL = "ray.io/worker-group-replica-name"  # KubeRay sets it on multi-host pods
+GROUP_LABEL = keys.RAY_GROUP
+REPLICA_LABEL = keys.RAY_REPLICA
 HOSTNAME = "kubernetes.io/hostname"
 
 
@@ -61,7 +62,7 @@ def tolerations(spec: LLMServiceSpec, sh: Shape) -> list[dict[str, Any]]:
 
 
 def _group_selector(svc_name: str, group: str) -> dict[str, Any]:
-    return {"matchLabels": {"llmservice.dev/name": svc_name, GROUP_LABEL: group}}
+    return {"matchLabels": {keys.OWNER: svc_name, GROUP_LABEL: group}}
 
 
 def affinity(spec: LLMServiceSpec, sh: Shape, svc_name: str, group: str) -> dict[str, Any] | None:

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..api.resource import LLMService
+from ..api.status import ConditionType as C
+from ..api.status import Phase as P
+from ..api.status import Reason as R
 from ..settings import OperatorSettings
 from . import names
 from .serve_config import SERVE_PORT
@@ -30,8 +33,10 @@ class Observed:
     pool_progress: list[str] = field(default_factory=list)  # a node pool being replaced, a policy awaited
 
 
-def _cond(ctype: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
-    return {"type": ctype, "status": "True" if ok else "False", "reason": reason, "message": message}
+def _cond(ctype: C, ok: bool, reason: str, message: str) -> dict[str, Any]:
+    """A condition as written; plain strings (not the enums) so the dict is plain JSON data.
+    `reason` may be KubeRay's own (Ready while deploying)."""
+    return {"type": str(ctype), "status": "True" if ok else "False", "reason": str(reason), "message": message}
 
 
 def _ray_condition(rs: dict[str, Any], ctype: str) -> dict[str, Any] | None:
@@ -71,7 +76,7 @@ def replicas(svc: LLMService, rs: dict[str, Any] | None, ray_cluster: dict[str, 
     }
 
 
-def conditions(svc: LLMService, obs: Observed) -> tuple[str, list[dict[str, Any]]]:
+def conditions(svc: LLMService, obs: Observed) -> tuple[P, list[dict[str, Any]]]:
     """(phase, [Ready, Progressing, Degraded])."""
     rs = obs.ray_service
     spec_seen = rs is not None and rs.get("status", {}).get("observedGeneration") == rs["metadata"].get("generation")
@@ -80,22 +85,22 @@ def conditions(svc: LLMService, obs: Observed) -> tuple[str, list[dict[str, Any]
         live = "the running RayService was left unchanged" if rs else "nothing was deployed"
         ready = _ray_condition(rs, "Ready") if rs else None
         serving = bool(ready and ready.get("status") == "True")
-        return "Degraded", [
-            _cond("Ready", serving, "ServingPreviousSpec" if serving else "NotDeployed", live),
-            _cond("Progressing", False, "Blocked", message),
-            _cond("Degraded", True, "InvalidReference", message),
+        return P.DEGRADED, [
+            _cond(C.READY, serving, R.SERVING_PREVIOUS_SPEC if serving else R.NOT_DEPLOYED, live),
+            _cond(C.PROGRESSING, False, R.BLOCKED, message),
+            _cond(C.DEGRADED, True, R.INVALID_REFERENCE, message),
         ]
     if svc.spec.suspend:
-        return "Suspended", [
-            _cond("Ready", False, "Suspended", "spec.suspend is true: the Ray cluster is deleted"),
-            _cond("Progressing", False, "Suspended", ""),
-            _cond("Degraded", False, "Suspended", ""),
+        return P.SUSPENDED, [
+            _cond(C.READY, False, R.SUSPENDED, "spec.suspend is true: the Ray cluster is deleted"),
+            _cond(C.PROGRESSING, False, R.SUSPENDED, ""),
+            _cond(C.DEGRADED, False, R.SUSPENDED, ""),
         ]
     if rs is None:
-        return "Pending", [
-            _cond("Ready", False, "Creating", "creating the RayService"),
-            _cond("Progressing", True, "Creating", "creating the RayService"),
-            _cond("Degraded", False, "AsExpected", ""),
+        return P.PENDING, [
+            _cond(C.READY, False, R.CREATING, "creating the RayService"),
+            _cond(C.PROGRESSING, True, R.CREATING, "creating the RayService"),
+            _cond(C.DEGRADED, False, R.AS_EXPECTED, ""),
         ]
     ready = _ray_condition(rs, "Ready") or {}
     upgrading = _ray_condition(rs, "UpgradeInProgress") or {}
@@ -116,23 +121,23 @@ def conditions(svc: LLMService, obs: Observed) -> tuple[str, list[dict[str, Any]
         detail = "; ".join(
             f"{n}: {a.get('status')}: {_error(a.get('message', ''))}".rstrip(": ") for n, a in failed.items()
         )
-        degraded = _cond("Degraded", True, "ServeApplicationFailed", detail)
+        degraded = _cond(C.DEGRADED, True, R.SERVE_APPLICATION_FAILED, detail)
     else:
-        degraded = _cond("Degraded", False, "AsExpected", "")
+        degraded = _cond(C.DEGRADED, False, R.AS_EXPECTED, "")
     if upgrade:
-        progressing = _cond("Progressing", True, "Upgrading", upgrading.get("message", "new Ray cluster starting"))
+        progressing = _cond(C.PROGRESSING, True, R.UPGRADING, upgrading.get("message", "new Ray cluster starting"))
     elif not spec_seen:
-        progressing = _cond("Progressing", True, "Reconciling", "KubeRay has not yet observed the latest spec")
+        progressing = _cond(C.PROGRESSING, True, R.RECONCILING, "KubeRay has not yet observed the latest spec")
     elif not serving:
-        progressing = _cond("Progressing", True, "Deploying", ready.get("message") or "waiting for serve endpoints")
+        progressing = _cond(C.PROGRESSING, True, R.DEPLOYING, ready.get("message") or "waiting for serve endpoints")
     else:
-        progressing = _cond("Progressing", False, "Reconciled", "")
+        progressing = _cond(C.PROGRESSING, False, R.RECONCILED, "")
     if serving:
         n = rs.get("status", {}).get("numServeEndpoints", 0)
-        ready_c = _cond("Ready", True, "ServingTraffic", f"{n} serve endpoint(s)")
+        ready_c = _cond(C.READY, True, R.SERVING_TRAFFIC, f"{n} serve endpoint(s)")
     else:
-        ready_c = _cond("Ready", False, ready.get("reason") or "Deploying", ready.get("message", ""))
-    phase = "Ready" if serving else ("Degraded" if failed else "Provisioning")
+        ready_c = _cond(C.READY, False, ready.get("reason") or R.DEPLOYING, ready.get("message", ""))
+    phase = P.READY if serving else (P.DEGRADED if failed else P.PROVISIONING)
     return phase, [ready_c, progressing, degraded]
 
 
@@ -152,14 +157,14 @@ def status(
     phase, conds = conditions(svc, obs)
     if obs.pool_problems and not obs.problems:
         # The Ray side may be fine; the nodes it needs are not coming: say why, in GKE's words.
-        phase = "Degraded"
-        conds = [c for c in conds if c["type"] != "Degraded"]
-        conds.append(_cond("Degraded", True, "NodePoolError", "; ".join(obs.pool_problems)))
+        phase = P.DEGRADED
+        conds = [c for c in conds if c["type"] != C.DEGRADED]
+        conds.append(_cond(C.DEGRADED, True, R.NODE_POOL_ERROR, "; ".join(obs.pool_problems)))
     if obs.pool_progress and not obs.problems:
         # Nodes are changing under a service that may well be serving: Progressing says so
         # (the phase stays what the Ray side makes it).
-        conds = [c for c in conds if c["type"] != "Progressing"]
-        conds.append(_cond("Progressing", True, "UpdatingNodePools", "; ".join(obs.pool_progress)))
+        conds = [c for c in conds if c["type"] != C.PROGRESSING]
+        conds.append(_cond(C.PROGRESSING, True, R.UPDATING_NODE_POOLS, "; ".join(obs.pool_progress)))
     conds = [{**c, "observedGeneration": obs.generation} for c in conds]
     rs = obs.ray_service
     rs_status = (rs or {}).get("status") or {}
@@ -169,9 +174,9 @@ def status(
     ).get("rayClusterName")
     return {
         "observedGeneration": obs.generation,
-        "phase": phase,
+        "phase": str(phase),
         "conditions": _keep_transition_times(conds, previous.get("conditions", []), now),
-        "endpoint": endpoint(svc, settings) if phase == "Ready" else previous.get("endpoint"),
+        "endpoint": endpoint(svc, settings) if phase == P.READY else previous.get("endpoint"),
         "replicas": replicas(svc, rs, obs.ray_cluster),
         "children": {
             k: v
@@ -191,14 +196,14 @@ def invalid(problems: list[str], generation: int, previous: dict[str, Any], now:
     """Status of a manifest the renderer rejects (a rule CEL cannot express)."""
     message = "; ".join(problems)
     conds = [
-        _cond("Ready", False, "InvalidSpec", "nothing was applied"),
-        _cond("Progressing", False, "Blocked", message),
-        _cond("Degraded", True, "InvalidSpec", message),
+        _cond(C.READY, False, R.INVALID_SPEC, "nothing was applied"),
+        _cond(C.PROGRESSING, False, R.BLOCKED, message),
+        _cond(C.DEGRADED, True, R.INVALID_SPEC, message),
     ]
     conds = [{**c, "observedGeneration": generation} for c in conds]
     return {
         "observedGeneration": generation,
-        "phase": "Degraded",
+        "phase": str(P.DEGRADED),
         "conditions": _keep_transition_times(conds, previous.get("conditions", []), now),
     }
 
