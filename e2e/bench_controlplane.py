@@ -7,7 +7,8 @@ Per N (default 100, 300, 1000), side by side in one run:
   after deleting everything (twice, 10 s apart: a leak from the allocator), writes during
   idle and after a label edit (audit log), spec-edit-to-RayService latency, deletion time;
 - the baseline: the same rendered children applied directly by the same 8 threads.
-Prints a table, the targets as met / NOT met, and a PNG of the convergence curves.
+Prints a table, the targets as met / NOT met, and a PNG of the convergence curves; then the
+managed node pool phase against the fake GKE (bench_gke.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 from kubernetes.config import new_client_from_config
 
+from e2e import bench_gke
 from e2e.cluster import Cluster
 from e2e.operator import Operator
 from llmservice_operator.api import parse
@@ -246,12 +248,15 @@ def report(results: list[Result], png: Path | None) -> str:
     return "\n".join(out)
 
 
-def bench(ns: list[int], idle_s: float = 60, edits: int = 20) -> list[Result]:
+def bench(
+    ns: list[int], idle_s: float = 60, edits: int = 20, gke: list[int] | None = None, **gke_opts: Any
+) -> tuple[list[Result], list[bench_gke.GkeResult]]:
     with Cluster(real_node=False, kuberay_namespaces=("kuberay",)) as cluster:
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / "llmservice.dev_llmservices.yaml"))
         cluster.wait_established(["llmservices.llmservice.dev"])
         kube = Kube(new_client_from_config(config_file=str(cluster.kubeconfig)))
-        return [run_n(cluster, kube, n, idle_s, edits) for n in ns]
+        fleet = [run_n(cluster, kube, n, idle_s, edits) for n in ns]
+        return fleet, bench_gke.bench(cluster, gke, **gke_opts) if gke else []
 
 
 def main() -> None:
@@ -260,9 +265,19 @@ def main() -> None:
     p.add_argument("--idle", type=float, default=60, help="seconds of idle to count no-op writes")
     p.add_argument("--edits", type=int, default=20, help="spec edits timed to the RayService")
     p.add_argument("--png", type=Path, default=Path("bench-controlplane.png"))
+    p.add_argument("--gke", default="10,50", help="managed-pool phase: services, comma-separated ('' skips)")
+    p.add_argument("--storm", type=float, default=20, help="seconds of GKE errors during the smallest create")
+    p.add_argument("--gke-limit", type=float, default=420, help="seconds before a GKE step counts as not done")
+    p.add_argument("--operator-src", type=Path, help="run this checkout's operator package instead")
     a = p.parse_args()
-    results = bench([int(x) for x in a.n.split(",")], a.idle, a.edits)
-    print(report(results, a.png))
+    sizes = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
+    fleet, gke = bench(
+        sizes(a.n), a.idle, a.edits, sizes(a.gke), storm_s=a.storm, limit=a.gke_limit, src=a.operator_src
+    )
+    if fleet:
+        print(report(fleet, a.png))
+    if gke:
+        print(bench_gke.report(gke, f" ({a.operator_src})" if a.operator_src else ""))
 
 
 if __name__ == "__main__":

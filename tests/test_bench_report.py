@@ -62,3 +62,16 @@ def test_real_engine_report_puts_paths_side_by_side_with_paired_ratios():
     assert cells[6] == "1.00 [1.00–1.00]"  # c/b
     assert cells[7].startswith("+1.0 ")  # c-b TTFT p50
     assert cells[8] == "1.00 / 2.00" and cells[9] == "0"  # proxy CPU per request, errors
+
+
+def test_gke_phase_verdicts_follow_the_numbers():
+    from e2e.bench_gke import GkeResult
+    from e2e.bench_gke import report as gke_report
+
+    good = [GkeResult(10, create_s=21, delete_s=22), GkeResult(10, create_s=44, delete_s=21, storm_s=20, resume_s=4)]
+    text = gke_report(good)
+    assert "| N=10 | N=10, 20 s storm |" in text and text.count(": met") == 3
+    slow = [GkeResult(10, create_s=21, delete_s=-1, left_pools=3), good[1]]
+    text = gke_report(slow)
+    assert "not done" in text and "| 3 / 0 |" in text
+    assert "N x the operation time + 10 s: NOT met" in text and "orphaned pools: NOT met" in text
