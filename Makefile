@@ -3,14 +3,20 @@ SHELL := /bin/bash
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+STAMP := .venv-installed
+# The dependencies live in a venv cached outside the repo, one per pyproject.toml: a fresh clone
+# links .venv to it and installs only itself (editable), instead of every dependency again.
+VENV_CACHE := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/llmservice-operator/venvs/dev-$(shell sha256sum pyproject.toml | cut -c1-16)
 
 .PHONY: test lint fmt crds manifests bench-dataplane bench-controlplane render-samples e2e-bins node-deps images image-lock cluster-up cluster-down demo clean
 
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev]"
+	test -x $(VENV_CACHE)/bin/python || $(PY) -m venv $(VENV_CACHE)
+	test -f $(VENV_CACHE)/.deps || { $(VENV_CACHE)/bin/pip install -q --upgrade pip && \
+	  $(VENV_CACHE)/bin/pip install -q -e ".[dev]" && touch $(VENV_CACHE)/.deps; }
+	if [ -d $(VENV) ] && [ ! -L $(VENV) ]; then rm -rf $(VENV); fi
+	ln -sfn $(VENV_CACHE) $(VENV)
+	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
 ## Lint, build the local cluster's binaries and images (cached outside the repo), run all tests.
@@ -83,4 +89,4 @@ demo: $(STAMP) e2e-bins images
 	$(BIN)/python -m e2e.demo
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(STAMP) .pytest_cache .ruff_cache
