@@ -126,7 +126,14 @@ def _quiet(op: Operator, quiet_s: float = 2.0, limit_s: float = 300) -> float:
 
 
 def run_n(
-    cluster: Cluster, kube: Kube, n: int, idle_s: float, edits: int, settle_s: float = 10, delete: bool = True
+    cluster: Cluster,
+    kube: Kube,
+    n: int,
+    idle_s: float,
+    edits: int,
+    settle_s: float = 10,
+    delete: bool = True,
+    env: dict[str, str] | None = None,
 ) -> Result:
     """One fleet size. The smoke run shortens the pauses that let the operator settle
     (`settle_s`) and leaves the deletion to the namespace's (`delete`)."""
@@ -135,7 +142,8 @@ def run_n(
         cluster.kubectl("create", "namespace", name)
     _apply_all(kube, _secrets(ns))
     # Its own user (the audit log counts its writes) and only this namespace.
-    op = Operator(cluster, OPERATOR_USER, ("-n", ns, "--log-format", "text"), {"LLMSERVICE_RETRY_DELAY_SECONDS": "5"})
+    env = {"LLMSERVICE_RETRY_DELAY_SECONDS": "5", **(env or {})}
+    op = Operator(cluster, OPERATOR_USER, ("-n", ns, "--log-format", "text"), env)
     op.start()
     r = Result(n)
     try:

@@ -28,6 +28,8 @@ class DictKube:
     def get_llmservice(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.get("", "LLMService", namespace, name)
 
+    peek = get
+
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         self.applied.append(f"{obj['kind']}/{obj['metadata']['name']}")
         self.objects[(obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])] = obj

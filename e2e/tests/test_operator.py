@@ -231,6 +231,7 @@ def test_exposure_changes_reach_the_live_service(cluster: Cluster, operator: Ope
     made["metadata"]["namespace"] = namespace
     made["spec"]["selector"] = {"ray.io/serve": "true", "ray.io/cluster": "gemma-x1y2z"}
     cluster.kubectl("create", "-f", "-", input=yaml.safe_dump({"apiVersion": "v1", "kind": "Service", **made}))
+    _play_kuberay(cluster, namespace, "gemma")  # the Ray cluster it serves from (gemma-x1y2z)
     live = _get(cluster, "service", namespace, "gemma")
     assert live["spec"]["type"] == "LoadBalancer" and live["spec"]["ports"][0]["nodePort"]
     assert live["metadata"]["annotations"]["networking.gke.io/load-balancer-type"] == "Internal"

@@ -52,7 +52,7 @@ class OperatorSettings(BaseModel):
         description="Cap of the backoff (1, 2, 5, 10, 30, 60 s) between retries after errors.",
     )
     reconcile_workers: int = Field(
-        4,
+        16,
         ge=1,
         le=64,
         description="Reconciles run at once (each LLMService by one at a time): they mostly wait "

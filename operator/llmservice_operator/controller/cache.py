@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from . import memory
 from .kube import Kube
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
@@ -33,6 +34,21 @@ def _key(obj: dict[str, Any]) -> Key:
     return obj["kind"], meta.get("namespace", ""), meta["name"]
 
 
+# Kinds whose status alone is read (the serving RayCluster's ready workers): their spec, a copy
+# of the RayService's pod templates, is not kept.
+STATUS_ONLY = {"RayCluster"}
+
+
+def _slim(obj: dict[str, Any]) -> dict[str, Any]:
+    """What reconciles read, without what they never do: managedFields (often the larger part
+    of a small object) and, for STATUS_ONLY kinds, the spec. A copy: the watch event's dict
+    is kopf's."""
+    meta = {k: v for k, v in obj.get("metadata", {}).items() if k != "managedFields"}
+    if obj.get("kind") in STATUS_ONLY:
+        return {k: obj[k] for k in ("apiVersion", "kind", "status") if k in obj} | {"metadata": meta}
+    return {**obj, "metadata": meta}
+
+
 def _version(obj: dict[str, Any] | None) -> int:
     # resourceVersions are opaque, but etcd's are increasing integers: an older copy (an event
     # that arrives after our own write's answer) must not replace a newer one.
@@ -44,6 +60,7 @@ class Cache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._objects: dict[Key, dict[str, Any]] = {}
+        self._peak = 0  # the most objects held since memory was last released
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:
@@ -53,16 +70,23 @@ class Cache:
         """Store a watched or just-written object; returns (the previous copy, whether this
         one is newer). Not newer: our own write's echo, a relist, or an old event."""
         key = _key(obj)
+        slim = _slim(obj)
         with self._lock:
             old = self._objects.get(key)
             newer = _version(obj) > _version(old) or old is None
             if newer:
-                self._objects[key] = obj
+                self._objects[key] = slim
+                self._peak = max(self._peak, len(self._objects))
             return old, newer
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
         with self._lock:
             self._objects.pop((kind, namespace, name), None)
+            halved = self._peak >= 64 and len(self._objects) <= self._peak // 2
+            if halved:
+                self._peak = len(self._objects)
+        if halved:  # a mass deletion: give the memory back instead of keeping the high-water mark
+            memory.release()
 
     def __len__(self) -> int:
         with self._lock:
@@ -87,6 +111,11 @@ class CachedKube(Kube):
             if found is not None:
                 self.cache.put(found)
         return found
+
+    def peek(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        if (api_version, kind) not in WATCHED:
+            return super().get(api_version, kind, namespace, name)
+        return self.cache.get(kind, namespace, name)
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         live = super().apply(obj)

@@ -3,6 +3,8 @@ pods will read), PVCs and the ServiceAccount must exist before anything is appli
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -10,16 +12,54 @@ from ..api.resource import LLMService
 from ..render.edge import API_KEYS_FILE
 
 Getter = Callable[[str, str, str], dict[str, Any] | None]  # (kind, namespace, name) -> object or None
+Forget = Callable[[str, str, str], None]
+
+
+class References:
+    """Referenced objects found recently, remembered for `ttl` seconds: a fleet that shares
+    one Secret reads it once per ttl, not once per reconcile. Only what the checks read is
+    kept (a Secret's key names, never its data). What was not found, or failed a check
+    (`forget`), is read again the next time."""
+
+    MAX = 4096
+
+    def __init__(self, get: Getter, ttl: float = 10.0, clock: Callable[[], float] = time.monotonic):
+        self._get, self._ttl, self._clock = get, ttl, clock
+        self._lock = threading.Lock()
+        self._found: dict[tuple[str, str, str], tuple[float, dict[str, Any]]] = {}
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        key, now = (kind, namespace, name), self._clock()
+        with self._lock:
+            hit = self._found.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        obj = self._get(kind, namespace, name)
+        with self._lock:
+            if obj is None:
+                self._found.pop(key, None)
+                return None
+            kept = {"data": dict.fromkeys(_keys(obj), "")} if kind == "Secret" else {}
+            if len(self._found) >= self.MAX:  # bounded: drop what has expired
+                self._found = {k: v for k, v in self._found.items() if v[0] > now}
+            self._found[key] = (now + self._ttl, kept)
+            return kept
+
+    def forget(self, kind: str, namespace: str, name: str) -> None:
+        with self._lock:
+            self._found.pop((kind, namespace, name), None)
+
+
+def _keys(secret: dict[str, Any]) -> set[str]:
+    return set(secret.get("data") or {}) | set(secret.get("stringData") or {})
 
 
 def _secret_keys(get: Getter, ns: str, name: str) -> set[str] | None:
     obj = get("Secret", ns, name)
-    if obj is None:
-        return None
-    return set(obj.get("data") or {}) | set(obj.get("stringData") or {})
+    return None if obj is None else _keys(obj)
 
 
-def problems(svc: LLMService, get: Getter) -> list[str]:
+def problems(svc: LLMService, get: Getter, forget: Forget = lambda kind, ns, name: None) -> list[str]:
     s, ns = svc.spec, svc.metadata.namespace
     wanted: list[tuple[str, str, set[str]]] = []  # (field, secret, keys)
     if s.model.hf_token_secret:
@@ -41,6 +81,7 @@ def problems(svc: LLMService, get: Getter) -> list[str]:
             out.append(f"{field}: Secret {ns}/{name} not found: create it")
         elif missing := sorted(keys - have):
             out.append(f"{field}: Secret {ns}/{name} has no key {', '.join(missing)}: add it")
+            forget("Secret", ns, name)  # read it again on the retry: the key may be added
     account = s.ray.service_account_name
     if account and get("ServiceAccount", ns, account) is None:
         # KubeRay could not create a single pod: say so before anything is applied.

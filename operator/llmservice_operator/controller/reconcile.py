@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ OPTIONAL_CHILDREN = (
 )
 
 
+Reader = Callable[[str, str, str, str], dict[str, Any] | None]  # (apiVersion, kind, namespace, name)
 FINALIZER = keys.FINALIZER  # only on services with managed node pools
 NO_GKE = (
     "spec.nodePool.managed: the operator has no GKE cluster configured: set LLMSERVICE_GKE__PROJECT, "
@@ -80,6 +82,7 @@ class Reconciler:
         self.settings = settings
         self.node_pools = node_pools
         self._unserved: set[str] = set()
+        self._references = preflight.References(lambda k, ns, n: self._get(k, ns, n))
 
     def _get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         return self.kube.get("v1", kind, namespace, name)
@@ -111,12 +114,15 @@ class Reconciler:
             out.problems = [str(x) for x in e.errors]
         rendered = None
         if svc is not None:
-            out.problems += preflight.problems(svc, lambda k, ns, n: self._get(k, ns, n))
+            out.problems += preflight.problems(svc, self._references.get, self._references.forget)
             rendered = render(svc, self.settings)  # once: children, node pools, policies
-        ray_service = self.kube.get("ray.io/v1", "RayService", namespace, name)
+        # A service never reconciled has no children yet: a cache miss is not asked again of the
+        # API server (if a same-named predecessor left some, server-side apply rewrites them).
+        read = self.kube.peek if "observedGeneration" not in (body.get("status") or {}) else self.kube.get
+        ray_service = read("ray.io/v1", "RayService", namespace, name)
         pools = self._sync_node_pools(body, rendered, out, _switching(ray_service))
         if svc is not None and rendered is not None and not out.problems:
-            ray_service = self._apply_children(body, svc, rendered, ray_service, out)
+            ray_service = self._apply_children(body, svc, rendered, ray_service, out, read)
         self._write_status(body, svc, ray_service, out, pools)
         metrics.set_phase(namespace, name, out.phase)
         return out
@@ -164,6 +170,7 @@ class Reconciler:
         rendered: Rendered,
         ray_service: dict[str, Any] | None,
         out: Outcome,
+        read: Reader,
     ) -> dict[str, Any] | None:
         desired = rendered.kubernetes_objects()
         owner = _owner_ref(body)
@@ -175,7 +182,7 @@ class Reconciler:
             live = (
                 ray_service
                 if is_rs
-                else self.kube.get(obj["apiVersion"], obj["kind"], svc.metadata.namespace, obj["metadata"]["name"])
+                else read(obj["apiVersion"], obj["kind"], svc.metadata.namespace, obj["metadata"]["name"])
             )
             if up_to_date(live, obj):
                 continue
@@ -184,7 +191,7 @@ class Reconciler:
             out.applied.append(f"{obj['kind']}/{obj['metadata']['name']}")
             if is_rs:
                 ray_service = live
-        self._prune(svc, {(o["kind"], o["metadata"]["name"]) for o in desired}, out)
+        self._prune(svc, {(o["kind"], o["metadata"]["name"]) for o in desired}, out, read)
         if _has_cluster(ray_service):  # KubeRay makes the Service once it has a Ray cluster
             self._expose(svc, out)
         return ray_service
@@ -214,12 +221,12 @@ class Reconciler:
             return False
         return True
 
-    def _prune(self, svc: LLMService, wanted: set[tuple[str, str]], out: Outcome) -> None:
+    def _prune(self, svc: LLMService, wanted: set[tuple[str, str]], out: Outcome, read: Reader) -> None:
         for api_version, kind, suffix in OPTIONAL_CHILDREN:
             child = names.child(svc.metadata.name, suffix)
             if (kind, child) in wanted:
                 continue
-            live = self.kube.get(api_version, kind, svc.metadata.namespace, child)
+            live = read(api_version, kind, svc.metadata.namespace, child)
             owners = (live or {}).get("metadata", {}).get("ownerReferences") or []
             if live and any(o.get("kind") == "LLMService" and o.get("name") == svc.metadata.name for o in owners):
                 self.kube.delete(api_version, kind, svc.metadata.namespace, child)
