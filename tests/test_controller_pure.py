@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from llmservice_operator.api import parse
-from llmservice_operator.controller.drift import contains, merge_patch, up_to_date
+from llmservice_operator.controller.drift import contains, merge_patch, plan, up_to_date
 from llmservice_operator.controller.preflight import problems
 
 from .conftest import sample_doc, with_spec
@@ -46,3 +46,34 @@ def test_preflight_names_missing_secrets_and_keys():
     objects[("Secret", "default", "llm-keys")] = {"data": {"api-keys.map": "x"}}
     objects[("PersistentVolumeClaim", "default", "weights")] = {}
     assert problems(svc, lambda kind, ns, name: objects.get((kind, ns, name))) == []
+
+
+def _cm(name: str, data: str, owner: str | None = None) -> dict:
+    meta: dict = {"name": name}
+    if owner:
+        meta["ownerReferences"] = [{"kind": "LLMService", "name": owner}]
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {"k": data}}
+
+
+def test_plan_writes_only_what_differs_and_prunes_only_its_own_optional_children():
+    """decide() of a reconcile over a dict of live objects: the RayService is in sync, the
+    edge ConfigMap was edited by hand, the PDB is no longer wanted (ours: deleted), and a
+    same-named PDB of someone else's would be left alone."""
+    rs = {"apiVersion": "ray.io/v1", "kind": "RayService", "metadata": {"name": "svc"}, "spec": {"x": 1}}
+    edge = _cm("svc-edge", "want")
+    pdb = {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "svc-workers"}}
+    optional = [("v1", "ConfigMap", "svc-edge"), ("policy/v1", "PodDisruptionBudget", "svc-workers")]
+    ours = [{"kind": "LLMService", "name": "svc"}]
+    live = {
+        ("RayService", "svc"): {**rs, "status": {"ready": True}},
+        ("ConfigMap", "svc-edge"): _cm("svc-edge", "edited by hand", owner="svc"),
+        ("PodDisruptionBudget", "svc-workers"): {**pdb, "metadata": {**pdb["metadata"], "ownerReferences": ours}},
+    }
+    todo = plan([rs, edge], live, optional, "svc")
+    assert todo.apply == [edge]
+    assert todo.delete == [("policy/v1", "PodDisruptionBudget", "svc-workers")]
+    live[("PodDisruptionBudget", "svc-workers")] = {**pdb}  # no owner: not ours
+    live[("ConfigMap", "svc-edge")] = _cm("svc-edge", "want", owner="svc")
+    assert plan([rs, edge], live, optional, "svc").delete == []
+    assert plan([rs, edge], live, optional, "svc").apply == [], "in sync: no write at all"
+    assert plan([rs, edge], {}, optional, "svc").apply == [rs, edge], "a new service: everything"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ..render.rayservice import EXPOSURE_ANNOTATIONS
@@ -27,6 +29,35 @@ def up_to_date(live: dict[str, Any] | None, desired: dict[str, Any]) -> bool:
         return False
     fields = {k: v for k, v in desired.items() if k not in ("apiVersion", "kind")}
     return contains(live, fields)
+
+
+@dataclass(frozen=True)
+class Plan:
+    apply: list[dict[str, Any]]  # desired children the live ones differ from
+    delete: list[tuple[str, str, str]]  # (apiVersion, kind, name): optional children no longer wanted
+
+
+def plan(
+    desired: list[dict[str, Any]],
+    live: Mapping[tuple[str, str], dict[str, Any] | None],
+    optional: list[tuple[str, str, str]],
+    owner: str,
+) -> Plan:
+    """What a reconcile writes: the desired children that are missing or differ from `live`
+    ((kind, name) -> object or None), and the `optional` children (edge ConfigMap, PDB) the
+    spec no longer asks for, if this LLMService owns them (never a same-named object of
+    someone else's)."""
+    apply = [o for o in desired if not up_to_date(live.get((o["kind"], o["metadata"]["name"])), o)]
+    wanted = {(o["kind"], o["metadata"]["name"]) for o in desired}
+    delete = []
+    for api_version, kind, name in optional:
+        obj = live.get((kind, name))
+        if (kind, name) in wanted or obj is None:
+            continue
+        owners = obj.get("metadata", {}).get("ownerReferences") or []
+        if any(o.get("kind") == "LLMService" and o.get("name") == owner for o in owners):
+            delete.append((api_version, kind, name))
+    return Plan(apply, delete)
 
 
 def merge_patch(previous: Any, new: Any) -> Any:

@@ -18,7 +18,7 @@ from ..render import status as status_mod
 from ..render.rayservice import exposure
 from ..settings import OperatorSettings
 from . import metrics, preflight
-from .drift import exposure_patch, merge_patch, up_to_date
+from .drift import exposure_patch, merge_patch, plan
 from .kube import Kube
 
 log = logging.getLogger(__name__)
@@ -172,26 +172,30 @@ class Reconciler:
         out: Outcome,
         read: Reader,
     ) -> dict[str, Any] | None:
-        desired = rendered.kubernetes_objects()
-        owner = _owner_ref(body)
+        ns, owner = svc.metadata.namespace, _owner_ref(body)
+        desired = [o for o in rendered.kubernetes_objects() if self._served(o)]
         for obj in desired:
-            if not self._served(obj):
-                continue
             obj["metadata"]["ownerReferences"] = [owner]
-            is_rs = obj["kind"] == "RayService"
-            live = (
-                ray_service
-                if is_rs
-                else read(obj["apiVersion"], obj["kind"], svc.metadata.namespace, obj["metadata"]["name"])
-            )
-            if up_to_date(live, obj):
-                continue
-            live = self.kube.apply(obj)
+        optional = [(api, kind, names.child(svc.metadata.name, suffix)) for api, kind, suffix in OPTIONAL_CHILDREN]
+        # Observe: each child as it is now (the RayService was read already).
+        live: dict[tuple[str, str], dict[str, Any] | None] = {}
+        for obj in desired:
+            kind, name = obj["kind"], obj["metadata"]["name"]
+            live[kind, name] = ray_service if kind == "RayService" else read(obj["apiVersion"], kind, ns, name)
+        for api, kind, name in optional:
+            if (kind, name) not in live:
+                live[kind, name] = read(api, kind, ns, name)
+        # Decide (pure), then act.
+        todo = plan(desired, live, optional, svc.metadata.name)
+        for obj in todo.apply:
+            applied = self.kube.apply(obj)
             metrics.WRITES.labels(obj["kind"]).inc()
             out.applied.append(f"{obj['kind']}/{obj['metadata']['name']}")
-            if is_rs:
-                ray_service = live
-        self._prune(svc, {(o["kind"], o["metadata"]["name"]) for o in desired}, out, read)
+            if obj["kind"] == "RayService":
+                ray_service = applied
+        for api, kind, name in todo.delete:
+            self.kube.delete(api, kind, ns, name)
+            out.applied.append(f"-{kind}/{name}")
         if _has_cluster(ray_service):  # KubeRay makes the Service once it has a Ray cluster
             self._expose(svc, out)
         return ray_service
@@ -220,17 +224,6 @@ class Reconciler:
             self._unserved.add(key)
             return False
         return True
-
-    def _prune(self, svc: LLMService, wanted: set[tuple[str, str]], out: Outcome, read: Reader) -> None:
-        for api_version, kind, suffix in OPTIONAL_CHILDREN:
-            child = names.child(svc.metadata.name, suffix)
-            if (kind, child) in wanted:
-                continue
-            live = read(api_version, kind, svc.metadata.namespace, child)
-            owners = (live or {}).get("metadata", {}).get("ownerReferences") or []
-            if live and any(o.get("kind") == "LLMService" and o.get("name") == svc.metadata.name for o in owners):
-                self.kube.delete(api_version, kind, svc.metadata.namespace, child)
-                out.applied.append(f"-{kind}/{child}")
 
     def _active_cluster(self, ray_service: dict[str, Any] | None) -> dict[str, Any] | None:
         """The RayCluster serving now: its own status counts ready workers. The RayService's copy
