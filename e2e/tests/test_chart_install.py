@@ -62,7 +62,11 @@ def test_helm_install_and_the_operator_works_with_the_charts_rbac(
         assert status["observedGeneration"] == 1
         assert _get(cluster, "rayservice", namespace, "llama-lora") is not None
         assert _get(cluster, "configmap", namespace, "llama-lora-edge") is not None
-        assert "Forbidden" not in as_chart.log.read_text(), as_chart.log.read_text()[-2000:]
+        # RBAC denials only: the cluster-wide operator may also meet another test's namespace
+        # being deleted ("forbidden: unable to create new content in namespace ... because it
+        # is being terminated"), which is not about the chart.
+        denied = [ln for ln in as_chart.log.read_text().splitlines() if f'User "{SA}" cannot' in ln]
+        assert not denied, "\n".join(denied[:5])
     finally:
         as_chart.stop()
         operator.start()
