@@ -43,7 +43,10 @@ def test_services_take_turns_and_each_operation_starts_when_the_previous_ends(gk
     order = [name.removeprefix("serving-").split("-")[1] for name in gke.fake.create_attempts]
     assert order == ["0", "1", "2", "0", "1", "2"], gke.fake.create_attempts
     assert len(gke.fake.mutations()) == 6, "no collision: every create was accepted the first time"
-    # Each service was woken when its operations started and ended, and not polled meanwhile.
+    # Each service was woken when its operations started and ended (the last end is seen at
+    # the queue's next poll), and not in between.
+    _wait(lambda: all(woken.count(o) >= 4 for o in OWNERS))
+    time.sleep(0.2)
     assert all(woken.count(o) == 4 for o in OWNERS), woken
     settled = _sync_all(pools)
     assert not any(out.busy or out.queued for out in settled.values())
@@ -53,7 +56,7 @@ def test_the_status_says_where_each_service_waits(gke):
     gke.fake.op_seconds = 1.0
     pools = manager(gke)
     _sync_all(pools)
-    _wait(lambda: gke.fake.create_attempts)
+    _wait(lambda: any("under way" in m for m in pools.ops.where(OWNERS[0])))
     progress = {o: pools.sync(o, desired(o[1])).progress for o in OWNERS}
     assert any("create under way (operation operation-" in m for m in progress[OWNERS[0]]), progress
     last = progress[OWNERS[2]]
