@@ -8,7 +8,7 @@ STAMP := .venv-installed
 # links .venv to it and installs only itself (editable), instead of every dependency again.
 VENV_CACHE := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/llmservice-operator/venvs/dev-$(shell sha256sum pyproject.toml | cut -c1-16)
 
-.PHONY: test lint fmt crds manifests bench-dataplane bench-controlplane render-samples e2e-bins node-deps images image-lock cluster-up cluster-down demo clean
+.PHONY: venv test lint fmt crds manifests bench-dataplane bench-controlplane render-samples e2e-bins node-deps images image-lock cluster-up cluster-down demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV_CACHE)/bin/python || $(PY) -m venv $(VENV_CACHE)
@@ -16,25 +16,30 @@ $(STAMP): pyproject.toml
 	  $(VENV_CACHE)/bin/pip install -q -e ".[dev]" && touch $(VENV_CACHE)/.deps; }
 	if [ -d $(VENV) ] && [ ! -L $(VENV) ]; then rm -rf $(VENV); fi
 	ln -sfn $(VENV_CACHE) $(VENV)
-	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
+# The shared venv holds one checkout's editable install at a time: point it here if another
+# clone installed itself since (a cheap import; pip only when needed).
+venv: $(STAMP)
+	@$(BIN)/python -c "import llmservice_operator as m, sys; sys.exit(not m.__file__.startswith('$(CURDIR)/'))" \
+	  2>/dev/null || $(BIN)/pip install -q --no-deps -e .
+
 ## Lint, build the local cluster's binaries and images (cached outside the repo), run all tests.
-test: $(STAMP) e2e-bins images
+test: venv e2e-bins images
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
 
-lint: $(STAMP)
+lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-fmt: $(STAMP)
+fmt: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
 ## Regenerate crds/ from the API models (a test fails when they drift).
-crds: $(STAMP)
+crds: venv
 	$(BIN)/llmservice crd > crds/llmservice.dev_llmservices.yaml
 	$(BIN)/llmservice crd --kopf-peering > crds/kopf-peering.yaml
 
@@ -44,15 +49,15 @@ manifests: e2e-bins
 	  --namespace llmservice-system --include-crds --kube-version 1.36.3 2>/dev/null > manifests/kustomize/operator.yaml
 
 ## The operator at fleet scale on the local control plane (N=100,300,1000): table + PNG.
-bench-controlplane: $(STAMP) e2e-bins
+bench-controlplane: venv e2e-bins
 	$(BIN)/python -m e2e.bench_controlplane --n 100,300,1000 --png bench-controlplane.png
 
 ## The request path side by side (Python proxy, HAProxy ingress, + edge sidecar, direct): table + PNG.
-bench-dataplane: $(STAMP)
+bench-dataplane: venv
 	$(BIN)/python -m e2e.dataplane.bench --concurrency 1,16,64,256 --png bench-dataplane.png
 
 ## Golden files for the samples (tests compare against them).
-render-samples: $(STAMP)
+render-samples: venv
 	for f in manifests/samples/*.yaml; do \
 	  $(BIN)/llmservice render $$f > tests/golden/$$(basename $$f); done
 
@@ -70,22 +75,22 @@ node-deps:
 	fi
 
 ## The real node's images (pause, CPU serving image) and the tiny model, built offline and cached.
-images: $(STAMP) node-deps
+images: venv node-deps
 	$(BIN)/python -m e2e.build
 
 ## Re-resolve images/ray-cpu/requirements.txt (exact pins) from requirements.in.
-image-lock: $(STAMP)
+image-lock: venv
 	$(BIN)/python -m e2e.build.image --lock
 
 ## A local cluster: control plane, simulated GKE nodes, one real node; prints the kubeconfig path.
-cluster-up: $(STAMP) e2e-bins images
+cluster-up: venv e2e-bins images
 	$(BIN)/python -m e2e.cluster up
 
-cluster-down: $(STAMP)
+cluster-down: venv
 	$(BIN)/python -m e2e.cluster down
 
 ## The product's main job on the embedded default: local cluster, samples rendered and applied.
-demo: $(STAMP) e2e-bins images
+demo: venv e2e-bins images
 	$(BIN)/python -m e2e.demo
 
 clean:
