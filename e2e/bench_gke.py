@@ -12,8 +12,6 @@ creates; how long after it ends the next operation is accepted.
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,11 +61,12 @@ def _created_twice(fake: FakeGKE, ns: str) -> int:
     return len(created) - len(set(created))
 
 
-def _wait(what: str, done, limit: float) -> float:
+def _wait(what: str, done, limit: float, since: float | None = None) -> float:
+    """Seconds from `since` (default: now) until `done()`, or -1 if not within `limit`."""
     start = time.monotonic()
     while time.monotonic() - start < limit:
         if done():
-            return time.monotonic() - start
+            return time.monotonic() - (start if since is None else since)
         time.sleep(0.2)
     print(f"  {what}: not done in {limit:.0f} s")
     return -1
@@ -104,19 +103,15 @@ def run_n(cluster: Cluster, n: int, storm_s: float, limit: float, src: Path | No
                 before = _accepted(fake, ns)
                 time.sleep(max(0.0, fake.storm_until - time.monotonic()))
                 r.resume_s = _wait("first operation after the storm", lambda: _accepted(fake, ns) > before, limit)
-            r.create_s = _wait("pools RUNNING", running, limit)
-            r.create_s = r.create_s if r.create_s < 0 else time.monotonic() - t
+            r.create_s = _wait("pools RUNNING", running, limit, since=t)
             r.duplicates = _created_twice(fake, ns)
             t = time.monotonic()
             cluster.kubectl("delete", "llmsvc", "--all", "-n", ns, "--wait=false")
             _wait("half the pools deleted", lambda: len(_pools(fake, ns)) <= n // 2, limit)
-            assert op.proc is not None
-            os.killpg(op.proc.pid, signal.SIGKILL)
-            op.proc.wait()
+            op.kill()
             op.start()
             gone = lambda: not _pools(fake, ns) and not cluster.get_json("llmsvc", "-n", ns)["items"]  # noqa: E731
-            r.delete_s = _wait("pools and services gone", gone, limit)
-            r.delete_s = r.delete_s if r.delete_s < 0 else time.monotonic() - t
+            r.delete_s = _wait("pools and services gone", gone, limit, since=t)
             r.left_pools = len(_pools(fake, ns))
             r.left_services = len(cluster.get_json("llmsvc", "-n", ns)["items"])
             mutations = [x for x in fake.mutations() if f"/nodePools/{ns}-" in x[1] or x[1].endswith("/nodePools")]

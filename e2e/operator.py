@@ -4,6 +4,7 @@ control-plane benchmark."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -75,6 +76,12 @@ class Operator:
     def process(self) -> psutil.Process:
         assert self.proc is not None
         return psutil.Process(self.proc.pid)
+
+    def kill(self) -> None:
+        """kill -9: no clean-up of any kind, as when a node or the container dies."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

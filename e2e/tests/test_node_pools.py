@@ -3,8 +3,6 @@ changes, deleted with the service; tpu7x workload policies created and deleted w
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 
 import pytest
@@ -192,9 +190,7 @@ def test_services_deleted_at_once_lose_their_pools_in_turn_even_across_a_kill_9(
     started = time.monotonic()
     cluster.kubectl("delete", "llmsvc", "--all", "-n", namespace, "--wait=false")
     cluster.wait_for("the first pool deleted", lambda: len(ours()) < 2 * n, timeout=30)
-    assert operator.proc is not None
-    os.killpg(operator.proc.pid, signal.SIGKILL)
-    operator.proc.wait()
+    operator.kill()
     operator.start()
     cluster.wait_for(
         "pools, then services, gone",

@@ -52,14 +52,15 @@ def install(
 ) -> WorkQueue:
     global _reconciler, _queue, _cache, _leadership
     _reconciler, _cache, _leadership = reconciler, cache if cache is not None else Cache(), leadership
+    active = leadership.active if leadership else lambda: True
     _queue = WorkQueue(
         _process,
         workers=workers or reconciler.settings.reconcile_workers,
-        active=leadership.active if leadership else lambda: True,
+        active=active,
         max_backoff=reconciler.settings.retry_max_delay_seconds,
     )
     if reconciler.node_pools is not None:  # GKE operations wake their service when they start and end
-        reconciler.node_pools.bind(_queue.add, leadership.active if leadership else lambda: True)
+        reconciler.node_pools.bind(_queue.add, active)
     return _queue
 
 

@@ -189,10 +189,6 @@ class OperationQueue:
                 out.append(f"{m.what}: {m.verb} {turn}{why}")
             return out
 
-    def depth(self) -> int:
-        with self._cond:
-            return len(self._order_locked()) + (1 if self._s.running else 0)
-
     def forget(self, owner: Owner) -> None:
         """The owner is gone: nothing of it stays (a started operation runs to its end)."""
         self.retain(owner, set())

@@ -98,7 +98,7 @@ class PoolSync:
     problems: list[str] = field(default_factory=list)  # GKE's own words: quota, stockout, permission
     busy: bool = False  # not settled: an operation is queued or under way, or a pool is changing
     queued: bool = False  # a mutation is in the operation queue, which wakes the owner: no need to poll
-    submitted: set[Owner] = field(default_factory=set, repr=False)  # (what, verb) wanted now
+    submitted: set[tuple[str, str]] = field(default_factory=set, repr=False)  # (what, verb) wanted now
     progress: list[str] = field(default_factory=list)  # changes under way: a pool replaced, a policy awaited
 
 

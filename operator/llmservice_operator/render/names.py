@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 
 from .. import labels as keys
-from ..labels import ENGINE_ANNOTATION  # noqa: F401  (rayservice._pin_engine sets it)
 
 MAX = 63
 

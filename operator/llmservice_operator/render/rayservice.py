@@ -328,7 +328,7 @@ def _pin_engine(cluster: dict[str, Any], digest: str) -> None:
     strategy new-cluster really is blue/green; autoscaling bounds stay in-place updates."""
     groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
     for g in groups:
-        g["template"]["metadata"].setdefault("annotations", {})[names.ENGINE_ANNOTATION] = digest
+        g["template"]["metadata"].setdefault("annotations", {})[keys.ENGINE_ANNOTATION] = digest
 
 
 def ray_service(svc: LLMService, settings: OperatorSettings) -> dict[str, Any]:
