@@ -8,10 +8,16 @@ cached: they are read by name when a reconcile needs them, so the operator needs
 watch on Secrets and never holds their data.
 
 Deleted objects leave the cache with their DELETED event: nothing outlives its object.
+
+Each object is held as one compact JSON string, decoded on read: a parsed object is a tree of
+small dicts and strings several times its JSON size, and those small allocations, spread over
+the allocator's pages between short-lived ones, kept the operator's memory at the largest fleet
+it had seen. One large allocation per object is freed whole when the object goes.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any
 
@@ -49,35 +55,39 @@ def _slim(obj: dict[str, Any]) -> dict[str, Any]:
     return {**obj, "metadata": meta}
 
 
-def _version(obj: dict[str, Any] | None) -> int:
+def _version(obj: dict[str, Any]) -> int:
     # resourceVersions are opaque, but etcd's are increasing integers: an older copy (an event
     # that arrives after our own write's answer) must not replace a newer one.
-    rv = ((obj or {}).get("metadata") or {}).get("resourceVersion") or ""
+    rv = (obj.get("metadata") or {}).get("resourceVersion") or ""
     return int(rv) if rv.isdigit() else -1
+
+
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 class Cache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._objects: dict[Key, dict[str, Any]] = {}
+        self._objects: dict[Key, tuple[int, str]] = {}  # (resourceVersion, compact JSON)
         self._peak = 0  # the most objects held since memory was last released
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:
-            return self._objects.get((kind, namespace, name))
+            held = self._objects.get((kind, namespace, name))
+        return json.loads(held[1]) if held else None  # a fresh copy: callers may change it
 
     def put(self, obj: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
         """Store a watched or just-written object; returns (the previous copy, whether this
         one is newer). Not newer: our own write's echo, a relist, or an old event."""
-        key = _key(obj)
-        slim = _slim(obj)
+        key, version = _key(obj), _version(obj)
         with self._lock:
             old = self._objects.get(key)
-            newer = _version(obj) > _version(old) or old is None
-            if newer:
-                self._objects[key] = slim
+            newer = old is None or version > old[0]
+            if newer:  # an echo of our own write (most events) is not encoded again
+                self._objects[key] = (version, _encode(_slim(obj)))
                 self._peak = max(self._peak, len(self._objects))
-            return old, newer
+        # The previous copy matters only when this one replaces it (handlers compare the two).
+        return (json.loads(old[1]) if old and newer else None), newer
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
         with self._lock:
