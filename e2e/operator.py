@@ -43,6 +43,7 @@ class Operator:
             "KUBECONFIG": str(self.kubeconfig or self.cluster.kubeconfig_for(self.user, ("system:masters",))),
             "LLMSERVICE_RETRY_DELAY_SECONDS": "2",
             "LLMSERVICE_RETRY_MAX_DELAY_SECONDS": "2",
+            "LLMSERVICE_SECRET_REFRESH_SECONDS": "2",  # the default is 10
             "LLMSERVICE_GKE_POLL_SECONDS": "0.25",  # GKE's fake finishes operations in 1 s
             **self.extra_env,
         }

@@ -40,14 +40,15 @@ def test_the_cache_keeps_what_reconciles_read_and_gives_memory_back_when_it_halv
 def test_a_shared_secret_is_read_once_per_ttl_by_its_key_names_only():
     now = [0.0]
     reads: list[tuple[str, str, str]] = []
-    store = {("Secret", "ns", "hf-token"): {"data": {"token": "c2VjcmV0"}}}
+    store = {("Secret", "ns", "hf-token"): {"metadata": {"resourceVersion": "7"}, "data": {"token": "c2VjcmV0"}}}
 
     def get(kind: str, ns: str, name: str) -> dict[str, Any] | None:
         reads.append((kind, ns, name))
         return store.get((kind, ns, name))
 
     refs = preflight.References(get, ttl=10, clock=lambda: now[0])
-    assert refs.get("Secret", "ns", "hf-token") == {"data": {"token": ""}}, "never the Secret's data"
+    kept = {"data": {"token": ""}, "metadata": {"resourceVersion": "7"}}
+    assert refs.get("Secret", "ns", "hf-token") == kept, "its key names and version, never its data"
     refs.get("Secret", "ns", "hf-token")
     assert len(reads) == 1
     now[0] = 11

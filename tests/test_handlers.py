@@ -11,6 +11,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from llmservice_operator.controller import handlers
+from llmservice_operator.controller.secret_watch import SecretWatch
 
 
 class _Failing:
@@ -20,6 +21,7 @@ class _Failing:
         self.errors = list(errors)
         self.settings = SimpleNamespace(retry_delay_seconds=3600, retry_max_delay_seconds=3600, reconcile_workers=4)
         self.node_pools = None
+        self.secret_watch = SecretWatch(lambda ns, name: None, period=0)
 
     def reconcile(self, namespace: str, name: str) -> None:
         if self.errors:
@@ -79,6 +81,7 @@ def test_a_client_error_is_not_expected(install, caplog):
 class _Recorder:
     settings = SimpleNamespace(retry_delay_seconds=30, retry_max_delay_seconds=60, reconcile_workers=4)
     node_pools = None
+    secret_watch = SecretWatch(lambda ns, name: None, period=0)
 
     def reconcile(self, namespace: str, name: str) -> None:
         return None

@@ -21,6 +21,8 @@ class DictKube:
         self.objects = {(o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]): o for o in objects}
         self.applied: list[str] = []
         self.events: list[tuple[str, str, str]] = []
+        self.patched: list[tuple[str, str, dict[str, Any]]] = []  # merge patches: (kind, name, patch)
+        self.version = 100
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         return copy.deepcopy(self.objects.get((kind, namespace, name)))
@@ -30,10 +32,31 @@ class DictKube:
 
     peek = get
 
+    def metadata(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        obj = self.get(api_version, kind, namespace, name)
+        return None if obj is None else {"metadata": obj["metadata"]}
+
+    def list(self, api_version: str, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        key, _, value = label_selector.partition("=")
+        return [
+            copy.deepcopy(o)
+            for (k, ns, _), o in self.objects.items()
+            if k == kind and ns == namespace and o["metadata"].get("labels", {}).get(key) == value
+        ]
+
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         self.applied.append(f"{obj['kind']}/{obj['metadata']['name']}")
+        self.version += 1
+        obj = copy.deepcopy(obj)
+        obj["metadata"]["resourceVersion"] = str(self.version)
         self.objects[(obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])] = obj
         return obj
+
+    def merge_patch(self, api_version: str, kind: str, namespace: str, name: str, body: dict[str, Any]) -> None:
+        self.patched.append((kind, name, body))
+        self.objects[(kind, namespace, name)]["metadata"].setdefault("annotations", {}).update(
+            body["metadata"]["annotations"]
+        )
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.objects[("LLMService", namespace, name)]["status"] = status
@@ -102,3 +125,60 @@ def test_a_node_pool_replacement_is_reported_in_progressing(settings):
         assert after == set(gke.fake.pools["projects/p/locations/us-central1/clusters/c"]) and not after & before
         assert next(c for c in status["conditions"] if c["type"] == "Progressing")["reason"] != "UpdatingNodePools"
         pools.stop()
+
+
+def _pod(name: str, containers: list[str], phase: str = "Running", deleting: bool = False) -> dict[str, Any]:
+    meta = {"name": name, "namespace": "team-a", "labels": {"llmservice.dev/name": "tiny"}}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-11-25T00:00:00Z"
+    return {
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": {"containers": [{"name": c} for c in containers]},
+        "status": {"phase": phase},
+    }
+
+
+def test_a_changed_api_keys_secret_reaches_the_running_sidecars_by_a_pod_annotation(settings):
+    """The Secret's new version is noticed by its metadata (SecretWatch), named on the edge
+    ConfigMap, and the serving pods that run the sidecar get annotated once, so the kubelet
+    refreshes their mounted key map now."""
+    doc = sample_doc("cpu-tiny.yaml")
+    doc["metadata"].update(namespace="team-a", uid="u-1", generation=1)
+    secret = {
+        "kind": "Secret",
+        "metadata": {"name": "llm-keys", "namespace": "team-a", "resourceVersion": "1"},
+        "data": {"api-keys.map": "c2stYSB0ZWFtLWEK"},
+    }
+    pods = [
+        _pod("tiny-worker-a", ["ray", "edge"]),
+        _pod("tiny-head", ["ray"]),
+        _pod("tiny-worker-b", ["ray", "edge"], phase="Pending"),
+        _pod("tiny-worker-c", ["ray", "edge"], deleting=True),
+    ]
+    claim = {"kind": "PersistentVolumeClaim", "metadata": {"name": "tiny-models", "namespace": "team-a"}}
+    kube = DictKube(doc, secret, claim, *pods)
+    r = Reconciler(kube, settings)  # type: ignore[arg-type]
+    woken: list[Any] = []
+    r.secret_watch.bind(woken.append, lambda: True)  # period 10 s: polled by hand below
+    r.reconcile("team-a", "tiny")
+    edge = kube.objects[("ConfigMap", "team-a", "tiny-edge")]
+    assert edge["metadata"]["annotations"]["llmservice.dev/edge-secrets"] == "llm-keys@1"
+    assert kube.patched == [], "a new ConfigMap: the pods mount it as they start"
+    assert r.secret_watch.poll() == [] and woken == []
+
+    kube.objects[("Secret", "team-a", "llm-keys")]["metadata"]["resourceVersion"] = "2"
+    assert r.secret_watch.poll() == [("team-a", "tiny")] == woken
+    r.reconcile("team-a", "tiny")
+    edge = kube.objects[("ConfigMap", "team-a", "tiny-edge")]
+    assert edge["metadata"]["annotations"]["llmservice.dev/edge-secrets"] == "llm-keys@2"
+    revision = edge["metadata"]["resourceVersion"]
+    assert kube.patched == [
+        ("Pod", "tiny-worker-a", {"metadata": {"annotations": {"llmservice.dev/edge-revision": revision}}})
+    ], "only running pods with the sidecar"
+    r.reconcile("team-a", "tiny")
+    assert len(kube.patched) == 1, "nothing changed: no write"
+
+    kube.objects.pop(("LLMService", "team-a", "tiny"))
+    r.reconcile("team-a", "tiny")
+    assert len(r.secret_watch) == 0, "a deleted service's Secrets are no longer read"

@@ -11,9 +11,10 @@ Measurements land in MEASURED and are printed at the end of the run.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ import pytest
 
 from e2e import serving
 from e2e.cluster import Cluster
+from llmservice_operator.render import edge
 
 from .conftest import MEASURED, measured_cluster_start
 
@@ -130,6 +132,85 @@ def test_a_lora_request_is_answered_by_the_adapter(served: Served):
     assert base != adapted
     # With direct streaming, /v1/models is vLLM's own: it lists an adapter once loaded.
     assert {MODEL, served.lora} <= {m.id for m in served.client.models.list()}
+
+
+def _status(served: Served, key: str) -> int:
+    return httpx.get(f"{served.url}/models", headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code
+
+
+def _until(what: str, check: Callable[[], bool], limit_s: float = 60) -> float:
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < limit_s, f"not within {limit_s} s: {what}"
+        time.sleep(0.1)
+    return time.monotonic() - start
+
+
+def _serving_pods(served: Served) -> dict[str, int]:
+    """uid -> restarts of the sidecar, for the pods behind the Service (the workers)."""
+    pods = served.pods(f"llmservice.dev/name={NAME},ray.io/node-type=worker")
+    return {
+        p["metadata"]["uid"]: next(c["restartCount"] for c in p["status"]["containerStatuses"] if c["name"] == "edge")
+        for p in pods
+    }
+
+
+def test_a_revoked_key_is_refused_by_the_running_sidecar_while_its_stream_goes_on(served: Served):
+    """Editing the API keys Secret reaches the running edge sidecar without a restart: the
+    operator notices the Secret's new version, annotates the serving pods (the kubelet then
+    refreshes the mounted key map at once) and the sidecar reloads HAProxy gracefully."""
+    cluster = served.cluster
+    pods = _serving_pods(served)
+    cluster_name = served.rayservice()["status"]["activeServiceStatus"]["rayClusterName"]
+    serving.api_keys(cluster, NS, {serving.API_KEY: "local-demo", "sk-e2e-leaving": "leaving"})
+    added = _until("the new key let in", lambda: _status(served, "sk-e2e-leaving") == 200)
+    stream = serving.client(served.url, key="sk-e2e-leaving").completions.create(
+        model=MODEL, prompt="def f():", max_tokens=300, stream=True, extra_body={"ignore_eos": True}
+    )
+    chunks = iter(stream)
+    tokens = sum(1 for c in itertools.islice(chunks, 3) if c.choices and c.choices[0].text)
+    serving.api_keys(cluster, NS, {serving.API_KEY: "local-demo", "sk-e2e-arriving": "arriving"})
+    revoked = _until("the revoked key refused", lambda: _status(served, "sk-e2e-leaving") == 401)
+    revoked_at = time.monotonic()
+    assert _status(served, "sk-e2e-arriving") == 200
+    last = revoked_at
+    for c in chunks:  # read slowly: the connection outlives the reload
+        time.sleep(0.01)
+        if c.choices and c.choices[0].text:
+            tokens, last = tokens + 1, time.monotonic()
+    assert tokens >= 290, f"the stream started before the revocation was cut after {tokens} tokens"
+    assert last > revoked_at
+    assert _serving_pods(served) == pods, "no pod was replaced or restarted"
+    assert served.rayservice()["status"]["activeServiceStatus"]["rayClusterName"] == cluster_name
+    MEASURED["edge on real pods: key added -> accepted (s)"] = round(added, 1)
+    MEASURED["edge on real pods: key revoked -> refused (s)"] = round(revoked, 1)
+    serving.api_keys(cluster, NS)
+    # The bound: LLMSERVICE_SECRET_REFRESH_SECONDS (2 s here) + the sidecar's look (1 s) +
+    # the kubelet's refresh and the reload; slack for a loaded 2-core machine.
+    assert revoked < 2 + edge.WATCH_SECONDS + 7
+
+
+def test_a_changed_body_limit_reaches_the_running_sidecar(served: Served):
+    """An ingress change rewrites the edge ConfigMap; the pods are annotated, the kubelet
+    refreshes the file, the sidecar reloads. Nothing restarts: a pod template change would have
+    meant a new Ray cluster."""
+    cluster = served.cluster
+    pods = _serving_pods(served)
+    body = {"model": MODEL, "prompt": "word " * 800, "max_tokens": 1}  # ~4 KiB
+
+    def post() -> int:
+        headers = {"Authorization": f"Bearer {serving.API_KEY}"}
+        return httpx.post(f"{served.url}/completions", headers=headers, json=body, timeout=30).status_code
+
+    assert post() != 413
+    patch = '{"spec":{"ingress":{"maxBodySize":"2Ki"}}}'
+    cluster.kubectl("patch", "llmsvc", NAME, "-n", NS, "--type=merge", "-p", patch)
+    took = _until("the new body limit", lambda: post() == 413)
+    assert _serving_pods(served) == pods, "no pod was replaced or restarted"
+    MEASURED["edge on real pods: body limit changed -> in effect (s)"] = round(took, 1)
+    undo = '[{"op":"remove","path":"/spec/ingress/maxBodySize"}]'
+    cluster.kubectl("patch", "llmsvc", NAME, "-n", NS, "--type=json", "-p", undo)
+    _until("the default body limit back", lambda: post() != 413)
 
 
 class Load:

@@ -12,6 +12,11 @@ OWN_PREFIX = "llmservice.dev/"  # users may not set keys under it on pods
 ENGINE_ANNOTATION = "llmservice.dev/engine"  # on Ray pod templates: the digest of what the engine loads
 EXPOSURE_ANNOTATIONS = "llmservice.dev/service-annotations"  # Service annotation keys set from ingress.service
 FINALIZER = "llmservice.dev/node-pools"  # on services with managed node pools
+# On the edge ConfigMap: the Secrets the sidecar reads, at the versions the pods should have.
+EDGE_INPUTS = "llmservice.dev/edge-secrets"
+# On serving pods: the edge ConfigMap version they were poked for (a pod update makes the
+# kubelet refresh the pod's mounted ConfigMaps and Secrets now, not at its next periodic sync).
+EDGE_REVISION = "llmservice.dev/edge-revision"
 
 # GCE labels on managed node pools (keys allow no dots or slashes).
 POOL_OWNER = "llmservice-dev-owner"

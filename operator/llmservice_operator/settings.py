@@ -58,6 +58,13 @@ class OperatorSettings(BaseModel):
         description="Reconciles run at once (each LLMService by one at a time): they mostly wait "
         "on the API server, so more than the CPU count helps a large fleet converge.",
     )
+    secret_refresh_seconds: float = Field(
+        10,
+        ge=0,
+        description="How often the Secrets serving pods read (ingress API keys and TLS) are checked for "
+        "changes, metadata only; a change reaches the running edge sidecars within this plus ~2 s. 0: off "
+        "(the kubelet's periodic sync, about a minute, delivers changes).",
+    )
     gke_poll_seconds: float = Field(
         5,
         gt=0,

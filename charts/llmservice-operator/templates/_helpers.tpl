@@ -61,6 +61,11 @@ RayServices (garbage collection removes them with their LLMService). */}}
 - apiGroups: [""]
   resources: [services]
   verbs: [get, patch]
+# Serving pods mount the edge config, API keys and certificate: annotating one after a change
+# makes the kubelet refresh those files now instead of at its next periodic sync.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, patch]
 - apiGroups: ["", events.k8s.io]
   resources: [events]
   verbs: [create, patch]

@@ -61,6 +61,7 @@ def install(
     )
     if reconciler.node_pools is not None:  # GKE operations wake their service when they start and end
         reconciler.node_pools.bind(_queue.add, active)
+    reconciler.secret_watch.bind(_queue.add, active)  # so do changed Secrets their pods read
     return _queue
 
 

@@ -71,6 +71,20 @@ class Kube:
         except NotFoundError:
             return None
 
+    def metadata(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object's metadata only (PartialObjectMetadata): of a Secret, never its data."""
+        accept = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+        try:
+            return self._resource(api_version, kind).get(
+                name=name, namespace=namespace, header_params={"Accept": accept}, serializer=_plain
+            )
+        except NotFoundError:
+            return None
+
+    def list(self, api_version: str, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        res = self._resource(api_version, kind)
+        return res.get(namespace=namespace, label_selector=label_selector, serializer=_plain)["items"]
+
     def peek(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """`get`, except that a cache (CachedKube) answers a miss with None instead of a GET:
         for objects that are most likely absent."""

@@ -18,7 +18,7 @@ Forget = Callable[[str, str, str], None]
 class References:
     """Referenced objects found recently, remembered for `ttl` seconds: a fleet that shares
     one Secret reads it once per ttl, not once per reconcile. Only what the checks read is
-    kept (a Secret's key names, never its data). What was not found, or failed a check
+    kept (a Secret's key names and version, never its data). What was not found, or failed a check
     (`forget`), is read again the next time."""
 
     MAX = 4096
@@ -39,7 +39,10 @@ class References:
             if obj is None:
                 self._found.pop(key, None)
                 return None
-            kept = {"data": dict.fromkeys(_keys(obj), "")} if kind == "Secret" else {}
+            kept = {}
+            if kind == "Secret":  # the key names and the version, never the data
+                version = (obj.get("metadata") or {}).get("resourceVersion")
+                kept = {"data": dict.fromkeys(_keys(obj), ""), "metadata": {"resourceVersion": version}}
             if len(self._found) >= self.MAX:  # bounded: drop what has expired
                 self._found = {k: v for k, v in self._found.items() if v[0] > now}
             self._found[key] = (now + self._ttl, kept)

@@ -20,6 +20,7 @@ from ..settings import OperatorSettings
 from . import metrics, preflight
 from .drift import exposure_patch, merge_patch, plan
 from .kube import Kube
+from .secret_watch import SecretWatch
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,15 @@ class Reconciler:
         self.node_pools = node_pools
         self._unserved: set[str] = set()
         self._references = preflight.References(lambda k, ns, n: self._get(k, ns, n))
+        self.secret_watch = SecretWatch(
+            self._secret_version,
+            settings.secret_refresh_seconds,
+            forget=lambda ns, name: self._references.forget("Secret", ns, name),
+        )
+
+    def _secret_version(self, namespace: str, name: str) -> str | None:
+        meta = self.kube.metadata("v1", "Secret", namespace, name)
+        return None if meta is None else meta["metadata"].get("resourceVersion")
 
     def _get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         return self.kube.get("v1", kind, namespace, name)
@@ -102,9 +112,11 @@ class Reconciler:
         body = self.kube.get_llmservice(namespace, name)
         if body is None:
             metrics.set_phase(namespace, name, None)
+            self.secret_watch.untrack((namespace, name))
             return None
         if body["metadata"].get("deletionTimestamp"):
             metrics.set_phase(namespace, name, None)
+            self.secret_watch.untrack((namespace, name))
             return self._finalize(body)  # children go with it through their ownerReferences
         out = Outcome()
         svc: LLMService | None = None
@@ -176,6 +188,7 @@ class Reconciler:
         desired = [o for o in rendered.kubernetes_objects() if self._served(o)]
         for obj in desired:
             obj["metadata"]["ownerReferences"] = [owner]
+        self._edge_inputs(svc, rendered)
         optional = [(api, kind, names.child(svc.metadata.name, suffix)) for api, kind, suffix in OPTIONAL_CHILDREN]
         # Observe: each child as it is now (the RayService was read already).
         live: dict[tuple[str, str], dict[str, Any] | None] = {}
@@ -193,12 +206,45 @@ class Reconciler:
             out.applied.append(f"{obj['kind']}/{obj['metadata']['name']}")
             if obj["kind"] == "RayService":
                 ray_service = applied
+            if obj is rendered.edge_config and live.get((obj["kind"], obj["metadata"]["name"])) is not None:
+                self._refresh_edges(svc, applied["metadata"]["resourceVersion"], out)
         for api, kind, name in todo.delete:
             self.kube.delete(api, kind, ns, name)
             out.applied.append(f"-{kind}/{name}")
         if _has_cluster(ray_service):  # KubeRay makes the Service once it has a Ray cluster
             self._expose(svc, out)
         return ray_service
+
+    def _edge_inputs(self, svc: LLMService, rendered: Rendered) -> None:
+        """Name the versions of the Secrets the edge sidecar reads on its ConfigMap: a new
+        key map or certificate changes the ConfigMap, which refreshes the running sidecars."""
+        ns, ing = svc.metadata.namespace, svc.spec.ingress
+        used = [n for n in (ing.api_keys_secret, ing.tls_secret) if n] if rendered.edge_config else []
+        versions = {}
+        for name in used:
+            found = self._references.get("Secret", ns, name) or {}
+            versions[ns, name] = (found.get("metadata") or {}).get("resourceVersion")
+        self.secret_watch.track((ns, svc.metadata.name), versions)
+        if rendered.edge_config is not None and versions:
+            annotations = rendered.edge_config["metadata"].setdefault("annotations", {})
+            annotations[keys.EDGE_INPUTS] = ",".join(f"{n}@{v}" for (_, n), v in sorted(versions.items()))
+
+    def _refresh_edges(self, svc: LLMService, revision: str, out: Outcome) -> None:
+        """The edge ConfigMap changed (limits, or a Secret it names): annotate the serving pods.
+        The kubelet refreshes a pod's mounted ConfigMaps and Secrets when the pod changes
+        (otherwise at its periodic sync, a minute or more later); the sidecar then reloads."""
+        ns, name = svc.metadata.namespace, svc.metadata.name
+        for pod in self.kube.list("v1", "Pod", ns, f"{keys.OWNER}={name}"):
+            meta = pod["metadata"]
+            has_edge = any(c["name"] == "edge" for c in pod["spec"]["containers"])
+            if not has_edge or meta.get("deletionTimestamp") or pod.get("status", {}).get("phase") != "Running":
+                continue
+            if (meta.get("annotations") or {}).get(keys.EDGE_REVISION) == revision:
+                continue
+            patch = {"metadata": {"annotations": {keys.EDGE_REVISION: revision}}}
+            self.kube.merge_patch("v1", "Pod", ns, meta["name"], patch)
+            metrics.WRITES.labels("Pod").inc()
+            out.applied.append(f"Pod/{meta['name']}")
 
     def _expose(self, svc: LLMService, out: Outcome) -> None:
         """ingress.service on the Service KubeRay made from serveService: KubeRay writes a
