@@ -8,8 +8,8 @@ Per N (default 100, 300, 1000), side by side in one run:
   idle and after a label edit (audit log), spec-edit-to-RayService latency, deletion time;
 - the baseline: the same rendered children applied directly by the same 8 threads;
 - the ideal operator: what no operator can do with fewer API writes, done by the same 8
-  threads with no operator at all: per service its create, its children, one status patch and
-  one Event. Its ratio is the ceiling the API server leaves any operator that writes status.
+  threads with no operator at all: per service its create, its Ray token Secret, its children,
+  one status patch and one Event. Its ratio is the ceiling the API server leaves any operator that writes status.
 Prints a table, the targets as met / NOT met, and a PNG of the convergence curves; then the
 managed node pool phase against the fake GKE (bench_gke.py).
 """
@@ -122,7 +122,9 @@ def _ideal(kube: Kube, docs: list[dict[str, Any]], status: dict[str, Any]) -> fl
         ).to_dict()
         owner = {"apiVersion": doc["apiVersion"], "kind": doc["kind"], "name": meta["name"],
                  "uid": live["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}  # fmt: skip
-        for child in _children(kube, doc):
+        token = {"apiVersion": "v1", "kind": "Secret", "stringData": {"auth_token": "t"},
+                 "metadata": {"name": f"{meta['name']}-ray-auth", "namespace": meta["namespace"]}}  # fmt: skip
+        for child in [token, *_children(kube, doc)]:  # the Ray token Secret (ray.auth: token), then the rest
             child["metadata"]["ownerReferences"] = [owner]  # as the operator sets them
             _apply_one(kube, child)
         kube.patch_status(meta["namespace"], meta["name"], status)
