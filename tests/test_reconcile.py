@@ -52,6 +52,14 @@ class DictKube:
         self.objects[(obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])] = obj
         return obj
 
+    def create(self, obj: dict[str, Any]) -> bool:
+        key = (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
+        if key in self.objects:
+            return False
+        self.applied.append(f"{obj['kind']}/{obj['metadata']['name']}")
+        self.objects[key] = copy.deepcopy(obj)
+        return True
+
     def merge_patch(self, api_version: str, kind: str, namespace: str, name: str, body: dict[str, Any]) -> None:
         self.patched.append((kind, name, body))
         self.objects[(kind, namespace, name)]["metadata"].setdefault("annotations", {}).update(

@@ -575,3 +575,50 @@ def test_worker_resources_override_gpu_requests(settings):
     res = worker["template"]["spec"]["containers"][0]["resources"]
     assert res["requests"] == {"cpu": "20", "memory": "200Gi", "nvidia.com/gpu": "1"}
     assert res["limits"] == {"memory": "200Gi", "nvidia.com/gpu": "1"}
+
+
+def test_ray_token_auth_is_on_by_default_with_the_operators_secret(settings, rayservice_schema):
+    svc = parse(sample_doc("gemma-b200.yaml"))
+    rs = render(svc, settings).ray_service
+    assert rs["spec"]["rayClusterConfig"]["authOptions"] == {"mode": "token", "secretName": "gemma-ray-auth"}
+    assert check(rs, rayservice_schema) == []
+    # Set by us (KubeRay skips what is set) with an optional reference: KubeRay's Redis cleanup
+    # Job copies the head's env and must start after the Secret went with the LLMService.
+    cluster = rs["spec"]["rayClusterConfig"]
+    for pod in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        env = {e["name"]: e for e in pod["template"]["spec"]["containers"][0]["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token"
+        ref = env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "gemma-ray-auth", "key": "auth_token", "optional": True}
+    off = render(parse(with_spec(sample_doc("gemma-b200.yaml"), ray__auth="disabled")), settings).ray_service
+    assert "authOptions" not in off["spec"]["rayClusterConfig"]
+    assert "RAY_AUTH_MODE" not in str(off)
+
+
+def test_network_policy_lets_in_only_what_must_reach_each_port(settings):
+    svc = parse(sample_doc("gemma-b200.yaml"))
+    np = render(svc, settings).network_policy
+    assert np["spec"]["podSelector"] == {"matchLabels": {"llmservice.dev/name": "gemma"}}
+    rules = np["spec"]["ingress"]
+    open_to_all = [r for r in rules if "from" not in r]
+    assert open_to_all == [{"ports": [{"port": "edge", "protocol": "TCP"}]}], "only the sidecar's port is public"
+    own_pods = [{"podSelector": {"matchLabels": {"llmservice.dev/name": "gemma"}}}]
+    own = next(r for r in rules if r.get("from") == own_pods)
+    assert "ports" not in own, "Ray's own traffic: any port, own pods only"
+    kuberay = next(r for r in rules if "kuberay-operator" in str(r.get("from")))
+    assert [p["port"] for p in kuberay["ports"]] == ["dashboard", "serve"]
+    scrape = next(r for r in rules if "gmp-system" in str(r.get("from")))
+    assert [p["port"] for p in scrape["ports"]] == ["metrics", "edge-metrics"]
+    # Every named port is a port the pods declare.
+    pods = [render(svc, settings).ray_service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]]
+    declared = {p["name"] for pod in pods for c in pod["containers"] for p in c.get("ports", [])}
+    pods = render(svc, settings).ray_service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]
+    declared |= {p["name"] for c in pods["containers"] for p in c.get("ports", [])}
+    assert {p["port"] for r in rules for p in r.get("ports", [])} <= declared
+
+    no_sidecar = render(parse(with_spec(sample_doc("gemma-b200.yaml"), ingress__sidecar=False)), settings)
+    assert no_sidecar.network_policy["spec"]["ingress"][0] == {"ports": [{"port": "serve", "protocol": "TCP"}]}
+    quiet = render(parse(with_spec(sample_doc("gemma-b200.yaml"), observability__metrics=False)), settings)
+    assert not any("gmp-system" in str(r) for r in quiet.network_policy["spec"]["ingress"])
+    off = render(parse(with_spec(sample_doc("gemma-b200.yaml"), ray__networkPolicy=False)), settings)
+    assert off.network_policy is None

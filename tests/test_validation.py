@@ -17,6 +17,8 @@ LB = "networking.gke.io/load-balancer-type"  # n2-standard-2, workers of 500m (1
 # (base sample, spec changes, field path, words the message must contain)
 CASES = [
     (GPU, {"model__source": "ftp://weights/x"}, "spec.model.source", "Hugging Face id"),
+    (GPU, {"ray__version": "2.51.1"}, "spec.ray.auth", "needs Ray 2.52.0 or newer"),
+    (GPU, {"ray__version": "1.13.0"}, "spec.ray.auth", "set ray.auth: disabled"),
     (GPU, {"model__source": "just-a-name"}, "spec.model.source", "gs://bucket/path"),
     (GPU, {"replicas": {"min": 5, "max": 2}}, "spec.replicas.min", "<= replicas.max"),
     (GPU, {"replicas": {"min": 1, "max": 2, "initial": 4}}, "spec.replicas.initial", "between"),
@@ -151,6 +153,9 @@ POD_OVERRIDES = {
 }
 GOOD_CASES = [
     (CPU, {}),
+    (GPU, {"ray__version": "2.51.1", "ray__auth": "disabled"}),
+    (GPU, {"ray__version": "2.52.0"}),
+    (GPU, {"ray__version": "3.0.0", "ray__networkPolicy": False}),
     (
         GPU,
         {

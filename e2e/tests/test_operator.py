@@ -207,14 +207,18 @@ def test_deleted_or_edited_children_are_restored(cluster: Cluster, operator: Ope
 
 def test_deleting_the_llmservice_removes_its_children(cluster: Cluster, operator: Operator, namespace: str):
     cluster.apply([*_secrets(namespace), _in(sample_doc("gemma-b200.yaml"), namespace)])
-    cluster.wait_for("children", lambda: _get(cluster, "pdb", namespace, "gemma-workers") is not None)
+    children = (
+        ("rayservice", "gemma"),
+        ("configmap", "gemma-edge"),
+        ("pdb", "gemma-workers"),
+        ("networkpolicy", "gemma-ray"),
+        ("secret", "gemma-ray-auth"),
+    )
+    cluster.wait_for("children", lambda: all(_get(cluster, kind, namespace, name) for kind, name in children))
     cluster.kubectl("delete", "llmsvc", "gemma", "-n", namespace)
     cluster.wait_for(
         "garbage collection of every child",
-        lambda: all(
-            _get(cluster, kind, namespace, name) is None
-            for kind, name in (("rayservice", "gemma"), ("configmap", "gemma-edge"), ("pdb", "gemma-workers"))
-        ),
+        lambda: all(_get(cluster, kind, namespace, name) is None for kind, name in children),
     )
 
 

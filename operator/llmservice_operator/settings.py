@@ -42,6 +42,15 @@ class OperatorSettings(BaseModel):
     monitoring: Literal["gmp", "prometheus-operator", "none"] = Field(
         "gmp", description="gmp: GKE Managed Prometheus PodMonitoring; prometheus-operator: PodMonitor."
     )
+    kuberay_operator_labels: dict[str, str] = Field(
+        default_factory=lambda: {"app.kubernetes.io/name": "kuberay-operator"},
+        description="Labels of the KubeRay operator's pods (any namespace): the services' "
+        "NetworkPolicies let them reach the Ray dashboard and Serve's health port.",
+    )
+    metrics_namespaces: list[str] = Field(
+        default_factory=lambda: ["gmp-system", "monitoring"],
+        description="Namespaces whose pods may scrape the services' metrics ports (NetworkPolicy).",
+    )
     gke: GKECluster | None = Field(None, description="GKE cluster for managed node pools.")
     retry_delay_seconds: float = Field(
         30, gt=0, description="Retry delay while a service waits for a missing Secret or PVC."

@@ -47,6 +47,9 @@ RayServices (garbage collection removes them with their LLMService). */}}
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [monitoring.googleapis.com]
   resources: [podmonitorings]
   verbs: [get, create, patch]
@@ -56,6 +59,10 @@ RayServices (garbage collection removes them with their LLMService). */}}
 - apiGroups: [""]
   resources: [secrets, persistentvolumeclaims, serviceaccounts]
   verbs: [get]
+# The Ray cluster's token (ray.auth: token): created once per service, never read back in bulk.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [create]
 # The Service KubeRay creates from serveService: the operator applies ingress.service to it
 # (KubeRay writes a Service's spec only when traffic moves to a new Ray cluster).
 - apiGroups: [""]

@@ -188,7 +188,18 @@ def _replica_rules(
     )
 
 
+# Ray versions before 2.52, which has no token authentication.
+_NO_TOKEN_AUTH = r"^([01]\.|2\.([0-9]|[1-4][0-9]|5[01])\.)"
+
+
 RULES: tuple[Rule, ...] = (
+    Rule(
+        "ray.auth",
+        "token authentication needs Ray 2.52.0 or newer: raise ray.version, or set ray.auth: disabled",
+        lambda s: s.ray.auth == "token" and re.match(_NO_TOKEN_AUTH, s.ray.version) is not None,
+        f"!has(self.ray) || !has(self.ray.auth) || self.ray.auth == 'disabled' || !has(self.ray.version) "
+        f"|| !self.ray.version.matches(r'{_NO_TOKEN_AUTH}')",
+    ),
     Rule(
         "model.source",
         "must be a Hugging Face id (org/name), gs://bucket/path, s3://bucket/path or pvc://claim/path",

@@ -381,6 +381,22 @@ class RaySpec(Model):
         "On GKE, Workload Identity Federation lets it read gs:// models and LoRA adapters "
         "without keys (docs/gke.md).",
     )
+    auth: Literal["token", "disabled"] = Field(
+        "token",
+        description="Ray token authentication (Ray 2.52+): every call to the Ray cluster's "
+        "dashboard (job submission), GCS and client ports must carry the token, which the "
+        "operator generates once into the Secret <name>-ray-auth (owned by the LLMService; "
+        "KubeRay passes it to the Ray containers and uses it itself). Serving traffic needs no "
+        "token. disabled: anyone who reaches the head pod can run code on the cluster; for "
+        "debugging only. Changing it starts a new Ray cluster.",
+    )
+    network_policy: bool = Field(
+        True,
+        description="A NetworkPolicy on the service's Ray pods: requests only to the serving port, "
+        "Ray's ports only from the service's own pods, the dashboard and Serve health port also "
+        "from KubeRay, metrics ports from the operator's metricsNamespaces. Needs a cluster "
+        "network that enforces NetworkPolicy (GKE Dataplane V2, Calico).",
+    )
     head_pod: PodOverrides = Field(default_factory=PodOverrides, description="Additions to the head pod.")
     worker_pods: PodOverrides = Field(
         default_factory=PodOverrides, description="Additions to every worker pod (the ones that run the model)."

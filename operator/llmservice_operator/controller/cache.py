@@ -32,6 +32,7 @@ WATCHED = {
     ("ray.io/v1", "RayCluster"),
     ("v1", "ConfigMap"),
     ("policy/v1", "PodDisruptionBudget"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
 }
 
 

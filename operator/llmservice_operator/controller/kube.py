@@ -11,7 +11,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.discovery import LazyDiscoverer
-from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
+from kubernetes.dynamic.exceptions import ConflictError, NotFoundError, ResourceNotFoundError
 
 from .. import FIELD_MANAGER, GROUP, KIND, VERSION
 
@@ -104,6 +104,15 @@ class Kube:
             force_conflicts=True,
             serializer=_plain,
         )
+
+    def create(self, obj: dict[str, Any]) -> bool:
+        """Create `obj` unless an object of that name exists; whether it was created."""
+        res = self._resource(obj["apiVersion"], obj["kind"])
+        try:
+            res.create(body=obj, namespace=obj["metadata"]["namespace"], serializer=_plain)
+        except ConflictError:
+            return False
+        return True
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         with contextlib.suppress(NotFoundError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 # Children that may come and go with the spec (sidecar off, replicas.min 0).
 OPTIONAL_CHILDREN = (
+    ("networking.k8s.io/v1", "NetworkPolicy", "ray"),
     ("v1", "ConfigMap", "edge"),
     ("policy/v1", "PodDisruptionBudget", "workers"),
 )
@@ -189,6 +191,8 @@ class Reconciler:
         for obj in desired:
             obj["metadata"]["ownerReferences"] = [owner]
         self._edge_inputs(svc, rendered)
+        if svc.spec.ray.auth == "token":
+            self._ray_token(svc, owner, first="observedGeneration" not in (body.get("status") or {}), out=out)
         optional = [(api, kind, names.child(svc.metadata.name, suffix)) for api, kind, suffix in OPTIONAL_CHILDREN]
         # Observe: each child as it is now (the RayService was read already).
         live: dict[tuple[str, str], dict[str, Any] | None] = {}
@@ -214,6 +218,29 @@ class Reconciler:
         if _has_cluster(ray_service):  # KubeRay makes the Service once it has a Ray cluster
             self._expose(svc, out)
         return ray_service
+
+    def _ray_token(self, svc: LLMService, owner: dict[str, Any], first: bool, out: Outcome) -> None:
+        """The Ray cluster's token (ray.auth: token), generated once into a Secret the service
+        owns; never rewritten, so the token outlives upgrades and operator restarts. A service
+        never reconciled skips the GET: the create answers whether it exists."""
+        ns, name = svc.metadata.namespace, names.ray_auth_secret(svc.metadata.name)
+        if not first and self._references.get("Secret", ns, name) is not None:
+            return
+        secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": name,
+                "namespace": ns,
+                "labels": names.labels(svc.metadata.name),
+                "ownerReferences": [owner],
+            },
+            "type": "Opaque",
+            "stringData": {names.RAY_AUTH_TOKEN_KEY: secrets.token_hex(32)},
+        }
+        if self.kube.create(secret):
+            metrics.WRITES.labels("Secret").inc()
+            out.applied.append(f"Secret/{name}")
 
     def _edge_inputs(self, svc: LLMService, rendered: Rendered) -> None:
         """Name the versions of the Secrets the edge sidecar reads on its ConfigMap: a new

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..api.resource import LLMService
 from ..settings import OperatorSettings
-from . import edge, nodepools, policy, rayservice
+from . import edge, network, nodepools, policy, rayservice
 
 
 @dataclass(frozen=True)
@@ -19,13 +19,14 @@ class Rendered:
     edge_config: dict[str, Any] | None
     pdb: dict[str, Any] | None
     monitoring: dict[str, Any] | None
+    network_policy: dict[str, Any] | None = None
     node_pools: list[dict[str, Any]] = field(default_factory=list)
     workload_policies: list[dict[str, Any]] = field(default_factory=list)  # Compute resource policies
     managed_pools: bool = False  # spec.nodePool.managed: the pools above are the operator's to keep
 
     def kubernetes_objects(self) -> list[dict[str, Any]]:
-        """In apply order: the edge config exists before pods that mount it."""
-        objs = [self.edge_config, self.ray_service, self.pdb, self.monitoring]
+        """In apply order: the fence and the edge config exist before the pods."""
+        objs = [self.network_policy, self.edge_config, self.ray_service, self.pdb, self.monitoring]
         return [o for o in objs if o is not None]
 
 
@@ -36,6 +37,7 @@ def render(svc: LLMService, settings: OperatorSettings | None = None) -> Rendere
         edge_config=edge.config_map(svc) if svc.spec.ingress.sidecar else None,
         pdb=policy.pod_disruption_budget(svc),
         monitoring=policy.monitoring(svc, settings),
+        network_policy=network.network_policy(svc, settings),
         node_pools=nodepools.node_pools(svc) if svc.spec.node_pool.managed else [],
         workload_policies=nodepools.workload_policies(svc) if svc.spec.node_pool.managed else [],
         managed_pools=svc.spec.node_pool.managed,

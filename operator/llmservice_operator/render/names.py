@@ -25,3 +25,11 @@ def labels(svc_name: str) -> dict[str, str]:
         keys.MANAGED_BY: keys.MANAGER,
         keys.OWNER: svc_name,
     }
+
+
+RAY_AUTH_TOKEN_KEY = "auth_token"  # the key KubeRay reads from authOptions.secretName
+
+
+def ray_auth_secret(svc_name: str) -> str:
+    """The Secret with the Ray cluster's token (ray.auth: token), made once by the operator."""
+    return child(svc_name, "ray-auth")

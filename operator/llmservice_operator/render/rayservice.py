@@ -85,7 +85,17 @@ def ray_env(svc: LLMService, engine_env: dict[str, str] | None = None) -> list[d
         secrets["HF_TOKEN"] = (spec.model.hf_token_secret.name, spec.model.hf_token_secret.key)
     for name, (secret, key) in sorted(secrets.items()):
         out.append({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
+    if spec.ray.auth == "token":
+        out += auth_env(svc.metadata.name)
     return out
+
+
+def auth_env(svc_name: str) -> list[dict[str, Any]]:
+    """Ray's token, as KubeRay would inject it (it skips names already set), except optional:
+    KubeRay's Redis cleanup Job copies the head's env and runs after the LLMService, and with it
+    the token Secret, is gone; it talks only to Redis and must still start."""
+    ref = {"name": names.ray_auth_secret(svc_name), "key": names.RAY_AUTH_TOKEN_KEY, "optional": True}
+    return [{"name": "RAY_AUTH_MODE", "value": "token"}, {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": ref}}]
 
 
 def _image(spec: LLMServiceSpec, settings: OperatorSettings, acc: Accelerator, worker: bool) -> str:
@@ -264,6 +274,10 @@ def ray_cluster_spec(svc: LLMService, settings: OperatorSettings) -> dict[str, A
         "headGroupSpec": head_group(svc, settings),
         "workerGroupSpecs": [worker_group(svc, settings, wb) for wb in worker_bounds(svc.spec)],
     }
+    if svc.spec.ray.auth == "token":
+        # Our own Secret, not KubeRay's per-RayCluster one: the token outlives a blue/green
+        # upgrade, so tools that hold it keep working.
+        spec["authOptions"] = {"mode": "token", "secretName": names.ray_auth_secret(svc.metadata.name)}
     ft = svc.spec.fault_tolerance
     if ft:
         gcs: dict[str, Any] = {"redisAddress": ft.redis_address}

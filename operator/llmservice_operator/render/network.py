@@ -1,0 +1,60 @@
+"""The NetworkPolicy that fences a service's Ray pods: only what must reach each port does.
+
+Without it the head's dashboard (job submission: code execution on the GPU nodes), GCS and
+Ray client ports are open to every pod in the cluster. Ray token authentication
+(spec.ray.auth) refuses unauthenticated calls; the policy keeps them from arriving at all.
+Egress is not restricted (model downloads, Redis, object storage).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import labels as keys
+from ..api.resource import LLMService
+from ..settings import OperatorSettings
+from . import names
+
+
+def _ports(*port_names: str) -> list[dict[str, Any]]:
+    # Named ports: each pod resolves them to its own containers' ports.
+    return [{"port": n, "protocol": "TCP"} for n in port_names]
+
+
+def network_policy(svc: LLMService, settings: OperatorSettings) -> dict[str, Any] | None:
+    if not svc.spec.ray.network_policy:
+        return None
+    name = svc.metadata.name
+    own = {"podSelector": {"matchLabels": {keys.OWNER: name}}}
+    serving = "edge" if svc.spec.ingress.sidecar else "serve"
+    metrics = ["metrics", "edge-metrics"] if svc.spec.ingress.sidecar else ["metrics"]
+    kuberay = {"namespaceSelector": {}, "podSelector": {"matchLabels": dict(settings.kuberay_operator_labels)}}
+    scrapers = {
+        "namespaceSelector": {
+            "matchExpressions": [
+                {"key": "kubernetes.io/metadata.name", "operator": "In", "values": list(settings.metrics_namespaces)}
+            ]
+        }
+    }
+    ingress: list[dict[str, Any]] = [
+        # Requests, from wherever the Service is reachable (the sidecar checks API keys).
+        {"ports": _ports(serving)},
+        # Ray's own traffic between the service's pods: GCS, raylets, object transfer, workers.
+        {"from": [own]},
+        # KubeRay deploys and watches the Serve app through the dashboard and health-checks
+        # each pod's Serve proxy.
+        {"from": [kuberay], "ports": _ports("dashboard", "serve")},
+    ]
+    if svc.spec.observability.metrics and settings.metrics_namespaces:
+        ingress.append({"from": [scrapers], "ports": _ports(*metrics)})
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": names.child(name, "ray"),
+            "namespace": svc.metadata.namespace,
+            "labels": names.labels(name),
+        },
+        # The node a pod runs on (kubelet probes) is always let in by NetworkPolicy's rules.
+        "spec": {"podSelector": {"matchLabels": {keys.OWNER: name}}, "policyTypes": ["Ingress"], "ingress": ingress},
+    }
