@@ -8,8 +8,9 @@ test_serving.py; the data-path modules last, on a quiet machine, since they meas
 from __future__ import annotations
 
 import concurrent.futures
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,15 @@ from e2e.operator import Operator
 ROOT = Path(__file__).resolve().parents[2]
 # Numbers the end-to-end tests measure on the real node, printed after the run.
 MEASURED: dict[str, object] = {}
+
+
+def until(what: str, check: Callable[[], bool], limit_s: float = 60, poll_s: float = 0.05) -> float:
+    """Seconds until `check()` holds (what tests measure, such as how soon a change took effect)."""
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < limit_s, f"not within {limit_s} s: {what}"
+        time.sleep(poll_s)
+    return time.monotonic() - start
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -26,7 +26,7 @@ from llmservice_operator.api import parse
 from llmservice_operator.render import edge
 from tests.conftest import sample_doc, with_spec
 
-from .conftest import MEASURED
+from .conftest import MEASURED, until
 
 pytestmark = pytest.mark.e2e
 MODEL = "gemma-4-e2b"
@@ -148,15 +148,6 @@ def _status(dp: DataPath, key: str) -> int:
     return httpx.get(f"{dp.edge_url}/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code
 
 
-def _until(what: str, check: Callable[[], bool], limit_s: float = 15) -> float:
-    """Seconds until `check()` holds."""
-    start = time.monotonic()
-    while not check():
-        assert time.monotonic() - start < limit_s, f"not within {limit_s} s: {what}"
-        time.sleep(0.05)
-    return time.monotonic() - start
-
-
 def _haproxies(dp: DataPath) -> tuple[int, set[int]]:
     """The sidecar's HAProxy master and its workers (old ones still finishing, and the new)."""
     procs = []
@@ -176,7 +167,7 @@ def test_a_revoked_key_stops_at_once_while_its_stream_goes_on(dataplane: DataPat
     before = keys.read_text()
     try:
         _replace(keys, before + "sk-leaving leaving\n")
-        _until("a new key let in", lambda: _status(dataplane, "sk-leaving") == 200)
+        until("a new key let in", lambda: _status(dataplane, "sk-leaving") == 200)
         master, _ = _haproxies(dataplane)
         stream = client(dataplane, "sk-leaving").chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=1000, stream=True
@@ -184,7 +175,7 @@ def test_a_revoked_key_stops_at_once_while_its_stream_goes_on(dataplane: DataPat
         chunks = iter(stream)
         tokens = sum(1 for c in itertools.islice(chunks, 5) if c.choices and c.choices[0].delta.content)
         _replace(keys, before + "sk-arriving arriving\n")
-        took = _until("the revoked key refused", lambda: _status(dataplane, "sk-leaving") == 401)
+        took = until("the revoked key refused", lambda: _status(dataplane, "sk-leaving") == 401, 15)
         revoked_at = time.monotonic()
         assert _status(dataplane, "sk-arriving") == 200
         last = revoked_at
@@ -217,13 +208,13 @@ def test_a_changed_limit_reaches_the_running_sidecar(dataplane: DataPath):
     svc.spec.ingress.max_body_size = "16Ki"
     try:
         _replace(path, dataplane.edge_config_for(svc))
-        took = _until("the new body limit", lambda: post() != 413)
+        took = until("the new body limit", lambda: post() != 413)
         new_master, new_workers = _haproxies(dataplane)
         assert new_master == master and new_workers - workers, "a new worker under the same master"
         MEASURED["edge: config changed -> in effect (s)"] = round(took, 2)
     finally:
         _replace(path, before)
-        _until("the old body limit back", lambda: post() == 413)
+        until("the old body limit back", lambda: post() == 413)
 
 
 def test_a_broken_config_leaves_the_running_one_serving(dataplane: DataPath):
@@ -232,7 +223,7 @@ def test_a_broken_config_leaves_the_running_one_serving(dataplane: DataPath):
     log = dataplane.workdir / f"edge-{dataplane.ports['edge']}.log"
     try:
         _replace(path, before.replace("mode http", "mode nonsense"))
-        _until("the supervisor's refusal", lambda: "does not load; the running one stays" in log.read_text())
+        until("the supervisor's refusal", lambda: "does not load; the running one stays" in log.read_text())
         assert _status(dataplane, "sk-team-a") in (200, 429)
         assert httpx.get(f"{dataplane.edge_url}/healthz").status_code == 200
     finally:

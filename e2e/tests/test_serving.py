@@ -16,7 +16,7 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +29,7 @@ from e2e import serving
 from e2e.cluster import Cluster
 from llmservice_operator.render import edge
 
-from .conftest import MEASURED, measured_cluster_start
+from .conftest import MEASURED, measured_cluster_start, until
 
 pytestmark = pytest.mark.e2e
 NS = "serving"
@@ -177,14 +177,6 @@ def _status(served: Served, key: str) -> int:
     return httpx.get(f"{served.url}/models", headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code
 
 
-def _until(what: str, check: Callable[[], bool], limit_s: float = 60) -> float:
-    start = time.monotonic()
-    while not check():
-        assert time.monotonic() - start < limit_s, f"not within {limit_s} s: {what}"
-        time.sleep(0.1)
-    return time.monotonic() - start
-
-
 def _serving_pods(served: Served) -> dict[str, int]:
     """uid -> restarts of the sidecar, for the pods behind the Service (the workers)."""
     pods = served.pods(f"llmservice.dev/name={NAME},ray.io/node-type=worker")
@@ -202,7 +194,7 @@ def test_a_revoked_key_is_refused_by_the_running_sidecar_while_its_stream_goes_o
     pods = _serving_pods(served)
     cluster_name = served.rayservice()["status"]["activeServiceStatus"]["rayClusterName"]
     serving.api_keys(cluster, NS, {serving.API_KEY: "local-demo", "sk-e2e-leaving": "leaving"})
-    added = _until("the new key let in", lambda: _status(served, "sk-e2e-leaving") == 200)
+    added = until("the new key let in", lambda: _status(served, "sk-e2e-leaving") == 200)
     stream = serving.client(served.url, key="sk-e2e-leaving").completions.create(
         model=MODEL, prompt="def f():", max_tokens=300, stream=True,
         stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
@@ -210,7 +202,7 @@ def test_a_revoked_key_is_refused_by_the_running_sidecar_while_its_stream_goes_o
     chunks = iter(stream)
     received = list(itertools.islice(chunks, 3))
     serving.api_keys(cluster, NS, {serving.API_KEY: "local-demo", "sk-e2e-arriving": "arriving"})
-    revoked = _until("the revoked key refused", lambda: _status(served, "sk-e2e-leaving") == 401)
+    revoked = until("the revoked key refused", lambda: _status(served, "sk-e2e-leaving") == 401)
     assert _status(served, "sk-e2e-arriving") == 200
     for c in chunks:  # read slowly: the client's connection outlives the reload
         time.sleep(0.01)
@@ -244,12 +236,12 @@ def test_a_changed_body_limit_reaches_the_running_sidecar(served: Served):
     assert post() != 413
     patch = '{"spec":{"ingress":{"maxBodySize":"2Ki"}}}'
     cluster.kubectl("patch", "llmsvc", NAME, "-n", NS, "--type=merge", "-p", patch)
-    took = _until("the new body limit", lambda: post() == 413)
+    took = until("the new body limit", lambda: post() == 413)
     assert _serving_pods(served) == pods, "no pod was replaced or restarted"
     MEASURED["edge on real pods: body limit changed -> in effect (s)"] = round(took, 1)
     undo = '[{"op":"remove","path":"/spec/ingress/maxBodySize"}]'
     cluster.kubectl("patch", "llmsvc", NAME, "-n", NS, "--type=json", "-p", undo)
-    _until("the default body limit back", lambda: post() != 413)
+    until("the default body limit back", lambda: post() != 413)
 
 
 class Load:
