@@ -6,6 +6,9 @@ import copy
 import time
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic.exceptions import NotFoundError
+
 from e2e.fake_gke import FakeGKE, FakeGKEServer
 from llmservice_operator.controller.reconcile import Reconciler
 from llmservice_operator.gke import NodePools, cluster_manager, compute
@@ -190,3 +193,27 @@ def test_a_changed_api_keys_secret_reaches_the_running_sidecars_by_a_pod_annotat
     kube.objects.pop(("LLMService", "team-a", "tiny"))
     r.reconcile("team-a", "tiny")
     assert len(r.secret_watch) == 0, "a deleted service's Secrets are no longer read"
+
+
+def test_a_pod_gone_between_list_and_patch_does_not_fail_the_reconcile(settings):
+    doc = sample_doc("cpu-tiny.yaml")
+    doc["metadata"].update(namespace="team-a", uid="u-1", generation=1)
+    secret = {"kind": "Secret", "metadata": {"name": "llm-keys", "namespace": "team-a", "resourceVersion": "1"}}
+    secret["data"] = {"api-keys.map": "c2stYSB0ZWFtLWEK"}
+    claim = {"kind": "PersistentVolumeClaim", "metadata": {"name": "tiny-models", "namespace": "team-a"}}
+
+    class Vanishing(DictKube):
+        def merge_patch(self, api_version: str, kind: str, namespace: str, name: str, body: dict[str, Any]) -> None:
+            if name == "tiny-worker-gone":
+                raise NotFoundError(ApiException(status=404, reason="Not Found"))
+            super().merge_patch(api_version, kind, namespace, name, body)
+
+    pods = [_pod("tiny-worker-gone", ["ray", "edge"]), _pod("tiny-worker-a", ["ray", "edge"])]
+    kube = Vanishing(doc, secret, claim, *pods)
+    r = Reconciler(kube, settings)  # type: ignore[arg-type]
+    r.reconcile("team-a", "tiny")
+    kube.objects[("Secret", "team-a", "llm-keys")]["metadata"]["resourceVersion"] = "2"
+    r.secret_watch.poll()
+    outcome = r.reconcile("team-a", "tiny")
+    assert outcome is not None and "Pod/tiny-worker-a" in outcome.applied
+    assert "Pod/tiny-worker-gone" not in outcome.applied

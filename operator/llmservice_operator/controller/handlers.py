@@ -191,6 +191,8 @@ def _stop(**_: Any) -> None:
         _queue.stop()
     if _reconciler is not None and _reconciler.node_pools is not None:
         _reconciler.node_pools.stop()
+    if _reconciler is not None:
+        _reconciler.secret_watch.stop()
     if _leadership is not None:
         _leadership.stop()
 

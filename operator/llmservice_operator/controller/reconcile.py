@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubernetes.dynamic.exceptions import NotFoundError
+
 from .. import labels as keys
 from ..api import InvalidLLMService, LLMService, parse
 from ..api.status import ConditionType as Cond
@@ -269,7 +271,10 @@ class Reconciler:
             if (meta.get("annotations") or {}).get(keys.EDGE_REVISION) == revision:
                 continue
             patch = {"metadata": {"annotations": {keys.EDGE_REVISION: revision}}}
-            self.kube.merge_patch("v1", "Pod", ns, meta["name"], patch)
+            try:
+                self.kube.merge_patch("v1", "Pod", ns, meta["name"], patch)
+            except NotFoundError:  # gone since the list: its successor mounts the new files
+                continue
             metrics.WRITES.labels("Pod").inc()
             out.applied.append(f"Pod/{meta['name']}")
 
