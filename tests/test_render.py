@@ -593,6 +593,12 @@ def test_ray_token_auth_is_on_by_default_with_the_operators_secret(settings, ray
     off = render(parse(with_spec(sample_doc("gemma-b200.yaml"), ray__auth="disabled")), settings).ray_service
     assert "authOptions" not in off["spec"]["rayClusterConfig"]
     assert "RAY_AUTH_MODE" not in str(off)
+    # A user's own RAY_AUTH_TOKEN (spec.ray.secretEnv) replaces ours: one entry per name, or
+    # server-side apply refuses the duplicate key.
+    own = with_spec(sample_doc("gemma-b200.yaml"), ray__secretEnv={"RAY_AUTH_TOKEN": {"name": "mine", "key": "t"}})
+    env = render(parse(own), settings).ray_service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    names_ = [e["name"] for e in env["containers"][0]["env"]]
+    assert names_.count("RAY_AUTH_TOKEN") == 1 and names_.count("RAY_AUTH_MODE") == 1
 
 
 def test_network_policy_lets_in_only_what_must_reach_each_port(settings):

@@ -85,8 +85,8 @@ def ray_env(svc: LLMService, engine_env: dict[str, str] | None = None) -> list[d
         secrets["HF_TOKEN"] = (spec.model.hf_token_secret.name, spec.model.hf_token_secret.key)
     for name, (secret, key) in sorted(secrets.items()):
         out.append({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
-    if spec.ray.auth == "token":
-        out += auth_env(svc.metadata.name)
+    if spec.ray.auth == "token":  # what spec.ray.env or secretEnv set wins, as above
+        out += [e for e in auth_env(svc.metadata.name) if e["name"] not in spec.ray.env and e["name"] not in secrets]
     return out
 
 
