@@ -77,9 +77,10 @@ class Cache:
             held = self._objects.get((kind, namespace, name))
         return json.loads(held[1]) if held else None  # a fresh copy: callers may change it
 
-    def put(self, obj: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
-        """Store a watched or just-written object; returns (the previous copy, whether this
-        one is newer). Not newer: our own write's echo, a relist, or an old event."""
+    def put(self, obj: dict[str, Any], previous: bool = False) -> tuple[dict[str, Any] | None, bool]:
+        """Store a watched or just-written object; returns (the previous copy if `previous`
+        and this one replaces it, whether this one is newer). Not newer: our own write's echo,
+        a relist, or an old event. The previous copy is decoded only when asked for."""
         key, version = _key(obj), _version(obj)
         with self._lock:
             old = self._objects.get(key)
@@ -87,8 +88,7 @@ class Cache:
             if newer:  # an echo of our own write (most events) is not encoded again
                 self._objects[key] = (version, _encode(_slim(obj)))
                 self._peak = max(self._peak, len(self._objects))
-        # The previous copy matters only when this one replaces it (handlers compare the two).
-        return (json.loads(old[1]) if old and newer else None), newer
+        return (json.loads(old[1]) if previous and old and newer else None), newer
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
         with self._lock:

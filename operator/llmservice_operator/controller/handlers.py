@@ -123,7 +123,7 @@ def observe(event: dict[str, Any], owner: tuple[str, str]) -> str:
         _cache.delete(kind, meta.get("namespace", ""), meta.get("name", ""))
         action = "queued"
     else:
-        old, newer = _cache.put(obj)
+        old, newer = _cache.put(obj, previous=kind in STATUS_UNREAD)  # only those are compared
         if not newer:
             action = "own-write"
         elif old is not None and kind in STATUS_UNREAD and _same_but_status(old, obj):
