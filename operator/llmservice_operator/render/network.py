@@ -14,6 +14,7 @@ from .. import labels as keys
 from ..api.resource import LLMService
 from ..settings import OperatorSettings
 from . import names
+from .policy import metrics_endpoints
 
 
 def _ports(*port_names: str) -> list[dict[str, Any]]:
@@ -25,9 +26,9 @@ def network_policy(svc: LLMService, settings: OperatorSettings) -> dict[str, Any
     if not svc.spec.ray.network_policy:
         return None
     name = svc.metadata.name
-    own = {"podSelector": {"matchLabels": {keys.OWNER: name}}}
+    own = {"podSelector": {"matchLabels": {keys.OWNER: name}}}  # also the pods the policy applies to
     serving = "edge" if svc.spec.ingress.sidecar else "serve"
-    metrics = ["metrics", "edge-metrics"] if svc.spec.ingress.sidecar else ["metrics"]
+    metrics = [e["port"] for e in metrics_endpoints(svc)]  # the ports PodMonitoring scrapes
     kuberay = {"namespaceSelector": {}, "podSelector": {"matchLabels": dict(settings.kuberay_operator_labels)}}
     scrapers = {
         "namespaceSelector": {
@@ -56,5 +57,5 @@ def network_policy(svc: LLMService, settings: OperatorSettings) -> dict[str, Any
             "labels": names.labels(name),
         },
         # The node a pod runs on (kubelet probes) is always let in by NetworkPolicy's rules.
-        "spec": {"podSelector": {"matchLabels": {keys.OWNER: name}}, "policyTypes": ["Ingress"], "ingress": ingress},
+        "spec": {**own, "policyTypes": ["Ingress"], "ingress": ingress},
     }

@@ -38,7 +38,7 @@ def pod_disruption_budget(svc: LLMService) -> dict[str, Any] | None:
     }
 
 
-def _endpoints(svc: LLMService) -> list[dict[str, Any]]:
+def metrics_endpoints(svc: LLMService) -> list[dict[str, Any]]:
     eps = [{"port": "metrics", "path": "/metrics"}]  # Ray + vLLM metrics on the Ray container
     if svc.spec.ingress.sidecar:
         eps.append({"port": "edge-metrics", "path": "/metrics"})
@@ -49,6 +49,7 @@ def monitoring(svc: LLMService, settings: OperatorSettings) -> dict[str, Any] | 
     if not svc.spec.observability.metrics or settings.monitoring == "none":
         return None
     selector = {"matchLabels": {keys.OWNER: svc.metadata.name}}
+    endpoints = [{"port": e["port"], "path": e["path"], "interval": "30s"} for e in metrics_endpoints(svc)]
     if settings.monitoring == "gmp":
         return {
             "apiVersion": "monitoring.googleapis.com/v1",
@@ -56,7 +57,7 @@ def monitoring(svc: LLMService, settings: OperatorSettings) -> dict[str, Any] | 
             "metadata": _meta(svc),
             "spec": {
                 "selector": selector,
-                "endpoints": [{"port": e["port"], "path": e["path"], "interval": "30s"} for e in _endpoints(svc)],
+                "endpoints": endpoints,
             },
         }
     return {
@@ -65,6 +66,6 @@ def monitoring(svc: LLMService, settings: OperatorSettings) -> dict[str, Any] | 
         "metadata": _meta(svc),
         "spec": {
             "selector": selector,
-            "podMetricsEndpoints": [{"port": e["port"], "path": e["path"], "interval": "30s"} for e in _endpoints(svc)],
+            "podMetricsEndpoints": endpoints,
         },
     }
