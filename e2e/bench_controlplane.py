@@ -35,7 +35,8 @@ from e2e.operator import Operator
 from llmservice_operator import GROUP, VERSION
 from llmservice_operator.api import parse
 from llmservice_operator.controller.kube import Kube
-from llmservice_operator.render import render
+from llmservice_operator.controller.reconcile import owner_ref
+from llmservice_operator.render import names, render
 from tests.conftest import sample_doc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,28 +105,23 @@ def _apply_all(kube: Kube, objs: list[dict[str, Any]]) -> float:
     return time.monotonic() - start
 
 
-def _apply_one(kube: Kube, obj: dict[str, Any]) -> None:
-    kube._resource(obj["apiVersion"], obj["kind"]).server_side_apply(
+def _apply_one(kube: Kube, obj: dict[str, Any]) -> dict[str, Any]:
+    return kube._resource(obj["apiVersion"], obj["kind"]).server_side_apply(
         body=obj, name=obj["metadata"]["name"], namespace=obj["metadata"]["namespace"],
         field_manager="bench", force_conflicts=True,
-    )  # fmt: skip
+    ).to_dict()  # fmt: skip
 
 
 def _ideal(kube: Kube, docs: list[dict[str, Any]], status: dict[str, Any]) -> float:
     """The ideal operator's writes for `docs`, THREADS services at a time; returns seconds."""
-    crd = kube._resource("llmservice.dev/v1alpha1", "LLMService")
 
     def one(doc: dict[str, Any]) -> None:
         meta = doc["metadata"]
-        live = crd.server_side_apply(
-            body=doc, name=meta["name"], namespace=meta["namespace"], field_manager="bench", force_conflicts=True
-        ).to_dict()
-        owner = {"apiVersion": doc["apiVersion"], "kind": doc["kind"], "name": meta["name"],
-                 "uid": live["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}  # fmt: skip
-        token = {"apiVersion": "v1", "kind": "Secret", "stringData": {"auth_token": "t"},
-                 "metadata": {"name": f"{meta['name']}-ray-auth", "namespace": meta["namespace"]}}  # fmt: skip
+        live = _apply_one(kube, doc)
+        token = {"apiVersion": "v1", "kind": "Secret", "stringData": {names.RAY_AUTH_TOKEN_KEY: "t"},
+                 "metadata": {"name": names.ray_auth_secret(meta["name"]), "namespace": meta["namespace"]}}  # fmt: skip
         for child in [token, *_children(kube, doc)]:  # the Ray token Secret (ray.auth: token), then the rest
-            child["metadata"]["ownerReferences"] = [owner]  # as the operator sets them
+            child["metadata"]["ownerReferences"] = [owner_ref(live)]  # as the operator sets them
             _apply_one(kube, child)
         kube.patch_status(meta["namespace"], meta["name"], status)
         kube.event(live, "Normal", "Pending", "the ideal operator's one Event")

@@ -369,9 +369,10 @@ class DataPath:
         self, svc: LLMService, port: int, metrics_port: int, tls_dir: Path | None = None
     ) -> subprocess.Popen:
         """Another edge sidecar (rendered from `svc`) in front of the same Ray Serve."""
-        keys = self.workdir / f"keys-{port}"
-        keys.mkdir()
-        (keys / edge.API_KEYS_FILE).write_text("".join(f"{k} {c}\n" for k, c in self.api_keys.items()))
+        key_map = self.edge_keys(port)
+        key_map.parent.mkdir()
+        key_map.write_text("".join(f"{k} {c}\n" for k, c in self.api_keys.items()))
+        keys = key_map.parent
         tls = str(tls_dir or self.workdir / "tls")
         self._edge_args[port] = {
             "bind_address": "127.0.0.1",

@@ -69,7 +69,12 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _owner_ref(body: dict[str, Any]) -> dict[str, Any]:
+def _never_reconciled(body: dict[str, Any]) -> bool:
+    """No status written yet: the service's children most likely do not exist."""
+    return "observedGeneration" not in (body.get("status") or {})
+
+
+def owner_ref(body: dict[str, Any]) -> dict[str, Any]:
     meta = body["metadata"]
     return {
         "apiVersion": body["apiVersion"],
@@ -134,7 +139,7 @@ class Reconciler:
             rendered = render(svc, self.settings)  # once: children, node pools, policies
         # A service never reconciled has no children yet: a cache miss is not asked again of the
         # API server (if a same-named predecessor left some, server-side apply rewrites them).
-        read = self.kube.peek if "observedGeneration" not in (body.get("status") or {}) else self.kube.get
+        read = self.kube.peek if _never_reconciled(body) else self.kube.get
         ray_service = read("ray.io/v1", "RayService", namespace, name)
         pools = self._sync_node_pools(body, rendered, out, _switching(ray_service))
         if svc is not None and rendered is not None and not out.problems:
@@ -188,13 +193,13 @@ class Reconciler:
         out: Outcome,
         read: Reader,
     ) -> dict[str, Any] | None:
-        ns, owner = svc.metadata.namespace, _owner_ref(body)
+        ns, owner = svc.metadata.namespace, owner_ref(body)
         desired = [o for o in rendered.kubernetes_objects() if self._served(o)]
         for obj in desired:
             obj["metadata"]["ownerReferences"] = [owner]
         self._edge_inputs(svc, rendered)
         if svc.spec.ray.auth == "token":
-            self._ray_token(svc, owner, first="observedGeneration" not in (body.get("status") or {}), out=out)
+            self._ray_token(svc, owner, first=_never_reconciled(body), out=out)
         optional = [(api, kind, names.child(svc.metadata.name, suffix)) for api, kind, suffix in OPTIONAL_CHILDREN]
         # Observe: each child as it is now (the RayService was read already).
         live: dict[tuple[str, str], dict[str, Any] | None] = {}
