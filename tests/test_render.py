@@ -19,7 +19,7 @@ from ray.serve._private.config import ReplicaConfig
 
 from llmservice_operator.api import parse
 from llmservice_operator.api.quantity import cpu_cores
-from llmservice_operator.render import nodepools, render
+from llmservice_operator.render import edge, nodepools, render
 from llmservice_operator.render.shape import worker_bounds
 from llmservice_operator.yamlio import dump_all
 
@@ -628,3 +628,30 @@ def test_network_policy_lets_in_only_what_must_reach_each_port(settings):
     assert not any("gmp-system" in str(r) for r in quiet.network_policy["spec"]["ingress"])
     off = render(parse(with_spec(sample_doc("gemma-b200.yaml"), ray__networkPolicy=False)), settings)
     assert off.network_policy is None
+
+
+def test_a_rate_limit_is_shared_by_the_sidecars_through_a_headless_service(settings):
+    limited = parse(sample_doc("prefix-aware-lora.yaml"))  # 600 requests per minute per client
+    out = render(limited, settings)
+    peers = out.edge_peers
+    assert peers["metadata"]["name"] == "llama-lora-edge-peers"
+    assert peers["spec"]["clusterIP"] == "None" and peers["spec"]["publishNotReadyAddresses"] is True
+    # The head serves nothing here (replicas.min > 0): the workers are the serving pods.
+    assert peers["spec"]["selector"] == {"llmservice.dev/name": "llama-lora", "ray.io/node-type": "worker"}
+    data = out.edge_config["data"]
+    assert "getent hosts llama-lora-edge-peers.default.svc" in data["edge.sh"]
+    assert "lua.edge_client_rate" in data["haproxy.cfg"] and data[edge.LUA_FILE] == edge.lua()
+    # Scale to zero: the head is in the Service too, and a peer.
+    zero = render(parse(with_spec(sample_doc("prefix-aware-lora.yaml"), replicas={"min": 0, "max": 2})), settings)
+    assert zero.edge_peers["spec"]["selector"] == {"llmservice.dev/name": "llama-lora"}
+    # No limit, no peering: no Service, no Lua, a plain supervisor.
+    free = render(parse(with_spec(sample_doc("prefix-aware-lora.yaml"), ingress__rateLimit=None)), settings)
+    assert free.edge_peers is None
+    assert edge.LUA_FILE not in free.edge_config["data"] and "getent" not in free.edge_config["data"]["edge.sh"]
+    # Turning the limit on or off is a ConfigMap change only: the pods stay (for a RayService
+    # a pod template change is a whole new Ray cluster).
+    assert free.ray_service == out.ray_service
+    worker = out.ray_service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]
+    sidecar = next(c for c in worker["containers"] if c["name"] == "edge")
+    assert {"name": "edge-peers", "containerPort": edge.PEERS_PORT, "protocol": "TCP"} in sidecar["ports"]
+    assert sidecar["env"][0]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}

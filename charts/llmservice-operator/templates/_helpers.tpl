@@ -64,10 +64,11 @@ RayServices (garbage collection removes them with their LLMService). */}}
   resources: [secrets]
   verbs: [create]
 # The Service KubeRay creates from serveService: the operator applies ingress.service to it
-# (KubeRay writes a Service's spec only when traffic moves to a new Ray cluster).
+# (KubeRay writes a Service's spec only when traffic moves to a new Ray cluster); and the
+# headless Service the edge sidecars share a rate limit through (created, deleted with it).
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, patch]
+  verbs: [get, list, watch, create, patch, delete]
 # Serving pods mount the edge config, API keys and certificate: annotating one after a change
 # makes the kubelet refresh those files now instead of at its next periodic sync.
 - apiGroups: [""]

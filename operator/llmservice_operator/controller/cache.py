@@ -31,6 +31,7 @@ WATCHED = {
     ("ray.io/v1", "RayService"),
     ("ray.io/v1", "RayCluster"),
     ("v1", "ConfigMap"),
+    ("v1", "Service"),
     ("policy/v1", "PodDisruptionBudget"),
     ("networking.k8s.io/v1", "NetworkPolicy"),
 }

@@ -205,6 +205,7 @@ def llmservice_event(event: dict[str, Any], namespace: str, name: str, **_: Any)
 @kopf.on.event("ray.io", "v1", "rayservices", labels=MANAGED)
 @kopf.on.event("ray.io", "v1", "rayclusters", labels=MANAGED)  # KubeRay copies the RayService's labels
 @kopf.on.event("v1", "configmaps", labels=MANAGED)
+@kopf.on.event("v1", "services", labels=MANAGED)
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED)
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=MANAGED)
 def child_event(event: dict[str, Any], namespace: str, labels: dict[str, str], **_: Any) -> None:

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 OPTIONAL_CHILDREN = (
     ("networking.k8s.io/v1", "NetworkPolicy", "ray"),
     ("v1", "ConfigMap", "edge"),
+    ("v1", "Service", "edge-peers"),
     ("policy/v1", "PodDisruptionBudget", "workers"),
 )
 

@@ -20,13 +20,14 @@ class Rendered:
     pdb: dict[str, Any] | None
     monitoring: dict[str, Any] | None
     network_policy: dict[str, Any] | None = None
+    edge_peers: dict[str, Any] | None = None  # the headless Service sidecars find each other by
     node_pools: list[dict[str, Any]] = field(default_factory=list)
     workload_policies: list[dict[str, Any]] = field(default_factory=list)  # Compute resource policies
     managed_pools: bool = False  # spec.nodePool.managed: the pools above are the operator's to keep
 
     def kubernetes_objects(self) -> list[dict[str, Any]]:
         """In apply order: the fence and the edge config exist before the pods."""
-        objs = [self.network_policy, self.edge_config, self.ray_service, self.pdb, self.monitoring]
+        objs = [self.network_policy, self.edge_config, self.edge_peers, self.ray_service, self.pdb, self.monitoring]
         return [o for o in objs if o is not None]
 
 
@@ -38,6 +39,7 @@ def render(svc: LLMService, settings: OperatorSettings | None = None) -> Rendere
         pdb=policy.pod_disruption_budget(svc),
         monitoring=policy.monitoring(svc, settings),
         network_policy=network.network_policy(svc, settings),
+        edge_peers=edge.peers_service(svc, rayservice.head_in_service(svc.spec)),
         node_pools=nodepools.node_pools(svc) if svc.spec.node_pool.managed else [],
         workload_policies=nodepools.workload_policies(svc) if svc.spec.node_pool.managed else [],
         managed_pools=svc.spec.node_pool.managed,

@@ -8,11 +8,14 @@ localhost, so the Service can target it without another network hop.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import cache
+from importlib import resources
 from typing import Any
 
 import jinja2
 
+from .. import labels as keys
 from ..api.resource import LLMService
 from ..catalog import get
 from ..settings import OperatorSettings
@@ -22,10 +25,15 @@ from .serve_config import SERVE_PORT
 EDGE_PORT = 8100
 DRAIN_SECONDS = 5  # preStop of the serving containers (edge sidecar and Ray)
 EDGE_METRICS_PORT = 8405
+PEERS_PORT = 8406  # HAProxy peers between the service's sidecars (shared rate-limit counts)
+PEERS_SECTION = "edge"
+PEERS_EVERY = 5  # seconds between the sidecar's DNS looks for its peers
 WATCH_SECONDS = 1  # how often the sidecar looks for changed config, keys or certificate
 CONFIG_DIR = "/usr/local/etc/haproxy"
 KEYS_DIR = "/etc/llmservice/api-keys"
 TLS_DIR = "/etc/llmservice/tls"
+RUN_DIR = "/run/llmservice-edge"  # an emptyDir: the peers file the supervisor writes
+LUA_FILE = "edge.lua"
 API_KEYS_FILE = "api-keys.map"  # the key the API-keys Secret must hold
 STREAM_TIMEOUT = "3600s"  # matches Ray's RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S: long token streams
 _UNITS = {"": 1, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}
@@ -57,6 +65,7 @@ def haproxy_cfg(
     serve_port: int = SERVE_PORT,
     keys_dir: str = KEYS_DIR,
     tls_dir: str = TLS_DIR,
+    lua_file: str = f"{CONFIG_DIR}/{LUA_FILE}",
 ) -> str:
     """haproxy.cfg text. Ports and paths are parameters so tests can run it on loopback."""
     ing = svc.spec.ingress
@@ -78,6 +87,8 @@ def haproxy_cfg(
         api_keys_map=f"{keys_dir}/{API_KEYS_FILE}",
         rate_limit=rate,
         retry_after=60,
+        lua_file=lua_file,
+        peers_section=PEERS_SECTION,
         tls=ing.tls_secret is not None,
         tls_cert=f"{tls_dir}/tls.crt",
     )
@@ -90,15 +101,62 @@ def watched_files(svc: LLMService, keys_dir: str = KEYS_DIR, tls_dir: str = TLS_
     return files + ([f"{tls_dir}/tls.crt", f"{tls_dir}/tls.crt.key"] if ing.tls_secret else [])
 
 
-def supervisor_sh(svc: LLMService, config: str, watched: list[str], interval: float = WATCH_SECONDS) -> str:
-    """The sidecar's entrypoint script: HAProxy, reloaded when `config` or `watched` change."""
+def shares_counts(svc: LLMService) -> bool:
+    """A rate limit is the service's as a whole: its sidecars peer to share their counts."""
+    ing = svc.spec.ingress
+    return ing.sidecar and ing.rate_limit is not None
+
+
+@dataclass(frozen=True)
+class Peers:
+    """How a sidecar finds the others (shell, in the supervisor script): `lookup` prints one
+    `<name> <address>:<port>` line per peer and fails when it cannot tell; `name` and
+    `address` are this sidecar's own."""
+
+    lookup: str
+    name: str
+    address: str
+    file: str = f"{RUN_DIR}/peers.cfg"
+    every: int = PEERS_EVERY
+    section: str = PEERS_SECTION
+
+    def every_ticks(self, interval: float) -> int:
+        return max(1, round(self.every / interval))
+
+
+def pod_peers(svc: LLMService) -> Peers:
+    """In a pod: the pod IPs behind the headless peers Service (the pod's own is POD_IP)."""
+    dns = f"{peers_service_name(svc)}.{svc.metadata.namespace}.svc"
+    lookup = f"hosts=$(getent hosts {dns}) && printf '%s\\n' \"$hosts\" | awk '{{print $1, $1 \":{PEERS_PORT}\"}}'"
+    return Peers(lookup=lookup, name="$POD_IP", address=f"$POD_IP:{PEERS_PORT}")
+
+
+def supervisor_sh(
+    svc: LLMService, config: str, watched: list[str], interval: float = WATCH_SECONDS, peers: Peers | None = None
+) -> str:
+    """The sidecar's entrypoint script: HAProxy, reloaded when `config` or `watched` change,
+    and (with `peers`, for a shared rate limit) when the service's serving pods change."""
     return _template("edge.sh.j2").render(
         name=svc.metadata.name, namespace=svc.metadata.namespace,
         cfg=config, watched=" ".join(watched), interval=interval,
+        peers=peers, every_ticks=peers.every_ticks(interval) if peers else 0,
     )  # fmt: skip
 
 
+def lua() -> str:
+    """edge.lua: the shared rate limit's key and sum (loaded when a rate limit is set)."""
+    return resources.files(__package__).joinpath("templates", LUA_FILE).read_text()
+
+
 def config_map(svc: LLMService) -> dict[str, Any]:
+    data = {
+        "haproxy.cfg": haproxy_cfg(svc),
+        "edge.sh": supervisor_sh(
+            svc, f"{CONFIG_DIR}/haproxy.cfg", watched_files(svc), peers=pod_peers(svc) if shares_counts(svc) else None
+        ),
+    }
+    if shares_counts(svc):
+        data[LUA_FILE] = lua()
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -107,9 +165,35 @@ def config_map(svc: LLMService) -> dict[str, Any]:
             "namespace": svc.metadata.namespace,
             "labels": names.labels(svc.metadata.name),
         },
-        "data": {
-            "haproxy.cfg": haproxy_cfg(svc),
-            "edge.sh": supervisor_sh(svc, f"{CONFIG_DIR}/haproxy.cfg", watched_files(svc)),
+        "data": data,
+    }
+
+
+def peers_service_name(svc: LLMService) -> str:
+    return names.child(svc.metadata.name, "edge-peers")
+
+
+def peers_service(svc: LLMService, head_serves: bool) -> dict[str, Any] | None:
+    """A headless Service whose DNS name lists the serving pods' IPs, ready or not: how each
+    sidecar finds the others to share rate-limit counts with. During a blue/green upgrade the
+    old cluster's pods are in it too, so the limit holds across the switch-over."""
+    if not shares_counts(svc):
+        return None
+    name = svc.metadata.name
+    selector = {keys.OWNER: name} if head_serves else {keys.OWNER: name, keys.RAY_NODE_TYPE: "worker"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": peers_service_name(svc),
+            "namespace": svc.metadata.namespace,
+            "labels": names.labels(name),
+        },
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,  # peers connect before Ray Serve is ready
+            "selector": selector,
+            "ports": [{"name": "edge-peers", "port": PEERS_PORT, "targetPort": "edge-peers", "protocol": "TCP"}],
         },
     }
 
@@ -130,6 +214,9 @@ def volumes(svc: LLMService) -> list[dict[str, Any]]:
         # HAProxy loads <crt>.key beside a certificate that has no key of its own.
         items = [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.crt.key"}]
         vols.append({"name": "edge-tls", "secret": {"secretName": ing.tls_secret, "items": items}})
+    # Whether or not a rate limit is set: turning one on or off must not change the pod
+    # template (for a RayService, a whole new Ray cluster), only the ConfigMap.
+    vols.append({"name": "edge-run", "emptyDir": {"sizeLimit": "1Mi"}})
     return vols
 
 
@@ -140,6 +227,8 @@ def container(svc: LLMService, settings: OperatorSettings) -> dict[str, Any]:
         mounts.append({"name": "edge-api-keys", "mountPath": KEYS_DIR, "readOnly": True})
     if ing.tls_secret:
         mounts.append({"name": "edge-tls", "mountPath": TLS_DIR, "readOnly": True})
+    # The peering a rate limit uses is in the pod whether or not one is set (see volumes()).
+    mounts.append({"name": "edge-run", "mountPath": RUN_DIR})
     probe_scheme = "HTTPS" if ing.tls_secret else "HTTP"
     # CPU services run on small nodes (kind, a 2-core dev node, n2-standard-2): ask for less.
     cpu, mem = ("100m", "128Mi") if get(svc.spec.accelerator.type).is_cpu else ("500m", "256Mi")
@@ -149,9 +238,11 @@ def container(svc: LLMService, settings: OperatorSettings) -> dict[str, Any]:
         # `sh` and `haproxy` from PATH: the official haproxy image and the CPU serving image
         # both have them. The script reloads HAProxy when the mounted files change.
         "command": ["sh", f"{CONFIG_DIR}/edge.sh"],
+        "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
         "ports": [
             {"name": "edge", "containerPort": EDGE_PORT, "protocol": "TCP"},
             {"name": "edge-metrics", "containerPort": EDGE_METRICS_PORT, "protocol": "TCP"},
+            {"name": "edge-peers", "containerPort": PEERS_PORT, "protocol": "TCP"},
         ],
         # Endpoints are removed asynchronously after a pod starts terminating: keep accepting
         # for a few seconds, so a connection that still arrives is served, not refused.
