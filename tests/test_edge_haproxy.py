@@ -26,14 +26,11 @@ from .conftest import sample_doc, with_spec
 
 
 def _check(cfg: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    """`haproxy -c` as the sidecar runs it: with a rate limit, beside a peers file."""
-    path = tmp_path / "haproxy.cfg"
+    """`haproxy -c` as the sidecar runs it: beside the peers file its supervisor writes."""
+    path, peers = tmp_path / "haproxy.cfg", tmp_path / "peers.cfg"
     path.write_text(cfg)
-    files = ["-f", str(path)]
-    if f"peers {edge.PEERS_SECTION}" in cfg:
-        peers = tmp_path / "peers.cfg"
-        peers.write_text(f"peers {edge.PEERS_SECTION}\n    peer self 127.0.0.1:{free_port()}\n")
-        files += ["-f", str(peers), "-L", "self"]
+    peers.write_text(f"peers {edge.PEERS_SECTION}\n    peer self 127.0.0.1:{free_port()}\n")
+    files = ["-f", str(path), "-f", str(peers), "-L", "self"]
     return subprocess.run([haproxy_binary(), "-c", *files], capture_output=True, text=True)
 
 

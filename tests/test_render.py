@@ -644,13 +644,14 @@ def test_a_rate_limit_is_shared_by_the_sidecars_through_a_headless_service(setti
     # Scale to zero: the head is in the Service too, and a peer.
     zero = render(parse(with_spec(sample_doc("prefix-aware-lora.yaml"), replicas={"min": 0, "max": 2})), settings)
     assert zero.edge_peers["spec"]["selector"] == {"llmservice.dev/name": "llama-lora"}
-    # No limit, no peering: no Service, no Lua, a plain supervisor.
+    # No limit: HAProxy leaves the peers unused. The supervisor and the pods are the same
+    # either way: a running sidecar keeps its script, and for a RayService a pod template
+    # change is a whole new Ray cluster; turning a limit on or off changes haproxy.cfg only.
     free = render(parse(with_spec(sample_doc("prefix-aware-lora.yaml"), ingress__rateLimit=None)), settings)
-    assert free.edge_peers is None
-    assert edge.LUA_FILE not in free.edge_config["data"] and "getent" not in free.edge_config["data"]["edge.sh"]
-    # Turning the limit on or off is a ConfigMap change only: the pods stay (for a RayService
-    # a pod template change is a whole new Ray cluster).
-    assert free.ray_service == out.ray_service
+    assert edge.LUA_FILE not in free.edge_config["data"] and "peers edge" not in free.edge_config["data"]["haproxy.cfg"]
+    assert free.edge_config["data"]["edge.sh"] == data["edge.sh"]
+    assert free.edge_peers == peers and free.ray_service == out.ray_service
+    assert render(parse(with_spec(sample_doc("gemma-b200.yaml"), ingress__sidecar=False)), settings).edge_peers is None
     worker = out.ray_service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]
     sidecar = next(c for c in worker["containers"] if c["name"] == "edge")
     assert {"name": "edge-peers", "containerPort": edge.PEERS_PORT, "protocol": "TCP"} in sidecar["ports"]

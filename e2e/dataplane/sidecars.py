@@ -33,7 +33,7 @@ class Sidecar:
     metrics_port: int
     proc: subprocess.Popen
     args: dict[str, Any]  # what its haproxy.cfg is rendered with, besides the LLMService
-    peer: edge.Peers | None  # its place among the peers (a rate limit is set)
+    peer: edge.Peers  # its place among the peers (the service's other sidecars)
 
 
 class Sidecars:
@@ -76,13 +76,6 @@ class Sidecars:
         lookup = f"cat {self.peers_list}"
         return edge.Peers(lookup=lookup, name=name, address=address, file=f"{run}/peers.cfg", every=self.peer_every)
 
-    def leave(self, port: int) -> None:
-        """Take the sidecar on `port` off the peers list (its pod left the Service's DNS)."""
-        peer = self.started[port].peer
-        assert peer is not None
-        lines = self.peers_list.read_text().splitlines()
-        self.peers_list.write_text("".join(f"{ln}\n" for ln in lines if not ln.startswith(f"{peer.name} ")))
-
     def start(
         self, svc: LLMService, port: int | None = None, metrics_port: int | None = None, tls_dir: Path | None = None
     ) -> Sidecar:
@@ -106,9 +99,9 @@ class Sidecars:
         path = self.config(port)
         path.write_text(edge.haproxy_cfg(svc, **args))
         # The pod's entrypoint: HAProxy under the rendered supervisor that reloads it.
-        peer = self._peer(port) if edge.shares_counts(svc) else None
+        peer = self._peer(port)
         script = self.workdir / f"edge-{port}.sh"
-        script.write_text(edge.supervisor_sh(svc, str(path), edge.watched_files(svc, str(keys), tls), peers=peer))
+        script.write_text(edge.supervisor_sh(svc, str(path), edge.watched_files(svc, str(keys), tls), peer))
         env = {**os.environ, "PATH": f"{Path(haproxy_binary()).parent}{os.pathsep}{os.environ['PATH']}"}
         with self.log(port).open("wb") as log:
             proc = subprocess.Popen(["sh", str(script)], stdout=log, stderr=log, env=env, start_new_session=True)

@@ -12,6 +12,7 @@ Measurements land in MEASURED and are printed at the end of the run.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import itertools
 import json
 import threading
@@ -242,6 +243,53 @@ def test_a_changed_body_limit_reaches_the_running_sidecar(served: Served):
     undo = '[{"op":"remove","path":"/spec/ingress/maxBodySize"}]'
     cluster.kubectl("patch", "llmsvc", NAME, "-n", NS, "--type=json", "-p", undo)
     until("the default body limit back", lambda: post() != 413)
+
+
+def _edge_get(url: str, key: str) -> int:
+    headers = {"Authorization": f"Bearer {key}", "Connection": "close"}
+    return httpx.get(f"{url}/models", headers=headers, timeout=30).status_code
+
+
+def test_a_rate_limit_holds_for_the_service_across_its_serving_pods(served: Served):
+    """With 2 serving pods, a client sending far above `requestsPerMinute` through the
+    Service (a new connection per request, spread over both pods) gets the service's limit,
+    not twice it: the sidecars share their counts (HAProxy peers, found through the headless
+    <name>-edge-peers Service). Turning the limit on is a ConfigMap change: no pod restarts."""
+    cluster, limit = served.cluster, 60
+    keys = {serving.API_KEY: "local-demo", "sk-e2e-burst": "burst", "sk-e2e-probe": "probe"}
+    serving.api_keys(cluster, NS, keys)
+    patch = {"spec": {"replicas": {"min": 2, "max": 2}, "ingress": {"rateLimit": {"requestsPerMinute": limit}}}}
+    started = time.monotonic()
+    cluster.kubectl("patch", "llmsvc", NAME, "-n", NS, "--type=merge", "-p", json.dumps(patch))
+    try:
+        serving.wait_ready(cluster, NS, NAME, timeout=600)
+        cluster.wait_for("2 serving pods", lambda: len(_serving_pods(served)) == 2, timeout=300)
+        MEASURED["edge on real pods: a second replica serving (s)"] = round(time.monotonic() - started, 1)
+        peers = cluster.get_json("endpoints", f"{NAME}-edge-peers", "-n", NS)
+        ips = sorted(a["ip"] for sub in peers.get("subsets", []) for a in sub.get("addresses", []))
+        assert len(ips) == 2, peers
+        a, b = (f"http://{ip}:{edge.EDGE_PORT}/v1" for ip in ips)
+        # Peered: the probe client's whole budget spent on one pod is refused by the other.
+        until("the new limit in the sidecars", lambda: _edge_get(a, "sk-e2e-probe") == 429, 60, 0)
+        until("the other pod counting the first one's requests", lambda: _edge_get(b, "sk-e2e-probe") == 429, 60)
+        codes: list[int] = []
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda _: _edge_get(served.url, "sk-e2e-burst"), range(8 * limit)))
+        accepted = codes.count(200)
+        MEASURED["edge on real pods: accepted of the limit, 2 pods, 480 requests"] = f"{accepted} of {limit}"
+        assert set(codes) == {200, 429}
+        assert limit <= accepted <= limit * 1.2, accepted
+        for ip in ips:  # both pods took part: each refused some of the burst
+            sidecar = next(p for p in served.pods() if p["status"].get("podIP") == ip)["metadata"]["name"]
+            log = cluster.kubectl("logs", sidecar, "-n", NS, "-c", "edge", "--since=2m").stdout
+            assert " 429 " in log, f"{sidecar} refused nothing"
+    finally:
+        undo = [
+            {"op": "remove", "path": "/spec/ingress/rateLimit"},
+            {"op": "replace", "path": "/spec/replicas", "value": {"min": 1, "max": 1}},
+        ]
+        cluster.kubectl("patch", "llmsvc", NAME, "-n", NS, "--type=json", "-p", json.dumps(undo))
+        serving.api_keys(cluster, NS)
 
 
 class Load:

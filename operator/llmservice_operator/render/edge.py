@@ -132,14 +132,15 @@ def pod_peers(svc: LLMService) -> Peers:
 
 
 def supervisor_sh(
-    svc: LLMService, config: str, watched: list[str], interval: float = WATCH_SECONDS, peers: Peers | None = None
+    svc: LLMService, config: str, watched: list[str], peers: Peers, interval: float = WATCH_SECONDS
 ) -> str:
     """The sidecar's entrypoint script: HAProxy, reloaded when `config` or `watched` change,
-    and (with `peers`, for a shared rate limit) when the service's serving pods change."""
+    or when the service's serving pods (its `peers`) do. The same whether or not a rate limit
+    is set: a running sidecar keeps the script it started with."""
     return _template("edge.sh.j2").render(
         name=svc.metadata.name, namespace=svc.metadata.namespace,
         cfg=config, watched=" ".join(watched), interval=interval,
-        peers=peers, every_ticks=peers.every_ticks(interval) if peers else 0,
+        peers=peers, every_ticks=peers.every_ticks(interval),
     )  # fmt: skip
 
 
@@ -151,9 +152,7 @@ def lua() -> str:
 def config_map(svc: LLMService) -> dict[str, Any]:
     data = {
         "haproxy.cfg": haproxy_cfg(svc),
-        "edge.sh": supervisor_sh(
-            svc, f"{CONFIG_DIR}/haproxy.cfg", watched_files(svc), peers=pod_peers(svc) if shares_counts(svc) else None
-        ),
+        "edge.sh": supervisor_sh(svc, f"{CONFIG_DIR}/haproxy.cfg", watched_files(svc), pod_peers(svc)),
     }
     if shares_counts(svc):
         data[LUA_FILE] = lua()
@@ -175,9 +174,10 @@ def peers_service_name(svc: LLMService) -> str:
 
 def peers_service(svc: LLMService, head_serves: bool) -> dict[str, Any] | None:
     """A headless Service whose DNS name lists the serving pods' IPs, ready or not: how each
-    sidecar finds the others to share rate-limit counts with. During a blue/green upgrade the
-    old cluster's pods are in it too, so the limit holds across the switch-over."""
-    if not shares_counts(svc):
+    sidecar finds the others to share rate-limit counts with (there whether or not a limit is
+    set, like the supervisor that reads it). During a blue/green upgrade the old cluster's pods
+    are in it too, so the limit holds across the switch-over."""
+    if not svc.spec.ingress.sidecar:
         return None
     name = svc.metadata.name
     selector = {keys.OWNER: name} if head_serves else {keys.OWNER: name, keys.RAY_NODE_TYPE: "worker"}
