@@ -614,7 +614,7 @@ def test_network_policy_lets_in_only_what_must_reach_each_port(settings):
     kuberay = next(r for r in rules if "kuberay-operator" in str(r.get("from")))
     assert [p["port"] for p in kuberay["ports"]] == ["dashboard", "serve"]
     scrape = next(r for r in rules if "gmp-system" in str(r.get("from")))
-    assert [p["port"] for p in scrape["ports"]] == ["metrics", "edge-metrics"]
+    assert [p["port"] for p in scrape["ports"]] == ["metrics", "edge-metrics"]  # once each
     # Every named port is a port the pods declare.
     pods = [render(svc, settings).ray_service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]]
     declared = {p["name"] for pod in pods for c in pod["containers"] for p in c.get("ports", [])}
@@ -648,8 +648,11 @@ def test_a_rate_limit_is_shared_by_the_sidecars_through_a_headless_service(setti
     # either way: a running sidecar keeps its script, and for a RayService a pod template
     # change is a whole new Ray cluster; turning a limit on or off changes haproxy.cfg only.
     free = render(parse(with_spec(sample_doc("prefix-aware-lora.yaml"), ingress__rateLimit=None)), settings)
-    assert edge.LUA_FILE not in free.edge_config["data"] and "peers edge" not in free.edge_config["data"]["haproxy.cfg"]
+    assert "edge_client_rate" not in free.edge_config["data"]["haproxy.cfg"]
     assert free.edge_config["data"]["edge.sh"] == data["edge.sh"]
+    # Without API keys there are no clients to count: no Lua at all.
+    open_ = render(parse(with_spec(sample_doc("gemma-b200.yaml"), ingress={"sidecar": True})), settings)
+    assert edge.LUA_FILE not in open_.edge_config["data"] and "lua-load" not in open_.edge_config["data"]["haproxy.cfg"]
     assert free.edge_peers == peers and free.ray_service == out.ray_service
     assert render(parse(with_spec(sample_doc("gemma-b200.yaml"), ingress__sidecar=False)), settings).edge_peers is None
     worker = out.ray_service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]

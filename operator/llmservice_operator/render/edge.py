@@ -101,10 +101,11 @@ def watched_files(svc: LLMService, keys_dir: str = KEYS_DIR, tls_dir: str = TLS_
     return files + ([f"{tls_dir}/tls.crt", f"{tls_dir}/tls.crt.key"] if ing.tls_secret else [])
 
 
-def shares_counts(svc: LLMService) -> bool:
-    """A rate limit is the service's as a whole: its sidecars peer to share their counts."""
+def counts_clients(svc: LLMService) -> bool:
+    """With API keys the sidecar counts each client's requests (edge.lua): for the rate limit,
+    summed over the service's sidecars, and as per-client metrics."""
     ing = svc.spec.ingress
-    return ing.sidecar and ing.rate_limit is not None
+    return ing.sidecar and ing.api_keys_secret is not None
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,8 @@ def supervisor_sh(
 
 
 def lua() -> str:
-    """edge.lua: the shared rate limit's key and sum (loaded when a rate limit is set)."""
+    """edge.lua: per-client keys, the shared rate limit's sum, /metrics/clients (loaded with
+    API keys)."""
     return resources.files(__package__).joinpath("templates", LUA_FILE).read_text()
 
 
@@ -154,7 +156,7 @@ def config_map(svc: LLMService) -> dict[str, Any]:
         "haproxy.cfg": haproxy_cfg(svc),
         "edge.sh": supervisor_sh(svc, f"{CONFIG_DIR}/haproxy.cfg", watched_files(svc), pod_peers(svc)),
     }
-    if shares_counts(svc):
+    if counts_clients(svc):
         data[LUA_FILE] = lua()
     return {
         "apiVersion": "v1",
@@ -196,6 +198,21 @@ def peers_service(svc: LLMService, head_serves: bool) -> dict[str, Any] | None:
             "ports": [{"name": "edge-peers", "port": PEERS_PORT, "targetPort": "edge-peers", "protocol": "TCP"}],
         },
     }
+
+
+def secret_inputs(svc: LLMService) -> list[str]:
+    """The Secrets the sidecar mounts (API keys, TLS certificate)."""
+    ing = svc.spec.ingress
+    return [n for n in (ing.api_keys_secret, ing.tls_secret) if n] if ing.sidecar else []
+
+
+def name_inputs(config_map: dict[str, Any], versions: dict[str, str | None]) -> None:
+    """Name the versions of the Secrets the sidecar reads on its ConfigMap (Secret name ->
+    resourceVersion): a new key map or certificate then changes the ConfigMap, and a changed
+    ConfigMap refreshes the running sidecars."""
+    if versions:
+        annotations = config_map["metadata"].setdefault("annotations", {})
+        annotations[keys.EDGE_INPUTS] = ",".join(f"{n}@{v}" for n, v in sorted(versions.items()))
 
 
 def volumes(svc: LLMService) -> list[dict[str, Any]]:

@@ -28,7 +28,7 @@ def network_policy(svc: LLMService, settings: OperatorSettings) -> dict[str, Any
     name = svc.metadata.name
     own = {"podSelector": {"matchLabels": {keys.OWNER: name}}}  # also the pods the policy applies to
     serving = "edge" if svc.spec.ingress.sidecar else "serve"
-    metrics = [e["port"] for e in metrics_endpoints(svc)]  # the ports PodMonitoring scrapes
+    metrics = list(dict.fromkeys(e["port"] for e in metrics_endpoints(svc)))  # the ports PodMonitoring scrapes
     kuberay = {"namespaceSelector": {}, "podSelector": {"matchLabels": dict(settings.kuberay_operator_labels)}}
     scrapers = {
         "namespaceSelector": {

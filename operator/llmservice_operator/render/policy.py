@@ -7,7 +7,7 @@ from typing import Any
 from .. import labels as keys
 from ..api.resource import LLMService
 from ..settings import OperatorSettings
-from . import names
+from . import edge, names
 from .shape import worker_bounds
 
 
@@ -41,7 +41,9 @@ def pod_disruption_budget(svc: LLMService) -> dict[str, Any] | None:
 def metrics_endpoints(svc: LLMService) -> list[dict[str, Any]]:
     eps = [{"port": "metrics", "path": "/metrics"}]  # Ray + vLLM metrics on the Ray container
     if svc.spec.ingress.sidecar:
-        eps.append({"port": "edge-metrics", "path": "/metrics"})
+        eps.append({"port": "edge-metrics", "path": "/metrics"})  # HAProxy's own
+    if edge.counts_clients(svc):
+        eps.append({"port": "edge-metrics", "path": "/metrics/clients"})  # per API client
     return eps
 
 
