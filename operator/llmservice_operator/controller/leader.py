@@ -14,6 +14,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from . import metrics
+
 log = logging.getLogger(__name__)
 
 Reader = Callable[[], dict[str, Any] | None]  # the peering object, or None when absent
@@ -45,6 +47,7 @@ class Leadership:
     def __init__(self, read: Reader | None, identity: str, priority: int, interval: float = 2.0):
         self._read, self._identity, self._priority, self._interval = read, identity, priority, interval
         self._active = read is None
+        metrics.LEADER.set(int(self._active))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -61,6 +64,9 @@ class Leadership:
         was, self._active = self._active, leads((obj or {}).get("status") or {}, self._identity, self._priority)
         if was != self._active:
             log.info("this replica %s", "leads: resuming work" if self._active else "follows: work paused")
+            metrics.LEADER.set(int(self._active))
+            if not self._active:
+                metrics.forget_services()
 
     def start(self) -> None:
         if self._read is None:

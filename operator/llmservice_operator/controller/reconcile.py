@@ -16,7 +16,7 @@ from ..api import InvalidLLMService, LLMService, parse
 from ..api.status import ConditionType as Cond
 from ..api.status import Phase
 from ..gke import NodePools, PoolSync
-from ..render import Rendered, names, render
+from ..render import Rendered, edge, names, render
 from ..render import status as status_mod
 from ..render.rayservice import exposure
 from ..settings import OperatorSettings
@@ -52,6 +52,7 @@ class Outcome:
     status_written: bool = False
     busy: bool = False  # GKE is changing something no queued operation of ours covers: poll it
     queued: bool = False  # a GKE mutation waits in the cluster's queue, which wakes this service
+    replicas: dict[str, int] = field(default_factory=dict)  # status.replicas: ready, desired
 
 
 def _switching(ray_service: dict[str, Any] | None) -> bool:
@@ -114,6 +115,7 @@ class Reconciler:
                 outcome = self._reconcile(namespace, name)
             except Exception as e:
                 metrics.ERRORS.labels(type(e).__name__).inc()
+                metrics.RECONCILES.labels("error").inc()
                 raise
             metrics.RECONCILES.labels("applied" if outcome and outcome.applied else "unchanged").inc()
             return outcome
@@ -121,11 +123,11 @@ class Reconciler:
     def _reconcile(self, namespace: str, name: str) -> Outcome | None:
         body = self.kube.get_llmservice(namespace, name)
         if body is None:
-            metrics.set_phase(namespace, name, None)
+            metrics.set_service(namespace, name, None)
             self.secret_watch.untrack((namespace, name))
             return None
         if body["metadata"].get("deletionTimestamp"):
-            metrics.set_phase(namespace, name, None)
+            metrics.set_service(namespace, name, None)
             self.secret_watch.untrack((namespace, name))
             return self._finalize(body)  # children go with it through their ownerReferences
         out = Outcome()
@@ -146,7 +148,7 @@ class Reconciler:
         if svc is not None and rendered is not None and not out.problems:
             ray_service = self._apply_children(body, svc, rendered, ray_service, out, read)
         self._write_status(body, svc, ray_service, out, pools)
-        metrics.set_phase(namespace, name, out.phase)
+        metrics.set_service(namespace, name, out.phase, out.replicas)
         return out
 
     def _sync_node_pools(
@@ -251,18 +253,16 @@ class Reconciler:
             out.applied.append(f"Secret/{name}")
 
     def _edge_inputs(self, svc: LLMService, rendered: Rendered) -> None:
-        """Name the versions of the Secrets the edge sidecar reads on its ConfigMap: a new
-        key map or certificate changes the ConfigMap, which refreshes the running sidecars."""
-        ns, ing = svc.metadata.namespace, svc.spec.ingress
-        used = [n for n in (ing.api_keys_secret, ing.tls_secret) if n] if rendered.edge_config else []
-        versions = {}
-        for name in used:
-            found = self._references.get("Secret", ns, name) or {}
-            versions[ns, name] = (found.get("metadata") or {}).get("resourceVersion")
-        self.secret_watch.track((ns, svc.metadata.name), versions)
-        if rendered.edge_config is not None and versions:
-            annotations = rendered.edge_config["metadata"].setdefault("annotations", {})
-            annotations[keys.EDGE_INPUTS] = ",".join(f"{n}@{v}" for (_, n), v in sorted(versions.items()))
+        """The versions of the Secrets the edge sidecar reads, named on its ConfigMap."""
+        ns = svc.metadata.namespace
+        used = edge.secret_inputs(svc) if rendered.edge_config else []
+        versions = {
+            name: ((self._references.get("Secret", ns, name) or {}).get("metadata") or {}).get("resourceVersion")
+            for name in used
+        }
+        self.secret_watch.track((ns, svc.metadata.name), {(ns, n): v for n, v in versions.items()})
+        if rendered.edge_config is not None:
+            edge.name_inputs(rendered.edge_config, versions)
 
     def _refresh_edges(self, svc: LLMService, revision: str, out: Outcome) -> None:
         """The edge ConfigMap changed (limits, or a Secret it names): annotate the serving pods.
@@ -342,7 +342,7 @@ class Reconciler:
                 pools.progress,
             )
             new = status_mod.status(svc, obs, self.settings, previous, _now())
-        out.phase = new["phase"]
+        out.phase, out.replicas = new["phase"], new.get("replicas") or {}
         if status_mod.without_times(new) == status_mod.without_times({k: previous.get(k) for k in new}):
             return
         self.kube.patch_status(body["metadata"]["namespace"], body["metadata"]["name"], merge_patch(previous, new))

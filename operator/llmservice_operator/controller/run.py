@@ -14,7 +14,7 @@ from prometheus_client import start_http_server
 
 from ..gke import NodePools, cluster_manager, compute
 from ..settings import OperatorSettings
-from . import handlers
+from . import handlers, metrics
 from .cache import Cache, CachedKube
 from .kube import Kube
 from .leader import Leadership
@@ -48,6 +48,8 @@ def run(
     if peering is not None:
         readers = [_peering_reader(kube, peering, ns) for ns in namespaces or [None]]
         leadership = Leadership(lambda: _merged(readers), identity, priority)
+    else:
+        metrics.LEADER.set(1)  # standalone: this process does the work
     handlers.install(Reconciler(kube, settings, pools), cache, leadership)
     host, _, port = metrics_address.rpartition(":")
     start_http_server(int(port), addr=host or "0.0.0.0")
