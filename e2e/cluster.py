@@ -122,7 +122,7 @@ class Cluster:
     # One real node that runs pods (needs root, containerd and the images of `make images`),
     # loaded with these images.
     real_node: bool = True
-    images: tuple[image.ImageRecipe, ...] = (image.PAUSE, image.RAY_CPU)
+    images: tuple[image.ImageRecipe, ...] = (image.PAUSE, image.OPERATOR, image.RAY_CPU)
     # start() returns once the first image (the pod sandbox's pause) is in; the rest (the
     # serving image, ~45 s to import) go on in the background: wait_images() before using them.
     images_in_background: bool = False
@@ -152,6 +152,13 @@ class Cluster:
         res = subprocess.run(cmd, capture_output=True, text=True, input=input)
         if check and res.returncode != 0:
             raise ClusterError(f"kubectl {' '.join(args)} failed: {res.stderr.strip()}")
+        return res
+
+    def helm(self, *args: str) -> subprocess.CompletedProcess:
+        exe = str(bins.load_versions()["helm"].bin_dir / "helm")
+        res = subprocess.run([exe, "--kubeconfig", str(self.kubeconfig), *args], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise ClusterError(f"helm {' '.join(args)} failed: {res.stderr.strip()}")
         return res
 
     def get_json(self, *args: str) -> Any:
@@ -237,10 +244,12 @@ class Cluster:
         fn()
         self.timings[name] = time.monotonic() - t
 
-    def wait_images(self) -> None:
-        """Every image is in the node's containerd (raises what the import raised)."""
-        for imported in self._imports:
-            imported.result()
+    def wait_images(self, *recipes: image.ImageRecipe) -> None:
+        """These images (default: every one) are in the node's containerd (raises what the
+        import raised)."""
+        for recipe, imported in zip(self.images, self._imports, strict=False):
+            if not recipes or recipe in recipes:
+                imported.result()
 
     def _wait_sandbox(self) -> None:
         if self._imports:  # the first image is the pause image
@@ -272,7 +281,11 @@ class Cluster:
         return p
 
     def _wait(self, what: str, ready: Any, timeout: float = 60) -> None:
+        """Poll `ready()` every 0.2 s at first, less often the longer it takes (up to every
+        2 s): a check is often a kubectl process (~65 ms of CPU), and a wait of minutes at
+        5 a second took a third of a core from the pods being waited for."""
         deadline = time.monotonic() + timeout
+        pause = 0.2
         while time.monotonic() < deadline:
             for p in self.processes:
                 p.check_alive()
@@ -280,7 +293,8 @@ class Cluster:
                 self.node.check_alive()
             if ready():
                 return
-            time.sleep(0.2)
+            time.sleep(pause)
+            pause = min(2.0, pause * 1.2)
         raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what} (logs in {self.workdir})")
 
     # -- components ------------------------------------------------------------------------

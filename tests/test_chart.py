@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import lupa
 import pytest
@@ -213,10 +212,3 @@ OK = {"type": "Degraded", "status": "False", "reason": "AsExpected", "message": 
 )
 def test_argocd_health(obj, expected):
     assert health(obj) == expected
-
-
-def test_dockerfile_runs_as_non_root_from_a_pinned_base():
-    text = (ROOT / "Dockerfile").read_text()
-    assert "ARG PYTHON_IMAGE=python:3.11." in text and "AS build" in text
-    assert "USER 65532:65532" in text and 'ENTRYPOINT ["llmservice"]' in text
-    assert Path(ROOT / ".dockerignore").exists()

@@ -11,14 +11,19 @@ import concurrent.futures
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import openai
 import pytest
 
-from e2e import serving
+from e2e import incluster, serving
+from e2e.build import image
 from e2e.cluster import Cluster
 from e2e.fake_gke import FakeGKE, FakeGKEServer
 from e2e.operator import Operator
+from e2e.prometheus import Prometheus
 
 ROOT = Path(__file__).resolve().parents[2]
 # Numbers the end-to-end tests measure on the real node, printed after the run.
@@ -41,7 +46,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.write_line(f"{what:<60} {value}")
 
 
-_LAST = ("test_serving.py", "test_dataplane.py", "test_dataplane_vllm.py")
+_LAST = ("test_in_cluster_operator.py", "test_serving.py", "test_dataplane.py", "test_dataplane_vllm.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -58,15 +63,44 @@ def _deploy_the_served_service_early(request: pytest.FixtureRequest) -> None:
         request.getfixturevalue("cpu_service")
 
 
+SERVED_NS = "serving"  # the namespace of the CPU service, reconciled by the in-cluster operator
+
+
 @pytest.fixture(scope="session")
-def cpu_service(cluster: Cluster, operator: Operator) -> Iterator[concurrent.futures.Future[serving.Applied]]:
+def in_cluster(cluster: Cluster, operator: Operator) -> Iterator[concurrent.futures.Future[incluster.InCluster]]:
+    """The operator as users run it (its image, the Helm chart: 2 replicas with peering, the
+    chart's ServiceAccount and RBAC), watching the served namespace; installed in the
+    background as soon as its image is in the node. (The suite's own operator, a process
+    with admin rights, works every other namespace.)"""
+
+    def install() -> incluster.InCluster:
+        cluster.wait_images(image.OPERATOR)
+        settings = {"secretRefreshSeconds": 2, "retryDelaySeconds": 2, "retryMaxDelaySeconds": 2}
+        op = incluster.InCluster(cluster, incluster.local_values(cluster, [SERVED_NS], settings))
+        cluster.kubectl("create", "namespace", SERVED_NS, check=False)
+        MEASURED["in-cluster operator: helm install -> rolled out (s)"] = round(op.install(), 1)
+        return op
+
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="in-cluster") as pool:
+        yield pool.submit(install)
+
+
+@pytest.fixture(scope="session")
+def cpu_service(
+    cluster: Cluster, in_cluster: concurrent.futures.Future[incluster.InCluster]
+) -> Iterator[concurrent.futures.Future[serving.Applied]]:
     """The CPU sample with multi-LoRA (fake S3), GCS fault tolerance (Redis) and API keys,
-    applied once, in the background as soon as the serving image is in the node (the first
-    tests run meanwhile): test_serving.py waits for it and then exercises it."""
+    applied once, in the background as soon as the serving image is in the node and the
+    in-cluster operator runs (the first tests run meanwhile): test_serving.py waits for it
+    and then exercises it."""
 
     def apply() -> serving.Applied:
+        def ready() -> None:
+            cluster.wait_images()
+            in_cluster.result(timeout=600)
+
         # A short drain: the suite's requests take well under a second.
-        return serving.apply_cpu_service(cluster, "serving", drain_seconds=5, before_apply=cluster.wait_images)
+        return serving.apply_cpu_service(cluster, SERVED_NS, drain_seconds=5, before_apply=ready)
 
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cpu-service") as pool:
         yield pool.submit(apply)
@@ -74,6 +108,55 @@ def cpu_service(cluster: Cluster, operator: Operator) -> Iterator[concurrent.fut
 
 def measured_cluster_start(cluster: Cluster) -> None:
     MEASURED.update({f"cluster start: {k} (s)": round(v, 1) for k, v in cluster.timings.items() if v >= 1})
+
+
+@dataclass
+class Served:
+    """The CPU service, Ready: what test_in_cluster_operator.py and test_serving.py exercise."""
+
+    cluster: Cluster
+    url: str
+    lora: str  # the adapter's model id: <model>:<adapter folder>
+    operator: incluster.InCluster
+    prometheus: Prometheus
+    client: openai.OpenAI = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.client = serving.client(self.url)
+
+    def rayservice(self) -> dict[str, Any]:
+        return self.cluster.get_json("rayservice", serving.SERVICE, "-n", SERVED_NS)
+
+    def pods(self, selector: str = f"llmservice.dev/name={serving.SERVICE}") -> list[dict[str, Any]]:
+        return self.cluster.get_json("pods", "-n", SERVED_NS, "-l", selector)["items"]
+
+
+@pytest.fixture(scope="session")
+def prometheus(cluster: Cluster) -> Iterator[Prometheus]:
+    """A real Prometheus scraping the real node's pods as the operator's PodMonitoring says."""
+    prom = Prometheus(cluster).start()
+    yield prom
+    prom.stop()
+
+
+@pytest.fixture(scope="session")
+def served(
+    cluster: Cluster,
+    cpu_service: concurrent.futures.Future[serving.Applied],
+    in_cluster: concurrent.futures.Future[incluster.InCluster],
+    prometheus: Prometheus,
+) -> Iterator[Served]:
+    applied = cpu_service.result(timeout=600)
+    measured_cluster_start(cluster)  # with the serving image's import, done meanwhile
+    serving.wait_ready(cluster, SERVED_NS, serving.SERVICE, timeout=900)
+    # Applied at the session's start: other tests ran meanwhile, on the same cores.
+    MEASURED["apply -> LLMService Ready, beside other tests (s)"] = round(time.monotonic() - applied.applied, 1)
+    MEASURED["memory of the whole cluster, CPU service serving (GiB, PSS)"] = round(cluster.memory_pss() / 2**30, 1)
+    url = f"http://{serving.service_ip(cluster, SERVED_NS, serving.SERVICE)}:8000/v1"
+    yield Served(cluster, url, applied.lora_model, in_cluster.result(), prometheus)
+    cluster.kubectl(
+        "delete", "llmsvc", serving.SERVICE, "-n", SERVED_NS, "--ignore-not-found", "--wait=false", check=False
+    )
 
 
 # The cluster starts as soon as the run is known to need it, in a thread, so that its start
@@ -154,7 +237,8 @@ def operator(cluster: Cluster, fake_gke: FakeGKEServer) -> Iterator[Operator]:
         "LLMSERVICE_GKE__CLUSTER": "e2e",
         "LLMSERVICE_GKE__ENDPOINT": fake_gke.endpoint,
     }
-    op = Operator(cluster, env=gke_env)
+    # Every namespace but the served one, which the in-cluster operator works.
+    op = Operator(cluster, args=("--log-format", "text", "-n", f"!{SERVED_NS}"), env=gke_env)
     op.start()
     yield op
     op.stop()

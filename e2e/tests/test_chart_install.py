@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 import yaml
 
-from e2e import bins
 from e2e.cluster import Cluster
 from tests.conftest import sample_doc
 
@@ -19,13 +16,6 @@ NS = "llmservice-system"
 SA = f"system:serviceaccount:{NS}:llmservice-operator"
 
 
-def helm(cluster: Cluster, *args: str) -> subprocess.CompletedProcess:
-    exe = bins.load_versions()["helm"].bin_dir / "helm"
-    res = subprocess.run([str(exe), "--kubeconfig", str(cluster.kubeconfig), *args], capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
-    return res
-
-
 def can_i(cluster: Cluster, *args: str) -> bool:
     res = cluster.kubectl("auth", "can-i", *args, f"--as={SA}", check=False)
     return res.stdout.strip() == "yes"
@@ -33,9 +23,9 @@ def can_i(cluster: Cluster, *args: str) -> bool:
 
 @pytest.fixture
 def installed(cluster: Cluster):
-    helm(cluster, "install", "llmsvc", str(ROOT / "charts" / "llmservice-operator"), "-n", NS, "--create-namespace")
+    cluster.helm("install", "llmsvc", str(ROOT / "charts" / "llmservice-operator"), "-n", NS, "--create-namespace")
     yield
-    helm(cluster, "uninstall", "llmsvc", "-n", NS)
+    cluster.helm("uninstall", "llmsvc", "-n", NS)
 
 
 def test_helm_install_and_the_operator_works_with_the_charts_rbac(
@@ -47,10 +37,12 @@ def test_helm_install_and_the_operator_works_with_the_charts_rbac(
     token = cluster.kubectl("create", "token", "llmservice-operator", "-n", NS, "--duration=1h").stdout.strip()
     # The suite's operator has admin rights; stop it so only the chart's identity acts.
     operator.stop()
+    # With the cluster-wide grants, watching this test's namespace only (the served namespace
+    # is the in-cluster operator's; a second operator there would fight it).
     as_chart = Operator(
         cluster,
         user="chart-operator",
-        args=("--log-format", "text", "--peering", "llmsvc-llmservice-operator"),
+        args=("--log-format", "text", "-n", namespace),
         kubeconfig=cluster.kubeconfig_with_token("chart-sa", token),
     )
     try:
