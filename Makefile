@@ -8,7 +8,7 @@ STAMP := .venv-installed
 # links .venv to it and installs only itself (editable), instead of every dependency again.
 VENV_CACHE := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/llmservice-operator/venvs/dev-$(shell sha256sum pyproject.toml | cut -c1-16)
 
-.PHONY: venv test lint fmt crds manifests bench-dataplane bench-controlplane render-samples e2e-bins node-deps images image-lock cluster-up cluster-down demo clean
+.PHONY: venv test lint fmt crds dashboards manifests bench-dataplane bench-controlplane render-samples e2e-bins node-deps images image-lock cluster-up cluster-down demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV_CACHE)/bin/python || $(PY) -m venv $(VENV_CACHE)
@@ -43,6 +43,10 @@ crds: venv
 	$(BIN)/llmservice crd > crds/llmservice.dev_llmservices.yaml
 	$(BIN)/llmservice crd --kopf-peering > crds/kopf-peering.yaml
 
+## Regenerate the Grafana dashboards the chart ships (a test fails when they drift).
+dashboards: venv
+	$(BIN)/python -m monitoring.dashboards
+
 ## Plain manifests for kustomize, rendered from the Helm chart.
 manifests: e2e-bins
 	$$($(PY) -m e2e.bins --print-dir helm)/helm template llmservice-operator charts/llmservice-operator \
@@ -61,7 +65,7 @@ render-samples: venv
 	for f in manifests/samples/*.yaml; do \
 	  $(BIN)/llmservice render $$f > tests/golden/$$(basename $$f); done
 
-## kube-apiserver, controller-manager, scheduler, kubectl, etcd, kwok, helm, KubeRay from Go modules.
+## kube-apiserver, controller-manager, scheduler, kubectl, etcd, kwok, helm, KubeRay, Prometheus from Go modules.
 e2e-bins:
 	$(PY) -m e2e.bins
 
@@ -74,11 +78,11 @@ node-deps:
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
-## The real node's images (pause, CPU serving image) and the tiny model, built offline and cached.
+## The real node's images (pause, operator, CPU serving image) and the tiny model, built offline and cached.
 images: venv node-deps
 	$(BIN)/python -m e2e.build
 
-## Re-resolve images/ray-cpu/requirements.txt (exact pins) from requirements.in.
+## Re-resolve the images' requirements.txt (exact pins): ray-cpu from requirements.in, the operator from pyproject.toml.
 image-lock: venv
 	$(BIN)/python -m e2e.build.image --lock
 

@@ -158,6 +158,16 @@ def build_kuberay(c: Component, work: Path, out: Path) -> None:
         shutil.copyfile(f, crds / f.name)
 
 
+def build_prometheus(c: Component, work: Path, out: Path) -> None:
+    # No web UI assets (they are not in the module): the HTTP API, which is all we query, works.
+    _wrapper(work, {c.module: c.version})
+    minor, patch = c.version.removeprefix("v0.").split(".")  # v0.316.0 is Prometheus 3.16.0
+    version = f"{minor[0]}.{int(minor[1:])}.{patch}"
+    ldflags = f"-s -w -X github.com/prometheus/common/version.Version={version}"
+    pkgs = [f"{c.module}/cmd/prometheus", f"{c.module}/cmd/promtool"]
+    _run(["go", "build", "-ldflags", ldflags, "-o", str(out) + "/", *pkgs], work)
+
+
 BUILDERS = {
     "kubernetes": build_kubernetes,
     "etcd": build_etcd,
@@ -165,6 +175,7 @@ BUILDERS = {
     "helm": build_helm,
     "kuberay": build_kuberay,
     "coredns": build_coredns,
+    "prometheus": build_prometheus,
 }
 
 

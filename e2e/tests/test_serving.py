@@ -17,9 +17,6 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -27,45 +24,15 @@ import openai
 import pytest
 
 from e2e import serving
-from e2e.cluster import Cluster
 from llmservice_operator.render import edge
+from monitoring import queried_metrics
 
-from .conftest import MEASURED, measured_cluster_start, until
+from .conftest import MEASURED, SERVED_NS, Served, until
 
 pytestmark = pytest.mark.e2e
-NS = "serving"
+NS = SERVED_NS
 NAME = serving.SERVICE
 MODEL = serving.MODEL
-
-
-@dataclass
-class Served:
-    cluster: Cluster
-    url: str
-    lora: str  # the adapter's model id: <model>:<adapter folder>
-    client: openai.OpenAI = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.client = serving.client(self.url)
-
-    def rayservice(self) -> dict[str, Any]:
-        return self.cluster.get_json("rayservice", NAME, "-n", NS)
-
-    def pods(self, selector: str = f"llmservice.dev/name={NAME}") -> list[dict[str, Any]]:
-        return self.cluster.get_json("pods", "-n", NS, "-l", selector)["items"]
-
-
-@pytest.fixture(scope="module")
-def served(cluster: Cluster, cpu_service: Future[serving.Applied]) -> Iterator[Served]:
-    applied = cpu_service.result(timeout=600)
-    measured_cluster_start(cluster)  # with the serving image's import, done meanwhile
-    serving.wait_ready(cluster, NS, NAME, timeout=900)
-    # Applied at the session's start (conftest): other tests ran meanwhile, on the same cores.
-    MEASURED["apply -> LLMService Ready, beside other tests (s)"] = round(time.monotonic() - applied.applied, 1)
-    MEASURED["memory of the whole cluster, CPU service serving (GiB, PSS)"] = round(cluster.memory_pss() / 2**30, 1)
-    url = f"http://{serving.service_ip(cluster, NS, NAME)}:8000/v1"
-    yield Served(cluster, url, applied.lora_model)
-    cluster.kubectl("delete", "llmsvc", NAME, "-n", NS, "--ignore-not-found", "--wait=false", check=False)
 
 
 def _condition(obj: dict[str, Any], ctype: str) -> dict[str, Any]:
@@ -408,6 +375,27 @@ def test_an_engine_change_upgrades_to_a_new_cluster_without_failing_requests(ser
     # The new engine runs with the new context length (Ray's model card says so).
     card = served.client.models.retrieve(MODEL)
     assert card.model_extra["metadata"]["max_request_context_length"] == 384, card
+
+
+def test_every_metric_the_dashboards_and_alerts_query_is_scraped_from_the_real_pods(served: Served):
+    """The shipped dashboards and alerts query only what the pods really export: a real
+    Prometheus has scraped the operator's pods, the Ray and vLLM containers and the edge
+    sidecars (its /metrics and /metrics/clients) through this whole module's traffic."""
+    prom = served.prometheus
+    # One answer Ray Serve counts as an error (an unknown model), as real traffic has.
+    bad = httpx.post(f"{served.url}/completions", json={"model": "no-such-model", "prompt": "x"},
+                     headers={"Authorization": f"Bearer {serving.API_KEY}"}, timeout=30)  # fmt: skip
+    assert bad.status_code >= 400
+    prom.wait_scrapes()
+    targets = prom.targets()
+    pods = {t["labels"]["pod"] for t in targets if t["health"] == "up"}
+    assert {p["metadata"]["name"] for p in served.pods()} <= pods, targets
+    assert {p["metadata"]["name"] for p in served.operator.pods()} <= pods, targets
+    wanted, scraped = queried_metrics(), prom.metric_names()
+    MEASURED["metrics the dashboards and alerts query, found in real scrapes"] = (
+        f"{len(wanted & scraped)} of {len(wanted)}"
+    )
+    assert not wanted - scraped, sorted(wanted - scraped)
 
 
 def test_deleting_the_llmservice_removes_every_pod_service_and_configmap(served: Served):
