@@ -83,19 +83,25 @@ def _documents(path: Path) -> list[Any]:
     return docs
 
 
-def _load(path: Path) -> tuple[list[LLMService], list[str]]:
+def _load_documents(path: Path) -> tuple[list[tuple[dict[str, Any], LLMService]], list[str]]:
+    """Each LLMService of the file, as written and as parsed; every problem found."""
     services, problems = [], []
     for i, doc in enumerate(_documents(path)):
         label = f"{path}" + (f" (document {i + 1})" if i else "")
         if isinstance(doc, dict) and doc.get("kind") not in (None, "LLMService"):
             continue  # other objects in the same file (Secrets, Namespaces) are not ours
         try:
-            services.append(parse(doc))
+            services.append((doc, parse(doc)))
         except InvalidLLMService as e:
             problems += [f"{label}: {fe}" for fe in e.errors]
     if not services and not problems:
         problems.append(f"{path}: no LLMService found")
     return services, problems
+
+
+def _load(path: Path) -> tuple[list[LLMService], list[str]]:
+    services, problems = _load_documents(path)
+    return [svc for _, svc in services], problems
 
 
 def _dump(objs: list[dict[str, Any]], output: Output) -> str:
@@ -166,6 +172,58 @@ def validate(file: Annotated[Path, typer.Argument(help="LLMService manifest (- f
         raise typer.Exit(1)
     for svc in services:
         typer.echo(f"{file}: {svc.metadata.namespace}/{svc.metadata.name} is valid")
+
+
+@app.command()
+def diff(
+    file: Annotated[Path, typer.Argument(help="LLMService manifest (- for stdin).")],
+    operator: Annotated[
+        str, typer.Option(help="The operator's Deployment, NAMESPACE/NAME: its settings render the children.")
+    ] = "llmservice-system/llmservice-operator",
+    field_manager: Annotated[
+        str,
+        typer.Option(help="Who applies the LLMService: kubectl (kubectl apply --server-side), argocd-controller, ..."),
+    ] = "kubectl",
+) -> None:
+    """Show what applying FILE would change in the cluster (KUBECONFIG), object by object: the
+    LLMService and each child the operator would write, by server-side dry run, like
+    `kubectl diff`. Exit 0: no changes, 1: changes, 2: an error (an invalid manifest, an API
+    error; nothing is changed either way)."""
+    from kubernetes.client.exceptions import ApiException
+    from kubernetes.config import ConfigException
+
+    from .controller.kube import Kube
+    from .controller.preview import operator_environ, preview
+
+    try:
+        services, problems = _load_documents(file)
+    except Fail as e:
+        _error(str(e))
+        raise typer.Exit(2) from None
+    for p in problems:
+        _error(p)
+    if problems:
+        raise typer.Exit(2)
+    try:
+        kube = Kube()
+        namespace, _, name = operator.rpartition("/")
+        environ = operator_environ(kube, namespace or "llmservice-system", name)
+        if environ is None:
+            typer.echo(
+                f"note: no operator Deployment {operator}: children rendered with this shell's LLMSERVICE_* settings",
+                err=True,
+            )
+        settings = settings_from_env(environ)
+        changes = [c for doc, svc in services for c in preview(kube, doc, svc, settings, field_manager)]
+    except (ApiException, ConfigException, OSError) as e:
+        _error(f"cannot diff against the cluster: {getattr(e, 'reason', None) or e}")
+        raise typer.Exit(2) from None
+    for c in changes:
+        typer.echo(f"# {c.action} {c.ref}")
+        typer.echo(c.diff, nl=False)
+    if changes:
+        typer.echo(f"# {len(changes)} object(s) would change", err=True)
+    raise typer.Exit(1 if changes else 0)
 
 
 @app.command()

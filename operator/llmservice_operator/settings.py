@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -86,7 +88,17 @@ class _EnvSettings(OperatorSettings, BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LLMSERVICE_", env_nested_delimiter="__")
 
 
-def settings_from_env() -> OperatorSettings:
+def settings_from_env(environ: Mapping[str, str] | None = None) -> OperatorSettings:
     """Settings from LLMSERVICE_* variables (the Helm chart sets them), e.g.
-    LLMSERVICE_GPU_RAY_IMAGE, LLMSERVICE_GKE__PROJECT."""
-    return OperatorSettings.model_validate(_EnvSettings().model_dump())
+    LLMSERVICE_GPU_RAY_IMAGE, LLMSERVICE_GKE__PROJECT: this process's, or `environ`'s (the
+    operator Deployment's, for `llmservice diff`)."""
+    if environ is None:
+        return OperatorSettings.model_validate(_EnvSettings().model_dump())
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(environ)
+    try:
+        return OperatorSettings.model_validate(_EnvSettings().model_dump())
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)

@@ -93,15 +93,17 @@ class Kube:
     def get_llmservice(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.get(f"{GROUP}/{VERSION}", KIND, namespace, name)
 
-    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Server-side apply as our field manager; force: the operator owns these fields."""
+    def apply(self, obj: dict[str, Any], field_manager: str = FIELD_MANAGER, dry_run: bool = False) -> dict[str, Any]:
+        """Server-side apply as our field manager; force: the operator owns these fields. A dry
+        run returns what the object would become, and stores nothing."""
         res = self._resource(obj["apiVersion"], obj["kind"])
         return res.server_side_apply(
             body=obj,
             name=obj["metadata"]["name"],
             namespace=obj["metadata"].get("namespace"),
-            field_manager=FIELD_MANAGER,
+            field_manager=field_manager,
             force_conflicts=True,
+            dry_run="All" if dry_run else None,
             serializer=_plain,
         )
 
