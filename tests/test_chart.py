@@ -62,7 +62,7 @@ def test_default_install_is_cluster_wide_with_leader_election():
     objs = template()
     assert kinds(objs) == sorted(
         ["ClusterKopfPeering", "ClusterRole", "ClusterRoleBinding", "Deployment", "NetworkPolicy",
-         "PodDisruptionBudget", "Service", "ServiceAccount"]
+         "PodDisruptionBudget", "Service", "ServiceAccount", *["ConfigMap"] * 3]  # + the 3 dashboards
     )  # fmt: skip
     [dep] = [o for o in objs if o["kind"] == "Deployment"]
     pod = dep["spec"]["template"]["spec"]

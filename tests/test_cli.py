@@ -55,7 +55,7 @@ def test_render_json_and_stdin():
     res = run("render", "-", "-o", "json", "--kubernetes-only", stdin=text)
     assert res.returncode == 0, res.stderr
     kinds = [o["kind"] for o in json.loads(res.stdout)]
-    assert kinds == ["NetworkPolicy", "ConfigMap", "RayService", "PodDisruptionBudget", "PodMonitoring"]
+    assert kinds == ["NetworkPolicy", "ConfigMap", "Service", "RayService", "PodDisruptionBudget", "PodMonitoring"]
 
 
 def test_render_includes_node_pools_unless_asked_not_to():
