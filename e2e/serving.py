@@ -127,8 +127,7 @@ def apply_cpu_service(
     """The CPU sample with everything around it: the model volume, API keys, its LoRA in the
     fake S3, GCS fault tolerance against Redis; applied, not waited for. `before_apply` runs
     once all that is set up (the suite waits there for the serving image)."""
-    if cluster.kubectl("get", "namespace", namespace, check=False).returncode != 0:
-        cluster.kubectl("create", "namespace", namespace)
+    cluster.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}])
     built = model_volume(cluster, namespace)
     api_keys(cluster, namespace)
     lora_uri, lora_env = lora_store(cluster, built, namespace)

@@ -21,10 +21,15 @@ def test_the_cache_keeps_what_reconciles_read_and_gives_memory_back_when_it_halv
     released = []
     monkeypatch.setattr(cache_mod.memory, "release", lambda: released.append(1))
     c = Cache()
-    event = _obj("RayCluster", "rc", 5, spec={"big": "x" * 1000}, status={"readyWorkerReplicas": 2})
+    group = {"groupName": "cpu", "replicas": 1, "minReplicas": 1, "maxReplicas": 2, "template": {"big": "x" * 1000}}
+    event = _obj("RayCluster", "rc", 5, spec={"workerGroupSpecs": [group]}, status={"readyWorkerReplicas": 2})
     c.put(event)
     kept = c.get("RayCluster", "ns", "rc")
-    assert kept == {"apiVersion": "v1", "kind": "RayCluster", "metadata": kept["metadata"], "status": event["status"]}
+    # Its status and its worker groups' sizes; not the pod templates.
+    sizes = {"workerGroupSpecs": [{"groupName": "cpu", "replicas": 1, "minReplicas": 1, "maxReplicas": 2}]}
+    assert kept == {
+        "apiVersion": "v1", "kind": "RayCluster", "metadata": kept["metadata"], "status": event["status"], "spec": sizes
+    }  # fmt: skip
     assert "managedFields" not in kept["metadata"] and "managedFields" in event["metadata"], "kopf's dict untouched"
     c.put(_obj("ConfigMap", "cm", 7, data={"k": "v"}))
     assert c.get("ConfigMap", "ns", "cm")["data"] == {"k": "v"}

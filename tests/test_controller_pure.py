@@ -77,3 +77,26 @@ def test_plan_writes_only_what_differs_and_prunes_only_its_own_optional_children
     assert plan([rs, edge], live, optional, "svc").delete == []
     assert plan([rs, edge], live, optional, "svc").apply == [], "in sync: no write at all"
     assert plan([rs, edge], {}, optional, "svc").apply == [rs, edge], "a new service: everything"
+
+
+def test_bounds_patch_carries_the_replica_bounds_to_a_running_ray_cluster():
+    """KubeRay leaves min/max replicas out of what makes it update a running RayCluster: the
+    operator patches them (and replicas, into the new range), guarded by each group's name."""
+    from llmservice_operator.controller.drift import bounds_patch
+    from llmservice_operator.render import render
+
+    svc = parse(with_spec(sample_doc("cpu-tiny.yaml"), replicas={"min": 2, "max": 3}))
+    rs = render(svc).ray_service
+    group = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["groupName"]
+    cluster = {"spec": {"workerGroupSpecs": [{"groupName": group, "replicas": 1, "minReplicas": 1, "maxReplicas": 1}]}}
+    assert bounds_patch(cluster, rs) == [
+        {"op": "test", "path": "/spec/workerGroupSpecs/0/groupName", "value": group},
+        {"op": "replace", "path": "/spec/workerGroupSpecs/0/minReplicas", "value": 2},
+        {"op": "replace", "path": "/spec/workerGroupSpecs/0/maxReplicas", "value": 3},
+        {"op": "replace", "path": "/spec/workerGroupSpecs/0/replicas", "value": 2},
+    ]
+    # The autoscaler's replicas inside the range are its own; nothing to do when in line.
+    cluster["spec"]["workerGroupSpecs"][0] |= {"replicas": 3, "minReplicas": 2, "maxReplicas": 3}
+    assert bounds_patch(cluster, rs) is None
+    # A group the RayService no longer has is not touched.
+    assert bounds_patch({"spec": {"workerGroupSpecs": [{"groupName": "gone", "minReplicas": 9}]}}, rs) is None

@@ -183,7 +183,7 @@ def test_sidecars_of_a_service_share_its_rate_limit(tmp_path: Path, backend: int
     svc = parse(with_spec(sample_doc("gemma-b200.yaml"), ingress=limit))
     sidecars = Sidecars(tmp_path, backend, KEYS, peer_every=1)
     try:
-        a, b = sidecars.start(svc).port, sidecars.start(svc).port
+        a, b = (s.port for s in sidecars.start_together(svc, 2))
         _until_peered(a, b, "sk-probe-1")
         codes: collections.Counter[int] = collections.Counter()
         with ThreadPoolExecutor(8) as pool:

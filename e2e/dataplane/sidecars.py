@@ -68,13 +68,25 @@ class Sidecars:
         return edge.haproxy_cfg(svc, **self.started[port].args)
 
     def _peer(self, port: int) -> edge.Peers:
-        name, address = f"edge-{port}", f"127.0.0.1:{free_port()}"
-        with self.peers_list.open("a") as f:
-            f.write(f"{name} {address}\n")
+        """The sidecar on `port` listed with the others (as a pod is in the Service's DNS once
+        it exists), if it is not yet."""
+        name = f"edge-{port}"
+        listed = dict(ln.split() for ln in self.peers_list.read_text().splitlines()) if self.peers_list.exists() else {}
+        if name not in listed:
+            listed[name] = f"127.0.0.1:{free_port()}"
+            with self.peers_list.open("a") as f:
+                f.write(f"{name} {listed[name]}\n")
         run = self.workdir / f"run-{port}"
-        run.mkdir()
+        run.mkdir(exist_ok=True)
         lookup = f"cat {self.peers_list}"
-        return edge.Peers(lookup=lookup, name=name, address=address, file=f"{run}/peers.cfg", every=self.peer_every)
+        return edge.Peers(lookup, name, listed[name], file=f"{run}/peers.cfg", every=self.peer_every)
+
+    def start_together(self, svc: LLMService, n: int) -> list[Sidecar]:
+        """`n` sidecars that know each other from their start, as pods started together do."""
+        ports = [free_port() for _ in range(n)]
+        for port in ports:
+            self._peer(port)
+        return [self.start(svc, port) for port in ports]
 
     def start(
         self, svc: LLMService, port: int | None = None, metrics_port: int | None = None, tls_dir: Path | None = None

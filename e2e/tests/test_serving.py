@@ -229,8 +229,14 @@ def test_a_rate_limit_holds_for_the_service_across_its_serving_pods(served: Serv
     started = time.monotonic()
     cluster.kubectl("patch", "llmsvc", NAME, "-n", NS, "--type=merge", "-p", json.dumps(patch))
     try:
-        serving.wait_ready(cluster, NS, NAME, timeout=600)
-        cluster.wait_for("2 serving pods", lambda: len(_serving_pods(served)) == 2, timeout=300)
+        # KubeRay leaves a running cluster's worker bounds as they were; the operator carries
+        # the new ones over, and the Ray autoscaler adds the worker the second replica needs.
+        def two_ready() -> bool:
+            status = cluster.get_json("llmsvc", NAME, "-n", NS).get("status") or {}
+            return status.get("replicas") == {"ready": 2, "desired": 2} and len(_serving_pods(served)) == 2
+
+        cluster.wait_for("2 replicas ready, on 2 serving pods", two_ready, timeout=600)
+        serving.wait_ready(cluster, NS, NAME, timeout=60)
         MEASURED["edge on real pods: a second replica serving (s)"] = round(time.monotonic() - started, 1)
         peers = cluster.get_json("endpoints", f"{NAME}-edge-peers", "-n", NS)
         ips = sorted(a["ip"] for sub in peers.get("subsets", []) for a in sub.get("addresses", []))

@@ -38,9 +38,10 @@ RayServices (garbage collection removes them with their LLMService). */}}
 - apiGroups: [ray.io]
   resources: [rayservices]
   verbs: [get, list, watch, create, patch]
+# The RayService's replica bounds on its running Ray clusters (KubeRay does not carry them over).
 - apiGroups: [ray.io]
   resources: [rayclusters]
-  verbs: [get, list, watch]
+  verbs: [get, list, watch, patch]
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get, list, watch, create, patch, delete]

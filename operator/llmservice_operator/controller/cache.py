@@ -21,6 +21,7 @@ import json
 import threading
 from typing import Any
 
+from .. import FIELD_MANAGER
 from . import memory
 from .kube import Kube
 
@@ -43,8 +44,9 @@ def _key(obj: dict[str, Any]) -> Key:
 
 
 # Kinds whose status alone is read (the serving RayCluster's ready workers): their spec, a copy
-# of the RayService's pod templates, is not kept.
+# of the RayService's pod templates, is not kept (but for the worker groups' sizes).
 STATUS_ONLY = {"RayCluster"}
+GROUP_SIZE = ("groupName", "replicas", "minReplicas", "maxReplicas")
 
 
 def _slim(obj: dict[str, Any]) -> dict[str, Any]:
@@ -53,7 +55,11 @@ def _slim(obj: dict[str, Any]) -> dict[str, Any]:
     is kopf's."""
     meta = {k: v for k, v in obj.get("metadata", {}).items() if k != "managedFields"}
     if obj.get("kind") in STATUS_ONLY:
-        return {k: obj[k] for k in ("apiVersion", "kind", "status") if k in obj} | {"metadata": meta}
+        slim = {k: obj[k] for k in ("apiVersion", "kind", "status") if k in obj} | {"metadata": meta}
+        # ...and the worker groups' sizes, which the operator keeps in line with the spec.
+        groups = (obj.get("spec") or {}).get("workerGroupSpecs") or []
+        slim["spec"] = {"workerGroupSpecs": [{k: g[k] for k in GROUP_SIZE if k in g} for g in groups]}
+        return slim
     return {**obj, "metadata": meta}
 
 
@@ -129,9 +135,17 @@ class CachedKube(Kube):
             return super().get(api_version, kind, namespace, name)
         return self.cache.get(kind, namespace, name)
 
-    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
-        live = super().apply(obj)
-        if (obj["apiVersion"], obj["kind"]) in WATCHED:
+    def apply(self, obj: dict[str, Any], field_manager: str = FIELD_MANAGER, dry_run: bool = False) -> dict[str, Any]:
+        live = super().apply(obj, field_manager, dry_run)
+        if (obj["apiVersion"], obj["kind"]) in WATCHED and not dry_run:
+            self.cache.put(live)
+        return live
+
+    def json_patch(
+        self, api_version: str, kind: str, namespace: str, name: str, ops: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        live = super().json_patch(api_version, kind, namespace, name, ops)
+        if (api_version, kind) in WATCHED:
             self.cache.put(live)
         return live
 

@@ -86,3 +86,28 @@ def exposure_patch(live: dict[str, Any], annotations: dict[str, str], spec: dict
     if not gone and contains(have, annotations) and contains(live_spec, spec) and spec_patch == spec:
         return None
     return {"metadata": {"annotations": {**annotations, **gone}}, "spec": spec_patch}
+
+
+def bounds_patch(cluster: dict[str, Any], ray_service: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """A JSON patch giving a running RayCluster's worker groups the RayService's replica bounds,
+    or None when they have them. KubeRay leaves replicas, minReplicas and maxReplicas out of
+    the hash that decides whether a RayCluster needs updating (its autoscaler owns replicas), so
+    a changed spec.replicas never reaches a running cluster: Serve would want more replicas
+    than the cluster may have workers. Each change is guarded by a test of the group's name."""
+    want = {g["groupName"]: g for g in ray_service["spec"]["rayClusterConfig"].get("workerGroupSpecs", [])}
+    ops: list[dict[str, Any]] = []
+    for i, group in enumerate((cluster.get("spec") or {}).get("workerGroupSpecs") or []):
+        goal = want.get(group.get("groupName"))
+        if goal is None:
+            continue
+        lo, hi = goal.get("minReplicas", 0), goal.get("maxReplicas", 0)
+        changes = {k: v for k, v in (("minReplicas", lo), ("maxReplicas", hi)) if group.get(k) != v}
+        replicas = group.get("replicas")
+        if replicas is not None and not lo <= replicas <= hi:
+            changes["replicas"] = min(max(replicas, lo), hi)
+        if changes:
+            ops.append({"op": "test", "path": f"/spec/workerGroupSpecs/{i}/groupName", "value": group["groupName"]})
+            ops += [
+                {"op": "replace", "path": f"/spec/workerGroupSpecs/{i}/{k}", "value": v} for k, v in changes.items()
+            ]
+    return ops or None

@@ -125,6 +125,13 @@ class Kube:
             body=body, name=name, namespace=namespace, content_type="application/merge-patch+json"
         )
 
+    def json_patch(
+        self, api_version: str, kind: str, namespace: str, name: str, ops: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        return self._resource(api_version, kind).patch(
+            body=ops, name=name, namespace=namespace, content_type="application/json-patch+json", serializer=_plain
+        )
+
     def set_finalizers(self, namespace: str, name: str, finalizers: list[str]) -> dict[str, Any]:
         res = self._resource(f"{GROUP}/{VERSION}", KIND)
         return res.patch(

@@ -21,7 +21,7 @@ from ..render import status as status_mod
 from ..render.rayservice import exposure
 from ..settings import OperatorSettings
 from . import metrics, preflight
-from .drift import exposure_patch, merge_patch, plan
+from .drift import bounds_patch, exposure_patch, merge_patch, plan
 from .kube import Kube
 from .secret_watch import SecretWatch
 
@@ -227,7 +227,20 @@ class Reconciler:
             out.applied.append(f"-{kind}/{name}")
         if _has_cluster(ray_service):  # KubeRay makes the Service once it has a Ray cluster
             self._expose(svc, out)
+            self._resize_clusters(ray_service, out)
         return ray_service
+
+    def _resize_clusters(self, ray_service: dict[str, Any], out: Outcome) -> None:
+        """The RayService's replica bounds on its running Ray clusters (KubeRay leaves them)."""
+        status, ns = ray_service.get("status") or {}, ray_service["metadata"]["namespace"]
+        for which in ("activeServiceStatus", "pendingServiceStatus"):
+            name = (status.get(which) or {}).get("rayClusterName")
+            cluster = self.kube.get("ray.io/v1", "RayCluster", ns, name) if name else None
+            ops = bounds_patch(cluster, ray_service) if cluster else None
+            if ops:
+                self.kube.json_patch("ray.io/v1", "RayCluster", ns, name, ops)
+                metrics.WRITES.labels("RayCluster").inc()
+                out.applied.append(f"RayCluster/{name}")
 
     def _ray_token(self, svc: LLMService, owner: dict[str, Any], first: bool, out: Outcome) -> None:
         """The Ray cluster's token (ray.auth: token), generated once into a Secret the service
