@@ -8,7 +8,7 @@ STAMP := .venv-installed
 # links .venv to it and installs only itself (editable), instead of every dependency again.
 VENV_CACHE := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/llmservice-operator/venvs/dev-$(shell sha256sum pyproject.toml | cut -c1-16)
 
-.PHONY: venv test lint fmt crds dashboards manifests bench-dataplane bench-controlplane render-samples e2e-bins node-deps images image-lock cluster-up cluster-down demo clean
+.PHONY: venv test lint fmt crds dashboards kind-demo manifests bench-dataplane bench-controlplane render-samples e2e-bins node-deps images image-lock cluster-up cluster-down demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV_CACHE)/bin/python || $(PY) -m venv $(VENV_CACHE)
@@ -24,11 +24,19 @@ venv: $(STAMP)
 	@$(BIN)/python -c "import llmservice_operator as m, sys; sys.exit(not m.__file__.startswith('$(CURDIR)/'))" \
 	  2>/dev/null || $(BIN)/pip install -q --no-deps -e .
 
+CACHE_DIR := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/llmservice-operator
+TEST_CLUSTER := $(CACHE_DIR)/cluster-test
+
 ## Lint, build the local cluster's binaries and images (cached outside the repo), run all tests.
+## The end-to-end tests run against a local cluster started beside them by `e2e.cluster up`, through
+## its kubeconfig (E2E_KUBECONFIG), as against any cluster; it starts while the unit tests run.
 test: venv e2e-bins images
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest
+	export E2E_CLUSTER_STATE=$(TEST_CLUSTER)/state.json E2E_KUBECONFIG=$(TEST_CLUSTER)/kubeconfig; \
+	mkdir -p $(TEST_CLUSTER); $(BIN)/python -m e2e.cluster down >/dev/null; \
+	$(BIN)/python -m e2e.cluster up --images pause --kubeconfig-out $$E2E_KUBECONFIG > $(TEST_CLUSTER)/up.log 2>&1 & \
+	$(BIN)/pytest; rc=$$?; wait; $(BIN)/python -m e2e.cluster down; exit $$rc
 
 lint: venv
 	$(BIN)/ruff check .
@@ -96,6 +104,16 @@ cluster-down: venv
 ## The product's main job on the embedded default: local cluster, samples rendered and applied.
 demo: venv e2e-bins images
 	$(BIN)/python -m e2e.demo
+
+## The demo on a kind cluster, for machines with Docker and kind (not these: no Docker engine).
+KIND_CLUSTER ?= llmservice
+kind-demo: venv images
+	@command -v docker >/dev/null && command -v kind >/dev/null || { \
+	  echo "make kind-demo needs Docker and kind (https://kind.sigs.k8s.io); without a Docker engine use make demo"; exit 1; }
+	kind get clusters | grep -qx $(KIND_CLUSTER) || \
+	  $(BIN)/python -m e2e.kind config | kind create cluster --name $(KIND_CLUSTER) --config -
+	kind get kubeconfig --name $(KIND_CLUSTER) > $(CACHE_DIR)/kind-$(KIND_CLUSTER).kubeconfig
+	E2E_KUBECONFIG=$(CACHE_DIR)/kind-$(KIND_CLUSTER).kubeconfig E2E_KIND_CLUSTER=$(KIND_CLUSTER) $(BIN)/python -m e2e.demo
 
 clean:
 	rm -rf $(VENV) $(STAMP) .pytest_cache .ruff_cache

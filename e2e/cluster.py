@@ -5,6 +5,10 @@ KubeRay's operator in the node's network (it reaches Ray heads' dashboards by Se
 
     python -m e2e.cluster up      # start in the background, print the kubeconfig path
     python -m e2e.cluster down    # stop it and remove its files
+
+`Cluster.attach(kubeconfig)` drives a cluster another process started: this one (found by
+its state file, every local capability included) or any other (kind, GKE: only what a
+kubeconfig gives).
 """
 
 from __future__ import annotations
@@ -39,7 +43,20 @@ from .pki import PKI
 
 HOST = "127.0.0.1"
 STATE_FILE = bins.cache_root() / "cluster" / "state.json"
+
+
+def state_file() -> Path:
+    """Where `up` records a running cluster: E2E_CLUSTER_STATE, or the one `make cluster-up` uses."""
+    return Path(os.environ.get("E2E_CLUSTER_STATE") or STATE_FILE)
+
+
 SERVICE_CIDR = "10.96.0.0/16"
+
+
+def _done() -> concurrent.futures.Future:
+    done: concurrent.futures.Future = concurrent.futures.Future()
+    done.set_result(None)
+    return done
 
 
 def free_port() -> int:
@@ -135,6 +152,8 @@ class Cluster:
     timings: dict[str, float] = field(default_factory=dict)
     _imports: list[concurrent.futures.Future] = field(default_factory=list)  # one per image, in order
     _stopped: bool = False
+    owned: bool = True  # started by this process (stop() stops it); False: attached
+    local: bool = True  # this machine's cluster: node, audit log, PKI, kwok nodes at hand
 
     @property
     def kubeconfig(self) -> Path:
@@ -187,6 +206,71 @@ class Cluster:
         text = objs if isinstance(objs, str) else yaml.safe_dump_all(objs)
         args = ["apply", "-f", "-"] + (["--server-side", "--force-conflicts"] if server_side else [])
         self.kubectl(*args, input=text)
+
+    # -- another process's cluster -------------------------------------------------------------
+
+    @classmethod
+    def attach(cls, kubeconfig: Path, timeout: float = 900) -> Cluster:
+        """The cluster behind `kubeconfig`, started by someone else; waits up to `timeout` for
+        the file (`up --kubeconfig-out` writes it once the cluster is ready, FILE.failed if it
+        could not start). This machine's local cluster (its state file names that kubeconfig)
+        comes with everything the tests use; any other with what a kubeconfig gives."""
+        failed, deadline = kubeconfig.with_suffix(".failed"), time.monotonic() + timeout
+        while not kubeconfig.exists():
+            if failed.exists():
+                raise ClusterError(f"the cluster did not start: {failed.read_text().strip()}")
+            if time.monotonic() > deadline:
+                raise ClusterError(f"no kubeconfig at {kubeconfig} after {timeout:.0f}s")
+            time.sleep(0.5)
+        state = json.loads(state_file().read_text()) if state_file().exists() else {}
+        if state and Path(state["kubeconfig"]).read_bytes() == kubeconfig.read_bytes():
+            return cls._from_state(state)
+        c = cls(real_node=False, with_kuberay=False, images=(), owned=False, local=False)
+        shutil.copyfile(kubeconfig, c.kubeconfig)
+        return c
+
+    @classmethod
+    def _from_state(cls, state: dict[str, Any]) -> Cluster:
+        c = cls(workdir=Path(state["workdir"]), images=(), owned=False)
+        c.ports, c.timings = state["ports"], dict(state.get("timings") or {})
+        c.pki = PKI(c.workdir / "pki")  # the CA of the running cluster
+        c.ca = c.pki.ca
+        c.admin = (c.workdir / "pki" / "admin.crt", c.workdir / "pki" / "admin.key")
+        if state.get("slot") is not None:
+            c.network = NodeNetwork(state["slot"])
+        if state.get("node"):
+            assert c.network is not None
+            c.node = Node(c.network, Path(state["node"]["state"]), c.pki, c.ports["apiserver"])
+        return c
+
+    def load_images(self, recipes: tuple[image.ImageRecipe, ...]) -> None:
+        """Put what the node lacks of `recipes` there, in the background (`wait_images` waits):
+        on this machine's node by importing the archive into its containerd, on kind with
+        `kind load image-archive` (E2E_KIND_CLUSTER names it); elsewhere the images must be
+        in a registry the nodes pull from (E2E_IMAGE_REGISTRY, not done here)."""
+        nodes = self.get_json("nodes")["items"]
+        present = {n for node in nodes for img in (node["status"].get("images") or []) for n in img["names"]}
+        missing = [r for r in recipes if r.name not in present and f"docker.io/{r.name}" not in present]
+        self.images = tuple(recipes)
+        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="image-load")
+        self._imports = [
+            pool.submit(self._load_image, r) if r in missing else _done() for r in recipes
+        ]  # fmt: skip
+        pool.shutdown(wait=False)
+
+    def _load_image(self, recipe: image.ImageRecipe) -> None:
+        start = time.monotonic()
+        if self.node is not None:
+            self.node.import_image(recipe.archive)
+        elif os.environ.get("E2E_KIND_CLUSTER"):
+            cmd = ["kind", "load", "image-archive", str(recipe.archive), "--name", os.environ["E2E_KIND_CLUSTER"]]
+            subprocess.run(cmd, check=True, capture_output=True)
+        else:
+            raise ClusterError(
+                f"the cluster's nodes lack {recipe.name}: push it to a registry they pull from and set "
+                "E2E_IMAGE_REGISTRY, or set E2E_KIND_CLUSTER for kind (`make kind-demo` does)"
+            )
+        self.timings[f"load {recipe.name}"] = time.monotonic() - start
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -256,10 +340,20 @@ class Cluster:
             self._imports[0].result()
 
     def stop(self) -> None:
-        """Idempotent: a second call does nothing (the network slot may be another cluster's by then)."""
+        """Idempotent: a second call does nothing (the network slot may be another cluster's by then).
+        An attached cluster stays: only what this process started in it (servers in the node's
+        network) stops; whoever started the cluster stops the rest."""
         if self._stopped:
             return
         self._stopped = True
+        if not self.owned:
+            for imported in self._imports:
+                imported.cancel()
+            if self.node:
+                self.node.stop_own()
+            if not self.local:  # only our copy of its kubeconfig and our logs
+                shutil.rmtree(self.workdir, ignore_errors=True)
+            return
         for p in reversed(self.processes):
             if p.popen:
                 _stop_group(p.popen.pid, p.popen)
@@ -601,7 +695,8 @@ class Cluster:
     # -- persistence for `make cluster-up` / `cluster-down` ------------------------------
 
     def save_state(self) -> None:
-        STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
+        path = state_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
         state = {
             "workdir": str(self.workdir),
             "kubeconfig": str(self.kubeconfig),
@@ -609,14 +704,16 @@ class Cluster:
             "ports": self.ports,
             "node": node_state(self.node) if self.node else None,
             "slot": self.network.slot if self.network else None,
+            "timings": self.timings,
         }
-        STATE_FILE.write_text(json.dumps(state, indent=2))
+        path.write_text(json.dumps(state, indent=2))
 
 
 def down() -> bool:
-    if not STATE_FILE.exists():
+    path = state_file()
+    if not path.exists():
         return False
-    state = json.loads(STATE_FILE.read_text())
+    state = json.loads(path.read_text())
     for pid in reversed(state["pids"]):
         _stop_group(pid)
     if state.get("node"):
@@ -624,8 +721,11 @@ def down() -> bool:
     if state.get("slot") is not None:
         NodeNetwork(state["slot"]).delete()
     shutil.rmtree(state["workdir"], ignore_errors=True)
-    STATE_FILE.unlink()
+    path.unlink()
     return True
+
+
+IMAGES = {"pause": image.PAUSE, "operator": image.OPERATOR, "ray-cpu": image.RAY_CPU}
 
 
 def main() -> None:
@@ -633,14 +733,34 @@ def main() -> None:
     parser.add_argument("action", choices=["up", "down"])
     parser.add_argument("--no-kuberay", action="store_true", help="skip the KubeRay operator")
     parser.add_argument("--no-real-node", action="store_true", help="simulated (kwok) nodes only")
+    parser.add_argument(
+        "--images", default=",".join(IMAGES), help=f"images the node imports at start (of {', '.join(IMAGES)})"
+    )
+    parser.add_argument(
+        "--kubeconfig-out", type=Path, help="copy the kubeconfig here once ready (FILE.failed: why not)"
+    )
     args = parser.parse_args()
     if args.action == "down":
         print("cluster stopped" if down() else "no cluster running")
         return
-    if STATE_FILE.exists():
-        sys.exit(f"a cluster is already running ({STATE_FILE}); run `make cluster-down` first")
-    cluster = Cluster(with_kuberay=not args.no_kuberay, real_node=not args.no_real_node).start()
+    if state_file().exists():
+        sys.exit(f"a cluster is already running ({state_file()}); run `make cluster-down` first")
+    out: Path | None = args.kubeconfig_out
+    if out is not None:
+        out.unlink(missing_ok=True)
+        out.with_suffix(".failed").unlink(missing_ok=True)
+    try:
+        images = tuple(IMAGES[n] for n in args.images.split(",") if n)
+        cluster = Cluster(with_kuberay=not args.no_kuberay, real_node=not args.no_real_node, images=images).start()
+    except BaseException as e:
+        if out is not None:
+            out.with_suffix(".failed").write_text(f"{type(e).__name__}: {e}\n")
+        raise
     cluster.save_state()
+    if out is not None:
+        tmp = out.with_suffix(".tmp")
+        shutil.copyfile(cluster.kubeconfig, tmp)
+        tmp.replace(out)
     steps = ", ".join(f"{k} {v:.1f}s" for k, v in cluster.timings.items())
     print(f"cluster ready in {cluster.timings['total']:.1f}s ({steps})")
     print(f"kubeconfig: {cluster.kubeconfig}")

@@ -1,10 +1,13 @@
 """`make demo`: the product's main job on the embedded default.
 
 Starts (or reuses) the local cluster (a real control plane, simulated GKE GPU/TPU pools, one
-real node that runs pods), installs the LLMService CRD, starts the operator, applies every
-sample, waits until the CPU sample is served for real by vLLM on the real node, and streams
-an answer from its endpoint. The GPU/TPU samples land on simulated nodes: placement is real,
-containers never start there.
+real node that runs pods), installs the LLMService CRD and the operator (its image, with the
+Helm chart), applies every sample, waits until the CPU sample is served for real by vLLM on
+the real node, and streams an answer from its endpoint. The GPU/TPU samples land on
+simulated nodes: placement is real, containers never start there.
+
+With E2E_KUBECONFIG it uses that cluster instead (`make kind-demo`: a kind cluster) and
+brings in what it lacks: the images, KubeRay (its Helm chart), the CRD, the operator.
 """
 
 from __future__ import annotations
@@ -12,8 +15,7 @@ from __future__ import annotations
 import base64
 import collections
 import json
-import subprocess
-import sys
+import os
 import time
 from pathlib import Path
 
@@ -22,7 +24,8 @@ from rich.console import Console
 from rich.table import Table
 
 from . import cluster as cl
-from . import serving
+from . import incluster, kuberay, serving
+from .build import image
 from .node import NODE_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,48 +33,35 @@ NAMESPACE = "default"
 console = Console(soft_wrap=True)
 
 
-class Running(cl.Cluster):
-    """The cluster `make cluster-up` left running, driven through its kubeconfig."""
-
-    @classmethod
-    def attach(cls) -> Running:
-        state = json.loads(cl.STATE_FILE.read_text())
-        c = cls(workdir=Path(state["workdir"]))
-        c.ports = state["ports"]
-        if state.get("slot") is not None:
-            c.network = cl.NodeNetwork(state["slot"])
-        return c
-
-
 def _cluster() -> cl.Cluster:
-    if cl.STATE_FILE.exists():
-        console.print(f"reusing the running cluster ({cl.STATE_FILE})")
-        return Running.attach()
-    console.print("starting the local cluster (control plane, simulated GKE pools, a real node, KubeRay) ...")
-    c = cl.Cluster().start()
-    c.save_state()
-    steps = ", ".join(f"{k} {v:.0f}s" for k, v in c.timings.items() if v >= 1)
-    console.print(f"ready in {c.timings['total']:.0f}s ({steps})")
+    if os.environ.get("E2E_KUBECONFIG"):
+        console.print(f"using the cluster of {os.environ['E2E_KUBECONFIG']}")
+        c = cl.Cluster.attach(Path(os.environ["E2E_KUBECONFIG"]))
+    elif cl.state_file().exists():
+        console.print(f"reusing the running cluster ({cl.state_file()})")
+        c = cl.Cluster.attach(Path(json.loads(cl.state_file().read_text())["kubeconfig"]))
+    else:
+        console.print("starting the local cluster (control plane, simulated GKE pools, a real node, KubeRay) ...")
+        c = cl.Cluster().start()
+        c.save_state()
+        steps = ", ".join(f"{k} {v:.0f}s" for k, v in c.timings.items() if v >= 1)
+        console.print(f"ready in {c.timings['total']:.0f}s ({steps})")
+        c.owned = False  # it stays up after the demo: `make cluster-down` stops it
+    c.load_images((image.OPERATOR, image.RAY_CPU))
+    if kuberay.ensure(c):
+        console.print("installed KubeRay (its Helm chart)")
+    c.wait_images()
     return c
 
 
-def _start_operator(c: cl.Cluster) -> None:
-    """`llmservice run` in the background, stopped by `make cluster-down` with the rest."""
-    state = json.loads(cl.STATE_FILE.read_text())
-    if state.get("operator_pid"):
-        return
-    log = c.workdir / "operator.log"
-    env = {"KUBECONFIG": str(c.kubeconfig_for("llmservice-operator", ("system:masters",))), "PATH": ""}
-    env.update(serving.OPERATOR_ENV)
-    cli = str(Path(sys.executable).with_name("llmservice"))
-    args = [cli, "run", "--log-format", "text", "--health-address", f"{cl.HOST}:{cl.free_port()}",
-            "--metrics-address", f"{cl.HOST}:{cl.free_port()}"]  # fmt: skip
-    with log.open("ab") as out:
-        proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    state["operator_pid"] = proc.pid
-    state["pids"].append(proc.pid)
-    cl.STATE_FILE.write_text(json.dumps(state, indent=2))
-    console.print(f"operator started (pid {proc.pid}, log {log})")
+def _install_operator(c: cl.Cluster) -> incluster.InCluster:
+    """The operator as users run it: the chart, its image, watching every namespace."""
+    op = incluster.InCluster(c, incluster.local_values(c, []))
+    took = op.install()
+    console.print(
+        f"operator installed with Helm ({incluster.NAMESPACE}/{incluster.DEPLOYMENT}, 2 replicas) in {took:.0f}s"
+    )
+    return op
 
 
 def _secret(name: str, key: str, value: str) -> dict:
@@ -84,7 +74,7 @@ def main() -> None:
     c = _cluster()
     c.kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / "llmservice.dev_llmservices.yaml"))
     c.wait_established(["llmservices.llmservice.dev"])
-    _start_operator(c)
+    op = _install_operator(c)
     # What the samples reference: the tiny model on a volume of the real node, API keys, and a
     # placeholder Hugging Face token (nothing downloads a model here).
     serving.model_volume(c, NAMESPACE)
@@ -100,7 +90,8 @@ def main() -> None:
     serving.wait_ready(c, NAMESPACE, name, timeout=900)
     ready = time.monotonic() - applied
     _show(c)
-    console.print(f"memory of the whole local cluster now (PSS): {c.memory_pss() / 2**30:.1f} GiB")
+    if c.local:
+        console.print(f"memory of the whole local cluster now (PSS): {c.memory_pss() / 2**30:.1f} GiB")
     url = f"http://{serving.service_ip(c, NAMESPACE, name)}:8000/v1"
     model_id = yaml.safe_load(serving.SAMPLE.read_text())["spec"]["model"]["name"]
     console.print(f"\n[bold]{name} is Ready {ready:.0f}s after apply.[/] A streamed completion from {url}:")
@@ -123,7 +114,7 @@ def main() -> None:
         f"  kubectl get llmsvc,rayservices,rayclusters,pods -o wide\n"
         f"  kubectl port-forward svc/{name} 8000:8000   # the way to reach it from elsewhere\n"
         f"  kubectl describe llmsvc {name}; kubectl explain llmservice.spec\n"
-        f"  operator log: {c.workdir / 'operator.log'}\n"
+        f"  kubectl logs -n {op.namespace} deploy/{incluster.DEPLOYMENT}   # the operator\n"
         "Stop it:      make cluster-down"
     )
     console.print(f"make demo took {time.monotonic() - started:.0f}s")
@@ -139,10 +130,10 @@ def _show(c: cl.Cluster) -> None:
         node = p["spec"].get("nodeName")
         if not node:
             where = "Pending"
-        elif node == NODE_NAME:
-            where = "real node (containerd)"
+        elif node == NODE_NAME or not c.local:
+            where = f"{node} (runs it)"
         else:
-            where = f"{nodes[node]['cloud.google.com/gke-nodepool']} (simulated)"
+            where = f"{nodes[node].get('cloud.google.com/gke-nodepool', node)} (simulated)"
         placed[(svc, role)][where] += 1
     table = Table(title="Where KubeRay's pods landed (real kube-scheduler; GPU/TPU pools simulated by kwok)")
     for col in ("LLMService", "pod", "node pool -> pods"):

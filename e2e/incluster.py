@@ -91,16 +91,17 @@ class InCluster:
 
 
 def local_values(cluster: Cluster, watch: list[str], settings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Values for the local cluster: the imported images, the pods on the real node (the
-    simulated ones run nothing), the CPU serving image for CPU services and edge sidecars."""
-    assert cluster.node is not None
+    """Values for a cluster whose nodes have the images built here (imported or kind-loaded):
+    the CPU serving image for CPU services and edge sidecars; on the local cluster, the pods
+    on its real node (the simulated ones run nothing)."""
     values: dict[str, Any] = {
         **image_values(),
         "watchNamespaces": watch,
-        "nodeSelector": {"kubernetes.io/hostname": cluster.node.name},
         "logFormat": "text",
         "settings": {"cpuRayImage": image.RAY_CPU.name, "edgeImage": image.RAY_CPU.name, **(settings or {})},
     }
+    if cluster.node is not None:
+        values["nodeSelector"] = {"kubernetes.io/hostname": cluster.node.name}
     return values
 
 

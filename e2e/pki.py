@@ -32,11 +32,21 @@ def _name(cn: str, org: str | None = None) -> x509.Name:
 
 
 class PKI:
+    """A new CA in `directory`, or the one already there (a cluster another process started:
+    the tests issue their own client certificates from it)."""
+
     def __init__(self, directory: Path):
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         now = dt.datetime.now(dt.UTC)
         self._validity = (now - dt.timedelta(minutes=5), now + dt.timedelta(days=2))
+        self.ca, ca_key = self.dir / "ca.crt", self.dir / "ca.key"
+        if self.ca.exists() and ca_key.exists():
+            self._ca_cert = x509.load_pem_x509_certificate(self.ca.read_bytes())
+            loaded = serialization.load_pem_private_key(ca_key.read_bytes(), password=None)
+            assert isinstance(loaded, ec.EllipticCurvePrivateKey)
+            self._ca_key = loaded
+            return
         self._ca_key = _key()
         self._ca_cert = (
             x509.CertificateBuilder()
@@ -50,8 +60,8 @@ class PKI:
             .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
             .sign(self._ca_key, hashes.SHA256())
         )
-        self.ca = self.dir / "ca.crt"
         self.ca.write_bytes(self._ca_cert.public_bytes(serialization.Encoding.PEM))
+        _write_key(ca_key, self._ca_key)
 
     def issue(
         self, name: str, cn: str, org: str | None = None, server: bool = False, ips: tuple[str, ...] = ()

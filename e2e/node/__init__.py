@@ -215,6 +215,14 @@ class Node:
         self.processes.clear()
         remove_cgroups(self.network.cgroup_root)
 
+    def stop_own(self) -> None:
+        """Of a node another process started: stop only what this process ran in its network."""
+        for proc in self.processes.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        self.processes.clear()
+
     # -- what a test can check after teardown ------------------------------------------------
 
     def leftovers(self) -> list[str]:

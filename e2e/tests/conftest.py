@@ -8,6 +8,7 @@ test_serving.py; the data-path modules last, on a quiet machine, since they meas
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -160,16 +161,40 @@ def served(
 
 
 # The cluster starts as soon as the run is known to need it, in a thread, so that its start
-# (processes, image import) overlaps the unit tests, which run first.
+# (processes, image import) overlaps the unit tests, which run first. With E2E_KUBECONFIG the
+# suite starts no cluster: it drives the one that kubeconfig reaches (this machine's, started
+# by `python -m e2e.cluster up` as `make test` does, or a kind or GKE cluster), waiting for the
+# file if its cluster is still starting, and brings in what is missing (images, the CRD, the
+# operator's chart).
+KUBECONFIG = os.environ.get("E2E_KUBECONFIG")
+IMAGES = (image.OPERATOR, image.RAY_CPU)  # what the tests run, besides the node's own
 _starting: concurrent.futures.Future[Cluster] | None = None
+
+
+def _attach() -> Cluster:
+    assert KUBECONFIG
+    c = Cluster.attach(Path(KUBECONFIG))
+    c.load_images(IMAGES)
+    return c
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     global _starting
     if any("cluster" in getattr(item, "fixturenames", ()) for item in session.items):
         pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cluster-start")
-        _starting = pool.submit(Cluster(images_in_background=True).start)
+        _starting = pool.submit(_attach if KUBECONFIG else Cluster(images_in_background=True).start)
         pool.shutdown(wait=False)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "local_cluster: needs this machine's local cluster, not any kubeconfig's")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests of what only this machine's cluster has (its audit log, node, simulated GKE
+    nodes, its own control plane) skip on another cluster."""
+    if item.get_closest_marker("local_cluster") and _starting is not None and not _starting.result().local:
+        pytest.skip("needs this machine's local cluster (audit log, node, simulated GKE nodes)")
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

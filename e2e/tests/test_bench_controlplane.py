@@ -13,7 +13,7 @@ from llmservice_operator.controller.kube import Kube
 
 from .conftest import Operator
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.local_cluster]  # audit log, node, simulated nodes
 
 
 def test_bench_controlplane_smoke(cluster: Cluster, operator: Operator, tmp_path):

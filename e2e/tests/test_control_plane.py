@@ -23,7 +23,7 @@ from llmservice_operator.settings import OperatorSettings
 from tests.conftest import sample_doc, with_spec
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.local_cluster]  # audit log, node, simulated nodes
 
 
 def _apply_rendered(cluster: Cluster, doc: dict[str, Any], namespace: str) -> dict[str, Any]:

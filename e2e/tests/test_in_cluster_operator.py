@@ -24,7 +24,7 @@ from e2e import incluster, serving
 
 from .conftest import MEASURED, SERVED_NS, Served, until
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.local_cluster]  # audit log, node, simulated nodes
 NAME = serving.SERVICE
 SA = f"system:serviceaccount:{incluster.NAMESPACE}:llmservice-operator"
 POD_NAME = "authentication.kubernetes.io/pod-name"  # in the audit log's user.extra (bound tokens)

@@ -16,7 +16,7 @@ from tests.conftest import sample_doc, with_spec
 from .conftest import GKE_PARENT, MEASURED, Operator
 from .test_operator import _cond, _events, _get, _in, _wait_status
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.local_cluster]  # audit log, node, simulated nodes
 FINALIZER = "llmservice.dev/node-pools"
 
 

@@ -31,7 +31,7 @@ from tests.test_validation import CASES, GOOD_CASES
 
 from .conftest import Operator
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.local_cluster]  # audit log, node, simulated nodes
 
 
 def _secret(namespace: str, name: str, data: dict[str, str]) -> dict[str, Any]:

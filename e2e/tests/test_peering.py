@@ -13,7 +13,7 @@ from tests.conftest import sample_doc
 from .conftest import ROOT, Operator
 from .test_operator import _get, _secrets, _wait_status
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.local_cluster]  # audit log, node, simulated nodes
 PEERING = "llmservice-e2e"
 
 

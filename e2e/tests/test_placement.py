@@ -14,7 +14,7 @@ from llmservice_operator.render import render
 from llmservice_operator.settings import OperatorSettings
 from tests.conftest import sample_doc, with_spec
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.local_cluster]  # audit log, node, simulated nodes
 
 
 def _deploy(cluster: Cluster, doc: dict[str, Any], namespace: str, workers: int) -> list[dict[str, str]]:

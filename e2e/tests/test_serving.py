@@ -29,7 +29,7 @@ from monitoring import queried_metrics
 
 from .conftest import MEASURED, SERVED_NS, Served, until
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.local_cluster]  # audit log, node, simulated nodes
 NS = SERVED_NS
 NAME = serving.SERVICE
 MODEL = serving.MODEL
