@@ -87,7 +87,7 @@ def test_crds_come_from_the_one_source():
     assert ours == yaml.safe_load((ROOT / "crds" / "llmservice.dev_llmservices.yaml").read_text())
 
 
-def test_namespaced_install_has_roles_per_namespace_and_only_reads_crds_cluster_wide():
+def test_namespaced_install_has_roles_per_namespace_and_only_reads_crds_and_namespaces_cluster_wide():
     objs = template("watchNamespaces={serving,batch}")
     [cluster_role] = [o for o in objs if o["kind"] == "ClusterRole"]
     assert cluster_role["rules"] == [
@@ -95,7 +95,8 @@ def test_namespaced_install_has_roles_per_namespace_and_only_reads_crds_cluster_
             "apiGroups": ["apiextensions.k8s.io"],
             "resources": ["customresourcedefinitions"],
             "verbs": ["get", "list", "watch"],
-        }
+        },
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
     ]
     assert {o["metadata"]["namespace"] for o in objs if o["kind"] == "Role"} == {"serving", "batch"}
     assert {o["metadata"]["namespace"] for o in objs if o["kind"] == "KopfPeering"} == {"serving", "batch"}

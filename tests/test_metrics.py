@@ -4,6 +4,7 @@ replica that stopped leading (the one that leads reports)."""
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client import REGISTRY, generate_latest
 
 from llmservice_operator.controller import metrics
@@ -52,3 +53,36 @@ def test_reconcile_outcomes_exist_before_any_reconcile():
     """Alerts on errors see 0, not no series, on a healthy operator."""
     outcomes = _series("llmservice_reconciles_total")
     assert {f'llmservice_reconciles_total{{outcome="{o}"}}' for o in ("applied", "unchanged", "error")} <= set(outcomes)
+
+
+def test_readiness_says_why_not_until_the_replica_could_take_over():
+    import urllib.error
+    import urllib.request
+
+    from e2e.cluster import free_port
+    from llmservice_operator.controller import endpoints
+
+    why: list[str | None] = ["not in the peering yet"]
+    port = free_port()
+    server = endpoints.serve(f"127.0.0.1:{port}", lambda: why[0])
+    try:
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5)
+        assert err.value.code == 503 and b"not in the peering yet" in err.value.read()
+        why[0] = None
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5).read() == b"ready\n"
+        metrics_text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert "llmservice_reconciles_total" in metrics_text
+    finally:
+        server.shutdown()
+
+
+def test_a_replica_is_registered_once_the_peering_names_it():
+    status: dict = {"other/1": {"priority": 50, "lifetime": 60}}
+    leadership = Leadership(lambda: {"status": status}, "me/1", priority=10)
+    assert not leadership.registered()
+    leadership.refresh()
+    assert not leadership.registered() and not leadership.active()
+    status["me/1"] = {"priority": 10, "lifetime": 60}
+    leadership.refresh()
+    assert leadership.registered() and not leadership.active(), "registered: it would take over, not lead"

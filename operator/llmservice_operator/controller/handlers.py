@@ -170,8 +170,17 @@ class _NoProgress(kopf.ProgressStorage):
         return essence
 
 
+_started = False
+
+
+def started() -> bool:
+    """kopf has run its start-up: it is about to watch (readiness, endpoints.py)."""
+    return _started
+
+
 @kopf.on.startup()
 def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    global _started
     # Events only for kopf's own warnings; the reconciler posts phase transitions.
     settings.posting.level = logging.WARNING
     settings.persistence.diffbase_storage = _NoDiffBase()
@@ -183,6 +192,7 @@ def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         _leadership.start()
     if _queue is not None:
         _queue.start()
+    _started = True
 
 
 @kopf.on.cleanup()

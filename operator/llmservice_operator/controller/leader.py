@@ -47,12 +47,17 @@ class Leadership:
     def __init__(self, read: Reader | None, identity: str, priority: int, interval: float = 2.0):
         self._read, self._identity, self._priority, self._interval = read, identity, priority, interval
         self._active = read is None
+        self._registered = read is None
         metrics.LEADER.set(int(self._active))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def active(self) -> bool:
         return self._active
+
+    def registered(self) -> bool:
+        """This replica is in the peering object: it would take over when the leader leaves."""
+        return self._registered
 
     def refresh(self) -> None:
         assert self._read is not None
@@ -61,7 +66,9 @@ class Leadership:
         except Exception as e:  # keep the last answer through API errors
             log.warning("reading the peering object failed: %s", e)
             return
-        was, self._active = self._active, leads((obj or {}).get("status") or {}, self._identity, self._priority)
+        status = (obj or {}).get("status") or {}
+        self._registered = self._identity in status
+        was, self._active = self._active, leads(status, self._identity, self._priority)
         if was != self._active:
             log.info("this replica %s", "leads: resuming work" if self._active else "follows: work paused")
             metrics.LEADER.set(int(self._active))

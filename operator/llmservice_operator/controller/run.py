@@ -10,11 +10,10 @@ from collections.abc import Callable
 from typing import Any
 
 import kopf
-from prometheus_client import start_http_server
 
 from ..gke import NodePools, cluster_manager, compute
 from ..settings import OperatorSettings
-from . import handlers, metrics
+from . import endpoints, handlers, metrics
 from .cache import Cache, CachedKube
 from .kube import Kube
 from .leader import Leadership
@@ -51,8 +50,7 @@ def run(
     else:
         metrics.LEADER.set(1)  # standalone: this process does the work
     handlers.install(Reconciler(kube, settings, pools), cache, leadership)
-    host, _, port = metrics_address.rpartition(":")
-    start_http_server(int(port), addr=host or "0.0.0.0")
+    endpoints.serve(metrics_address, lambda: _not_ready(leadership))
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces,
@@ -62,6 +60,14 @@ def run(
         identity=identity,
         liveness_endpoint=f"http://{health_address}/healthz",
     )
+
+
+def _not_ready(leadership: Leadership | None) -> str | None:
+    if not handlers.started():
+        return "the operator is starting"
+    if leadership is not None and not leadership.registered():
+        return "not in the peering yet (it could not take over)"
+    return None
 
 
 def _peering_reader(kube: Kube, name: str, namespace: str | None) -> Callable[[], dict[str, Any] | None]:
