@@ -158,6 +158,10 @@ def build_kuberay(c: Component, work: Path, out: Path) -> None:
         shutil.copyfile(f, crds / f.name)
 
 
+def build_kube_router(c: Component, work: Path, out: Path) -> None:
+    _build_main(c, f"{c.module}/cmd/kube-router", work, out / "kube-router")
+
+
 def build_prometheus(c: Component, work: Path, out: Path) -> None:
     # No web UI assets (they are not in the module): the HTTP API, which is all we query, works.
     _wrapper(work, {c.module: c.version})
@@ -179,6 +183,7 @@ BUILDERS = {
     "kuberay": build_kuberay,
     "coredns": build_coredns,
     "prometheus": build_prometheus,
+    "kube-router": build_kube_router,
 }
 
 

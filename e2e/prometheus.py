@@ -3,8 +3,9 @@ node the way the operator's PodMonitoring/PodMonitor tells a managed one to: eve
 named `metrics` (Ray and vLLM on the Ray containers, the operator's pods) or `edge-metrics`
 (the edge sidecar: HAProxy's own metrics, and its per-client counts on /metrics/clients),
 found through the API server (kubernetes_sd), labelled with `namespace`, `pod` and
-`llmservice` (the pod label llmservice.dev/name). Binds 127.0.0.1; the host has routes to
-the pod network."""
+`llmservice` (the pod label llmservice.dev/name). It runs in the node's network, where a
+scrape comes from the node itself: the services' NetworkPolicies admit that (and Prometheus
+pods in the metrics namespaces); the host reaches its API at the node IP."""
 
 from __future__ import annotations
 
@@ -19,20 +20,20 @@ from typing import Any
 import yaml
 
 from . import bins
-from .cluster import HOST, Cluster, free_port
+from .cluster import Cluster, free_port
 
 SCRAPE_SECONDS = 5
 PORTS = {"/metrics": "metrics|edge-metrics", "/metrics/clients": "edge-metrics"}
 
 
-def scrape_config(cluster: Cluster) -> dict[str, Any]:
+def scrape_config(cluster: Cluster, kubeconfig: Path) -> dict[str, Any]:
     assert cluster.node is not None
     jobs = []
     for path, ports in PORTS.items():
         jobs.append({
             "job_name": f"pods{path.replace('/', '-')}",
             "metrics_path": path,
-            "kubernetes_sd_configs": [{"role": "pod", "kubeconfig_file": str(cluster.kubeconfig)}],
+            "kubernetes_sd_configs": [{"role": "pod", "kubeconfig_file": str(kubeconfig)}],
             "relabel_configs": [
                 # The real node's running pods (simulated ones have no reachable address).
                 {"source_labels": ["__meta_kubernetes_pod_node_name"], "regex": cluster.node.name, "action": "keep"},
@@ -49,31 +50,34 @@ def scrape_config(cluster: Cluster) -> dict[str, Any]:
 
 class Prometheus:
     def __init__(self, cluster: Cluster):
-        self.cluster = cluster
+        assert cluster.node is not None, "scrapes the local cluster's real node"
+        self.cluster, self.node = cluster, cluster.node
         self.dir = cluster.workdir / "prometheus"
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return f"http://{self.node.network.node_ip}:{self.port}"
 
     def start(self) -> Prometheus:
         self.dir.mkdir(parents=True, exist_ok=True)
         config = self.dir / "prometheus.yml"
-        config.write_text(yaml.safe_dump(scrape_config(self.cluster)))
+        kubeconfig = self.node.kubeconfig_for(
+            "prometheus", "prometheus", "system:masters"
+        )  # the API server from inside
+        config.write_text(yaml.safe_dump(scrape_config(self.cluster, kubeconfig)))
         exe = bins.load_versions()["prometheus"].bin_dir / "prometheus"
-        args = [str(exe), f"--config.file={config}", f"--web.listen-address={HOST}:{self.port}",
+        args = [str(exe), f"--config.file={config}", f"--web.listen-address={self.node.network.node_ip}:{self.port}",
                 f"--storage.tsdb.path={self.dir / 'data'}", "--log.level=warn"]  # fmt: skip
-        with (self.dir / "prometheus.log").open("ab") as log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = self.node.run_in_network("prometheus", args)
         self.cluster.wait_for("Prometheus ready", self._ready, timeout=60)
         return self
 
     def _ready(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise RuntimeError(f"prometheus exited: {(self.dir / 'prometheus.log').read_text()[-2000:]}")
+            raise RuntimeError(f"prometheus exited: {self.node.log_of('prometheus')[-2000:]}")
         try:
             with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as r:
                 return r.status == 200
@@ -106,7 +110,3 @@ class Prometheus:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-
-    @property
-    def log(self) -> Path:
-        return self.dir / "prometheus.log"

@@ -18,7 +18,7 @@ import yaml
 from llmservice_operator.settings import OperatorSettings
 
 from .build import image, model
-from .cluster import Cluster
+from .cluster import Cluster, ClusterError
 from .fake_s3 import FakeS3
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,7 +176,11 @@ def wait_ready(cluster: Cluster, namespace: str, name: str, timeout: float = 600
             and conds.get("Progressing", {}).get("status") == "False"
         )
 
-    cluster.wait_for(f"LLMService {namespace}/{name} Ready", ready, timeout=timeout)
+    try:
+        cluster.wait_for(f"LLMService {namespace}/{name} Ready", ready, timeout=timeout)
+    except ClusterError as e:  # say where it stood
+        conds = [(c["type"], c["status"], c.get("reason"), c.get("message")) for c in found.get("conditions", [])]
+        raise ClusterError(f"{e}; last status: phase {found.get('phase')}, {conds}") from None
     return found
 
 

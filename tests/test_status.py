@@ -89,6 +89,16 @@ def test_provisioning_until_endpoints():
     assert s["replicas"] == {"ready": 3, "desired": 8}
 
 
+def test_a_serving_app_that_serve_updates_stays_ready_while_progressing():
+    """A config change to a running service (more replicas, say): Serve deploys it while the
+    running replicas answer. Seen on the real node: 3 minutes of Provisioning, Ready False,
+    for a scale-up that dropped no request."""
+    s = status(rayservice(ready=True, app="DEPLOYING"))
+    assert s["phase"] == "Ready" and cond(s, "Ready")["status"] == "True"
+    assert cond(s, "Progressing")["status"] == "True" and "updating llm" in cond(s, "Progressing")["message"]
+    assert s["endpoint"] is not None
+
+
 def test_failed_application_is_degraded_with_rays_message():
     s = status(rayservice(ready=False, app="DEPLOY_FAILED"))
     assert s["phase"] == "Degraded"

@@ -138,6 +138,7 @@ class Node:
         kubelet_kc = self.kubeconfig_for("kubelet", f"system:node:{self.name}", "system:nodes")
         proxy_kc = self.kubeconfig_for("kube-proxy", "system:kube-proxy")
         dns_kc = self.kubeconfig_for("coredns", "system:coredns", "system:masters")
+        router_kc = self.kubeconfig_for("kube-router", "system:kube-router", "system:masters")
         (s / "cni").mkdir(exist_ok=True)
         (s / "cni" / "10-llmsvc.conflist").write_text(config.cni_conflist(net, s))
         (s / "containerd.toml").write_text(config.containerd_toml(s))
@@ -158,6 +159,17 @@ class Node:
             ],
             "kube-proxy": [_bin("kubernetes", "kube-proxy"), f"--config={s / 'kube-proxy.yaml'}"],
             "coredns": [_bin("coredns", "coredns"), "-conf", str(s / "Corefile")],
+            # NetworkPolicy enforcement, as Dataplane V2 or Calico do on GKE: kube-router's
+            # firewall alone (iptables and ipsets, in this network namespace only).
+            # It needs the Node object kubelet registers: it waits for it.
+            "kube-router": [
+                "/bin/sh", "-c",
+                f'until "$0" --kubeconfig={router_kc} get node {self.name} >/dev/null 2>&1; do sleep 1; done; exec "$@"',
+                _bin("kubernetes", "kubectl"),
+                _bin("kube-router", "kube-router"), f"--kubeconfig={router_kc}", f"--hostname-override={self.name}",
+                "--run-firewall=true", "--run-router=false", "--run-service-proxy=false", "--enable-cni=false",
+                f"--service-cluster-ip-range={net.service_cidr}", "--health-port=0", "--metrics-port=0",
+            ],
         }  # fmt: skip
 
     def check_alive(self) -> None:

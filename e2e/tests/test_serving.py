@@ -24,6 +24,8 @@ import openai
 import pytest
 
 from e2e import serving
+from e2e.build import image
+from e2e.cluster import Cluster
 from llmservice_operator.render import edge
 from monitoring import queried_metrics
 
@@ -120,10 +122,57 @@ def test_the_ray_dashboard_refuses_job_submissions_without_the_token(served: Ser
                           "python3", "-c", _SUBMIT, url, token).stdout  # fmt: skip
     assert json.loads(out) == [401, 403, 200], out
     assert served.client.models.list().data, "KubeRay deployed the app with the token"
-    # The fence around the pods is there (enforced by a NetworkPolicy-enforcing network such as
-    # GKE Dataplane V2; the local node's bridge network does not enforce it).
+    # The NetworkPolicy, enforced on the real node (kube-router's firewall, as Dataplane V2 or
+    # Calico on GKE): a pod that is not one of the service's cannot even connect to the
+    # dashboard, while the serving port stays open to it.
     policy = cluster.get_json("networkpolicy", f"{NAME}-ray", "-n", NS)
     assert policy["spec"]["podSelector"] == {"matchLabels": {"llmservice.dev/name": NAME}}
+    head = f"{cluster_name}-head-svc.{NS}.svc"
+    outside = _connect_from_another_pod(cluster, [(head, 8265), (worker["status"]["podIP"], edge.EDGE_PORT)])
+    assert outside == ["blocked", "connected"], outside
+
+
+# Run in a pod of no service: connect to each host:port given, report what happened.
+_CONNECT = """
+import socket, sys
+for target in sys.argv[1:]:
+    host, port = target.rsplit(":", 1)
+    s = socket.socket()
+    s.settimeout(5)
+    try:
+        s.connect((host, int(port)))
+        print("connected")
+    except OSError:  # refused or timed out: a dropped or rejected SYN
+        print("blocked")
+"""
+
+
+def _connect_from_another_pod(cluster: Cluster, targets: list[tuple[str, int]]) -> list[str]:
+    name = f"probe-{int(time.time())}"
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": {"app": "probe"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 0,
+            "nodeSelector": {"kubernetes.io/hostname": cluster.node.name},
+            "containers": [{
+                "name": "probe", "image": image.RAY_CPU.name, "imagePullPolicy": "Never",
+                "command": ["python3", "-c", _CONNECT, *(f"{h}:{p}" for h, p in targets)],
+            }],
+        },
+    }  # fmt: skip
+    cluster.apply([pod])
+    try:
+        cluster.wait_for(
+            f"pod {name} done",
+            lambda: cluster.get_json("pod", name, "-n", NS)["status"].get("phase") in ("Succeeded", "Failed"),
+            timeout=120,
+        )
+        return cluster.kubectl("logs", name, "-n", NS).stdout.split()
+    finally:
+        cluster.kubectl("delete", "pod", name, "-n", NS, "--wait=false", check=False)
 
 
 def test_a_lora_request_is_answered_by_the_adapter(served: Served):
@@ -231,13 +280,13 @@ def test_a_rate_limit_holds_for_the_service_across_its_serving_pods(served: Serv
     try:
         # KubeRay leaves a running cluster's worker bounds as they were; the operator carries
         # the new ones over, and the Ray autoscaler adds the worker the second replica needs.
-        def two_ready() -> bool:
+        def two_ready() -> bool:  # while Serve starts the second replica the service stays Ready
             status = cluster.get_json("llmsvc", NAME, "-n", NS).get("status") or {}
             return status.get("replicas") == {"ready": 2, "desired": 2} and len(_serving_pods(served)) == 2
 
-        cluster.wait_for("2 replicas ready, on 2 serving pods", two_ready, timeout=600)
-        serving.wait_ready(cluster, NS, NAME, timeout=60)
-        MEASURED["edge on real pods: a second replica serving (s)"] = round(time.monotonic() - started, 1)
+        cluster.wait_for("2 serving pods", two_ready, timeout=600)
+        serving.wait_ready(cluster, NS, NAME, timeout=600)  # and the second vLLM replica running
+        MEASURED["replicas 1 -> 2: the second replica serving (s)"] = round(time.monotonic() - started, 1)
         peers = cluster.get_json("endpoints", f"{NAME}-edge-peers", "-n", NS)
         ips = sorted(a["ip"] for sub in peers.get("subsets", []) for a in sub.get("addresses", []))
         assert len(ips) == 2, peers

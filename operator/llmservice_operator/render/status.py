@@ -19,6 +19,8 @@ from .serve_config import SERVE_PORT
 from .shape import worker_bounds
 
 HEALTHY_APPS = {"RUNNING"}
+# Serve applying a new config (replica bounds, routing) to an app that serves meanwhile.
+UPDATING_APPS = {"DEPLOYING"}
 FAILED_APPS = {"DEPLOY_FAILED", "UNHEALTHY"}
 
 
@@ -115,8 +117,11 @@ def conditions(svc: LLMService, obs: Observed) -> tuple[P, list[dict[str, Any]]]
     # cluster's applications only (the active cluster's are absent), and keeps Ready True:
     # the old cluster still answers (seen on a real node during an engine.maxModelLen change).
     upgrade = upgrading.get("status") == "True"
-    healthy = all(a.get("status") in HEALTHY_APPS for a in apps.values()) if apps else upgrade
+    healthy = all(a.get("status") in HEALTHY_APPS | UPDATING_APPS for a in apps.values()) if apps else upgrade
+    # Once it has served (KubeRay's Ready), an app Serve is updating still serves: Ready stays
+    # True and Progressing says so, as a Deployment stays Available while it rolls.
     serving = ready.get("status") == "True" and healthy
+    updating = sorted(n for n, a in apps.items() if a.get("status") in UPDATING_APPS)
     if failed:
         detail = "; ".join(
             f"{n}: {a.get('status')}: {_error(a.get('message', ''))}".rstrip(": ") for n, a in failed.items()
@@ -130,6 +135,10 @@ def conditions(svc: LLMService, obs: Observed) -> tuple[P, list[dict[str, Any]]]
         progressing = _cond(C.PROGRESSING, True, R.RECONCILING, "KubeRay has not yet observed the latest spec")
     elif not serving:
         progressing = _cond(C.PROGRESSING, True, R.DEPLOYING, ready.get("message") or "waiting for serve endpoints")
+    elif updating:
+        progressing = _cond(
+            C.PROGRESSING, True, R.DEPLOYING, f"Serve is updating {', '.join(updating)}; it serves meanwhile"
+        )
     else:
         progressing = _cond(C.PROGRESSING, False, R.RECONCILED, "")
     if serving:
