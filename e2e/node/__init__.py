@@ -164,7 +164,8 @@ class Node:
             # It needs the Node object kubelet registers: it waits for it.
             "kube-router": [
                 "/bin/sh", "-c",
-                f'until "$0" --kubeconfig={router_kc} get node {self.name} >/dev/null 2>&1; do sleep 1; done\nexec "$@"',
+                f'until "$0" --kubeconfig={router_kc} get node {self.name} >/dev/null 2>&1; do sleep 1; done; '
+                'exec "$@"',
                 _bin("kubernetes", "kubectl"),
                 _bin("kube-router", "kube-router"), f"--kubeconfig={router_kc}", f"--hostname-override={self.name}",
                 "--run-firewall=true", "--run-router=false", "--run-service-proxy=false", "--enable-cni=false",
