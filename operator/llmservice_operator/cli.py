@@ -99,9 +99,17 @@ def _load_documents(path: Path) -> tuple[list[tuple[dict[str, Any], LLMService]]
     return services, problems
 
 
-def _load(path: Path) -> tuple[list[LLMService], list[str]]:
-    services, problems = _load_documents(path)
-    return [svc for _, svc in services], problems
+def _services_or_exit(path: Path, code: int = 1) -> list[tuple[dict[str, Any], LLMService]]:
+    """The file's LLMServices, as written and as parsed; or every problem printed and exit `code`."""
+    try:
+        services, problems = _load_documents(path)
+    except Fail as e:
+        services, problems = [], [str(e)]
+    for p in problems:
+        _error(p)
+    if problems:
+        raise typer.Exit(code)
+    return services
 
 
 def _dump(objs: list[dict[str, Any]], output: Output) -> str:
@@ -138,18 +146,10 @@ def render_cmd(
 ) -> None:
     """Print what each LLMService becomes: RayService, edge config, PDB, monitoring, node pools
     (and the workload policies tpu7x slices need)."""
-    try:
-        services, problems = _load(file)
-    except Fail as e:
-        _error(str(e))
-        raise typer.Exit(1) from None
-    if problems:
-        for p in problems:
-            _error(p)
-        raise typer.Exit(1)
+    services = _services_or_exit(file)
     settings = settings_from_env()
     objs: list[dict[str, Any]] = []
-    for svc in services:
+    for _, svc in services:
         out = render(svc, settings)
         objs += out.kubernetes_objects()
         if not kubernetes_only:
@@ -161,16 +161,7 @@ def render_cmd(
 @app.command()
 def validate(file: Annotated[Path, typer.Argument(help="LLMService manifest (- for stdin).")]) -> None:
     """Check manifests offline with the same rules as the CRD; exit 1 listing every error."""
-    try:
-        services, problems = _load(file)
-    except Fail as e:
-        _error(str(e))
-        raise typer.Exit(1) from None
-    for p in problems:
-        _error(p)
-    if problems:
-        raise typer.Exit(1)
-    for svc in services:
+    for _, svc in _services_or_exit(file):
         typer.echo(f"{file}: {svc.metadata.namespace}/{svc.metadata.name} is valid")
 
 
@@ -195,15 +186,7 @@ def diff(
     from .controller.kube import Kube
     from .controller.preview import operator_environ, preview
 
-    try:
-        services, problems = _load_documents(file)
-    except Fail as e:
-        _error(str(e))
-        raise typer.Exit(2) from None
-    for p in problems:
-        _error(p)
-    if problems:
-        raise typer.Exit(2)
+    services = _services_or_exit(file, code=2)
     try:
         kube = Kube()
         namespace, _, name = operator.rpartition("/")
