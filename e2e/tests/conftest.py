@@ -100,8 +100,9 @@ def cpu_service(
             cluster.wait_images()
             in_cluster.result(timeout=600)
 
-        # A short drain: the suite's requests take well under a second.
-        return serving.apply_cpu_service(cluster, SERVED_NS, drain_seconds=5, before_apply=ready)
+        # A short drain (the suite's requests take well under a second), long enough for the
+        # rate-limit burst over the old and the new cluster's pods after the upgrade's switch.
+        return serving.apply_cpu_service(cluster, SERVED_NS, drain_seconds=15, before_apply=ready)
 
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cpu-service") as pool:
         yield pool.submit(apply)

@@ -12,7 +12,7 @@ from .conftest import ROOT, Operator
 from .test_operator import _get, _in, _secrets, _wait_status
 
 pytestmark = pytest.mark.e2e
-NS = "llmservice-system"
+NS = "llmservice-chart"  # beside the in-cluster operator's release in llmservice-system
 SA = f"system:serviceaccount:{NS}:llmservice-operator"
 
 

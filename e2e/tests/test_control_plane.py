@@ -16,6 +16,7 @@ from e2e.build import image
 from e2e.cluster import HOST, Cluster, ClusterError
 from e2e.node import NodeNetwork, leftovers
 from e2e.nodes import KWOK_LABEL
+from e2e.nodes import nodes as gke_nodes
 from llmservice_operator.api import parse
 from llmservice_operator.catalog import labels
 from llmservice_operator.render import render
@@ -58,7 +59,7 @@ def test_kuberay_crds_are_installed(cluster: Cluster):
 def test_simulated_gke_nodes_and_one_real_node(cluster: Cluster):
     nodes = _node_labels(cluster)
     simulated = {n for n, lbl in nodes.items() if lbl.get(KWOK_LABEL) == "kwok"}
-    assert simulated == {n["metadata"]["name"] for n in cluster.node_objects}
+    assert simulated == {n["metadata"]["name"] for n in gke_nodes(cluster.node_file)}  # the pools the file lists
     assert cluster.ready_node_names() == set(nodes) == simulated | {cluster.node.name}
     # The real node: kubelet reports what it runs on, and the labels of a GKE CPU pool.
     real = cluster.get_json("node", cluster.node.name)

@@ -15,6 +15,7 @@ import base64
 import concurrent.futures
 import itertools
 import json
+import random
 import threading
 import time
 from typing import Any
@@ -266,52 +267,28 @@ def _edge_get(url: str, key: str) -> int:
     return httpx.get(f"{url}/models", headers=headers, timeout=30).status_code
 
 
-def test_a_rate_limit_holds_for_the_service_across_its_serving_pods(served: Served):
-    """With 2 serving pods, a client sending far above `requestsPerMinute` through the
-    Service (a new connection per request, spread over both pods) gets the service's limit,
-    not twice it: the sidecars share their counts (HAProxy peers, found through the headless
-    <name>-edge-peers Service). Turning the limit on is a ConfigMap change: no pod restarts."""
-    cluster, limit = served.cluster, 60
-    keys = {serving.API_KEY: "local-demo", "sk-e2e-burst": "burst", "sk-e2e-probe": "probe"}
-    serving.api_keys(cluster, NS, keys)
-    patch = {"spec": {"replicas": {"min": 2, "max": 2}, "ingress": {"rateLimit": {"requestsPerMinute": limit}}}}
-    started = time.monotonic()
+def test_changed_replica_bounds_reach_the_running_ray_cluster(served: Served):
+    """KubeRay never carries a RayService's worker min/max replicas over to its running
+    RayCluster (they are out of the hash that decides an update): the operator does, or a
+    raised replicas.max would leave Serve wanting replicas the cluster may not add workers for
+    (seen here: a scale to 2 stuck Deploying). No replica is added: min stays 1, no load."""
+    cluster = served.cluster
+
+    def bounds() -> tuple[int, int]:
+        name = served.rayservice()["status"]["activeServiceStatus"]["rayClusterName"]
+        [group] = cluster.get_json("raycluster", name, "-n", NS)["spec"]["workerGroupSpecs"]
+        return group["minReplicas"], group["maxReplicas"]
+
+    assert bounds() == (1, 1)
+    patch = {"spec": {"replicas": {"min": 1, "max": 2}}}
     cluster.kubectl("patch", "llmsvc", NAME, "-n", NS, "--type=merge", "-p", json.dumps(patch))
     try:
-        # KubeRay leaves a running cluster's worker bounds as they were; the operator carries
-        # the new ones over, and the Ray autoscaler adds the worker the second replica needs.
-        def two_ready() -> bool:  # while Serve starts the second replica the service stays Ready
-            status = cluster.get_json("llmsvc", NAME, "-n", NS).get("status") or {}
-            return status.get("replicas") == {"ready": 2, "desired": 2} and len(_serving_pods(served)) == 2
-
-        cluster.wait_for("2 serving pods", two_ready, timeout=600)
-        serving.wait_ready(cluster, NS, NAME, timeout=600)  # and the second vLLM replica running
-        MEASURED["replicas 1 -> 2: the second replica serving (s)"] = round(time.monotonic() - started, 1)
-        peers = cluster.get_json("endpoints", f"{NAME}-edge-peers", "-n", NS)
-        ips = sorted(a["ip"] for sub in peers.get("subsets", []) for a in sub.get("addresses", []))
-        assert len(ips) == 2, peers
-        a, b = (f"http://{ip}:{edge.EDGE_PORT}/v1" for ip in ips)
-        # Peered: the probe client's whole budget spent on one pod is refused by the other.
-        until("the new limit in the sidecars", lambda: _edge_get(a, "sk-e2e-probe") == 429, 60, 0)
-        until("the other pod counting the first one's requests", lambda: _edge_get(b, "sk-e2e-probe") == 429, 60)
-        codes: list[int] = []
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            codes = list(pool.map(lambda _: _edge_get(served.url, "sk-e2e-burst"), range(8 * limit)))
-        accepted = codes.count(200)
-        MEASURED["edge on real pods: accepted of the limit, 2 pods, 480 requests"] = f"{accepted} of {limit}"
-        assert set(codes) == {200, 429}
-        assert limit <= accepted <= limit * 1.2, accepted
-        for ip in ips:  # both pods took part: each refused some of the burst
-            sidecar = next(p for p in served.pods() if p["status"].get("podIP") == ip)["metadata"]["name"]
-            log = cluster.kubectl("logs", sidecar, "-n", NS, "-c", "edge", "--since=2m").stdout
-            assert " 429 " in log, f"{sidecar} refused nothing"
+        took = until("the running cluster's max replicas 2", lambda: bounds() == (1, 2), 60, 0.5)
+        MEASURED["replicas.max 1 -> 2: on the running RayCluster (s)"] = round(took, 1)
     finally:
-        undo = [
-            {"op": "remove", "path": "/spec/ingress/rateLimit"},
-            {"op": "replace", "path": "/spec/replicas", "value": {"min": 1, "max": 1}},
-        ]
-        cluster.kubectl("patch", "llmsvc", NAME, "-n", NS, "--type=json", "-p", json.dumps(undo))
-        serving.api_keys(cluster, NS)
+        undo = {"spec": {"replicas": {"min": 1, "max": 1}}}
+        cluster.kubectl("patch", "llmsvc", NAME, "-n", NS, "--type=merge", "-p", json.dumps(undo))
+    until("the bounds back", lambda: bounds() == (1, 1), 60, 0.5)
 
 
 class Load:
@@ -396,14 +373,37 @@ def test_killing_the_head_pod_recovers(served: Served):
     assert ok.choices[0].text
 
 
+RATE_LIMIT = 60  # requests per minute per client, set with the engine change below
+BURST_KEYS = {"sk-e2e-burst": "burst", "sk-e2e-probe": "probe"}
+
+
+def _burst_over(pod_ips: list[str]) -> list[int]:
+    """A client far above the limit: 8 connections, 8 x the limit of requests, each to one of
+    the serving pods picked at random (as a load balancer spreads them)."""
+    urls = [f"http://{ip}:{edge.EDGE_PORT}/v1" for ip in pod_ips]
+    a, b = urls[0], urls[1]
+    # The sidecars count together (peered): the probe client's budget spent on one pod is
+    # refused by the other.
+    until("the limit in the sidecars", lambda: _edge_get(a, "sk-e2e-probe") == 429, 60, 0.02)
+    until("the other pod counting the first one's requests", lambda: _edge_get(b, "sk-e2e-probe") == 429, 30)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        return list(pool.map(lambda i: _edge_get(random.choice(urls), "sk-e2e-burst"), range(8 * RATE_LIMIT)))
+
+
 def test_an_engine_change_upgrades_to_a_new_cluster_without_failing_requests(served: Served):
+    """Blue/green: the new Ray cluster comes up beside the old one, KubeRay switches, the old
+    one goes; requests keep being answered throughout. The same change sets a rate limit: in
+    the switch-over's drain, with the old cluster's and the new cluster's serving pods both
+    up, a client bursting over both gets the service's limit, not twice it (the sidecars of
+    both clusters are one service's peers)."""
     cluster = served.cluster
     old = served.rayservice()["status"]["activeServiceStatus"]["rayClusterName"]
+    serving.api_keys(cluster, NS, {serving.API_KEY: "local-demo", **BURST_KEYS})
     with Load(served.url, pause=3.0) as load:
         time.sleep(2)
         changed = time.monotonic()
-        patch = '{"spec":{"engine":{"maxModelLen":384}}}'
-        cluster.kubectl("patch", "llmsvc", NAME, "-n", NS, "--type=merge", "-p", patch)
+        patch = {"spec": {"engine": {"maxModelLen": 384}, "ingress": {"rateLimit": {"requestsPerMinute": RATE_LIMIT}}}}
+        cluster.kubectl("patch", "llmsvc", NAME, "-n", NS, "--type=merge", "-p", json.dumps(patch))
         switched: dict[str, float] = {}
 
         def switched_over() -> bool:
@@ -413,6 +413,12 @@ def test_an_engine_change_upgrades_to_a_new_cluster_without_failing_requests(ser
             return "t" in switched
 
         cluster.wait_for("KubeRay to switch to the new cluster", switched_over, timeout=600)
+        workers = [
+            next(p["status"]["podIP"] for p in served.pods(f"ray.io/cluster={c},ray.io/node-type=worker"))
+            for c in (old, served.rayservice()["status"]["activeServiceStatus"]["rayClusterName"])
+        ]
+        codes = _burst_over(workers)
+        accepted = codes.count(200)
         serving.wait_ready(cluster, NS, NAME, timeout=300)
         # Keep the load on until the old cluster is gone: its pods' shutdown must fail nothing.
         cluster.wait_for(
@@ -425,6 +431,9 @@ def test_an_engine_change_upgrades_to_a_new_cluster_without_failing_requests(ser
     MEASURED["upgrade: spec change -> traffic on the new cluster (s)"] = round(switched["t"] - changed, 1)
     MEASURED["upgrade: failed requests"] = f"{len(load.failures)} of {len(load.results)}"
     MEASURED["upgrade: slowest request (s)"] = round(load.slowest(), 1)
+    MEASURED[f"edge on real pods: accepted of a {RATE_LIMIT}/min limit, 2 pods, {len(codes)} requests"] = accepted
+    assert set(codes) == {200, 429}, codes
+    assert RATE_LIMIT <= accepted <= RATE_LIMIT * 1.2, accepted
     assert len(load.results) > 20
     assert not load.failures, load.report(changed, switched=switched["t"], old_cluster_deleted=deleted)
     # The new engine runs with the new context length (Ray's model card says so).
