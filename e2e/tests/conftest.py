@@ -102,7 +102,7 @@ def cpu_service(
 
         # A short drain (the suite's requests take well under a second), long enough for the
         # rate-limit burst over the old and the new cluster's pods after the upgrade's switch.
-        return serving.apply_cpu_service(cluster, SERVED_NS, drain_seconds=15, before_apply=ready)
+        return serving.apply_cpu_service(cluster, SERVED_NS, drain_seconds=30, before_apply=ready)
 
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cpu-service") as pool:
         yield pool.submit(apply)

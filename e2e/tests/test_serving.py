@@ -451,10 +451,13 @@ def test_every_metric_the_dashboards_and_alerts_query_is_scraped_from_the_real_p
                      headers={"Authorization": f"Bearer {serving.API_KEY}"}, timeout=30)  # fmt: skip
     assert bad.status_code >= 400
     prom.wait_scrapes()
-    targets = prom.targets()
-    pods = {t["labels"]["pod"] for t in targets if t["health"] == "up"}
-    assert {p["metadata"]["name"] for p in served.pods()} <= pods, targets
-    assert {p["metadata"]["name"] for p in served.operator.pods()} <= pods, targets
+
+    def every_pod_scraped() -> bool:
+        up = {t["labels"]["pod"] for t in prom.targets() if t["health"] == "up"}
+        running = [p for p in [*served.pods(), *served.operator.pods()] if not p["metadata"].get("deletionTimestamp")]
+        return {p["metadata"]["name"] for p in running} <= up
+
+    until("every running pod of the service and the operator scraped", every_pod_scraped, 90, 1)
     wanted, scraped = queried_metrics(), prom.metric_names()
     MEASURED["metrics the dashboards and alerts query, found in real scrapes"] = (
         f"{len(wanted & scraped)} of {len(wanted)}"
