@@ -289,6 +289,9 @@ def test_changed_replica_bounds_reach_the_running_ray_cluster(served: Served):
         undo = {"spec": {"replicas": {"min": 1, "max": 1}}}
         cluster.kubectl("patch", "llmsvc", NAME, "-n", NS, "--type=merge", "-p", json.dumps(undo))
     until("the bounds back", lambda: bounds() == (1, 1), 60, 0.5)
+    # Serve applies each autoscaling change as a config update: done before the next test
+    # kills the head (a head killed mid-update stalled requests for 35 s).
+    serving.wait_ready(cluster, NS, NAME, timeout=180)
 
 
 class Load:
