@@ -157,11 +157,14 @@ def backend() -> Iterator[int]:
 
 
 RPM = 60
-KEYS = {"sk-a": "team-a", "sk-probe-1": "probe-1", "sk-probe-2": "probe-2"}
+KEYS = {"sk-a": "team-a", "sk-probe": "probe"}
+
+
+_http = httpx.Client(timeout=10)  # one client: httpx.get() builds a TLS context per call (~20 ms)
 
 
 def _get(port: int, key: str) -> int:
-    return httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code
+    return _http.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code
 
 
 def _until_peered(a: int, b: int, probe: str) -> None:
@@ -178,23 +181,19 @@ def test_sidecars_of_a_service_share_its_rate_limit(tmp_path: Path, backend: int
     """Two sidecars (two serving pods) and a client sending far above the limit from 8
     connections spread over both: it gets the service's limit, not twice it. Counts are each
     sidecar's own entries, copied by HAProxy peers and summed (edge.lua); the only error is
-    what arrives at both within the copy's latency."""
+    what arrives at both within the copy's latency. (A pod joining later, found at the others'
+    next DNS look: the upgrade test on real pods, where the old cluster's sidecar learns of the
+    new one.)"""
     limit = {"apiKeysSecret": "keys", "rateLimit": {"requestsPerMinute": RPM}}
     svc = parse(with_spec(sample_doc("gemma-b200.yaml"), ingress=limit))
     sidecars = Sidecars(tmp_path, backend, KEYS, peer_every=1)
     try:
         a, b = (s.port for s in sidecars.start_together(svc, 2))
-        _until_peered(a, b, "sk-probe-1")
+        _until_peered(a, b, "sk-probe")
         codes: collections.Counter[int] = collections.Counter()
         with ThreadPoolExecutor(8) as pool:
             codes.update(pool.map(lambda _: _get(random.choice((a, b)), "sk-a"), range(400)))
         assert set(codes) == {200, 429}
         assert RPM <= codes[200] <= RPM * 1.2, codes
-        # A third pod joins: the others find it at their next look and reload; what it lets
-        # in counts against the same budget (the client stays refused everywhere).
-        c = sidecars.start(svc).port
-        _until_peered(a, c, "sk-probe-2")
-        assert {_get(p, "sk-a") for p in (a, b, c)} == {429}
-        assert "edge: peers now" in sidecars.log(a).read_text()
     finally:
         sidecars.stop()
