@@ -11,9 +11,16 @@ COPY operator /tmp/build/src/operator
 RUN /tmp/build/install.sh && rm -rf /tmp/build
 LABEL org.opencontainers.image.title="llmservice-operator" \
       org.opencontainers.image.description="LLMService -> Ray Serve LLM on GKE"
+# Memory goes back to the OS when the fleet shrinks: every allocation through jemalloc, which
+# returns freed pages after a second (measured, make bench-controlplane at N=300: RSS 120 ->
+# 148 -> 131 MiB after deleting the services; with Python's and glibc's allocators 115 -> 144
+# -> 140, the peak kept by pages that hold a few long-lived objects each).
 ENV PATH=/opt/llmservice/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    LD_PRELOAD=libjemalloc.so.2 \
+    PYTHONMALLOC=malloc \
+    MALLOC_CONF=background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0
 # Numeric user: Kubernetes can verify runAsNonRoot without a passwd lookup.
 USER 65532:65532
 EXPOSE 8080 9090

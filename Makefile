@@ -78,8 +78,8 @@ e2e-bins:
 	$(PY) -m e2e.bins
 
 ## The real node's Debian packages (root): container runtime, CNI plugins, iptables and ipset (kube-proxy,
-## kube-router), image builder, Redis.
-NODE_PKGS := containerd runc containernetworking-plugins mmdebstrap iproute2 iptables ipset util-linux zstd redis-server
+## kube-router), image builder, Redis, jemalloc (the operator image's allocator, for the operator run here).
+NODE_PKGS := containerd runc containernetworking-plugins mmdebstrap iproute2 iptables ipset util-linux zstd redis-server libjemalloc2
 node-deps:
 	@missing=$$(for p in $(NODE_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

@@ -31,7 +31,7 @@ from kubernetes.config import new_client_from_config
 
 from e2e import bench_gke
 from e2e.cluster import Cluster
-from e2e.operator import Operator
+from e2e.operator import Operator, image_allocator
 from llmservice_operator import GROUP, VERSION
 from llmservice_operator.api import parse
 from llmservice_operator.controller.kube import Kube
@@ -202,6 +202,11 @@ def _warm_up(cluster: Cluster, kube: Kube, op: Operator, ns: str) -> None:
     _quiet(op, quiet_s=1)
 
 
+def _namespaces(n: int) -> tuple[str, str, str]:
+    """The operator's, the raw baseline's and the ideal operator's namespaces for size n."""
+    return f"bench-{n}", f"bench-raw-{n}", f"bench-ideal-{n}"
+
+
 def run_n(
     cluster: Cluster,
     kube: Kube,
@@ -214,7 +219,7 @@ def run_n(
 ) -> Result:
     """One fleet size. The smoke run shortens the pauses that let the operator settle
     (`settle_s`) and leaves the deletion to the namespace's (`delete`)."""
-    ns, raw_ns, ideal_ns = f"bench-{n}", f"bench-raw-{n}", f"bench-ideal-{n}"
+    ns, raw_ns, ideal_ns = _namespaces(n)
     for name in (ns, raw_ns, ideal_ns):
         cluster.kubectl("create", "namespace", name)
     _apply_all(kube, _secrets(ns))
@@ -352,7 +357,17 @@ def bench(
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / "llmservice.dev_llmservices.yaml"))
         cluster.wait_established(["llmservices.llmservice.dev"])
         kube = Kube(new_client_from_config(config_file=str(cluster.kubeconfig)))
-        fleet = [run_n(cluster, kube, n, idle_s, edits) for n in ns]
+        fleet = []
+        for n in ns:
+            fleet.append(run_n(cluster, kube, n, idle_s, edits))
+            # The next size starts on an API server that is no longer deleting this one's
+            # thousands of objects (namespace and garbage collectors).
+            left = set(_namespaces(n))
+            cluster.wait_for(
+                f"namespaces {sorted(left)} deleted",
+                lambda left=left: not left & {i["metadata"]["name"] for i in cluster.get_json("namespaces")["items"]},
+                timeout=900,
+            )
         return fleet, bench_gke.bench(cluster, gke, **gke_opts) if gke else []
 
 
@@ -372,6 +387,7 @@ def main() -> None:
         sizes(a.n), a.idle, a.edits, sizes(a.gke), storm_s=a.storm, limit=a.gke_limit, src=a.operator_src
     )
     if fleet:
+        print(f"operator's allocator: {image_allocator() or 'the default (no jemalloc on this machine)'}")
         print(report(fleet, a.png))
     if gke:
         print(bench_gke.report(gke, f" ({a.operator_src})" if a.operator_src else ""))

@@ -3,6 +3,7 @@ control-plane benchmark."""
 
 from __future__ import annotations
 
+import ctypes.util
 import os
 import signal
 import subprocess
@@ -12,7 +13,18 @@ from pathlib import Path
 
 import psutil
 
+from e2e.build import image, oci
 from e2e.cluster import HOST, Cluster, free_port
+
+
+def image_allocator() -> dict[str, str]:
+    """The operator image's allocator settings (its Dockerfile's ENV), so the operator run
+    here, in the tests and the benchmark, manages memory as the chart's pods do; none where
+    this machine has no jemalloc (`make node-deps` installs it)."""
+    env = oci.parse_dockerfile(image.OPERATOR.recipe_file.read_text()).env
+    if not ctypes.util.find_library("jemalloc"):
+        return {}
+    return {k: v for k, v in env.items() if k in ("LD_PRELOAD", "PYTHONMALLOC", "MALLOC_CONF")}
 
 
 class Operator:
@@ -40,6 +52,7 @@ class Operator:
     def start(self) -> None:
         env = {
             **os.environ,
+            **image_allocator(),
             "KUBECONFIG": str(self.kubeconfig or self.cluster.kubeconfig_for(self.user, ("system:masters",))),
             "LLMSERVICE_RETRY_DELAY_SECONDS": "2",
             "LLMSERVICE_RETRY_MAX_DELAY_SECONDS": "2",

@@ -67,6 +67,8 @@ def test_the_built_archive_holds_what_the_dockerfile_says():
     config, names = _archive_files()
     want = oci.parse_dockerfile(DOCKERFILE.read_text()).oci()
     assert {k: config["config"].get(k) for k in want} == want
+    # The allocator the image's LD_PRELOAD names is there (a missing one is only a warning).
+    assert any(n.endswith("/libjemalloc.so.2") for n in names), "libjemalloc2 (packages.txt) is not in the image"
     site = "opt/llmservice/lib/python3.11/site-packages/"
     installed = {
         m.group(1).lower().replace("_", "-"): m.group(2)
