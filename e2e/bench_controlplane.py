@@ -34,8 +34,8 @@ from e2e.cluster import Cluster
 from e2e.operator import Operator, image_allocator
 from llmservice_operator import GROUP, VERSION
 from llmservice_operator.api import parse
+from llmservice_operator.controller.decide import owner_ref
 from llmservice_operator.controller.kube import Kube
-from llmservice_operator.controller.reconcile import owner_ref
 from llmservice_operator.render import names, render
 from tests.conftest import sample_doc
 

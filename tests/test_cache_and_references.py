@@ -77,8 +77,18 @@ def test_a_secret_that_fails_its_check_is_read_again_on_the_retry():
         return secrets.get(name)
 
     refs = preflight.References(get, ttl=60)
-    assert any(f"has no key {hf.key}" in p for p in preflight.problems(svc, refs.get, refs.forget))
+
+    def check() -> list[str]:
+        """What a reconcile does: observe reads the references, decide checks them, and what
+        failed a check is forgotten (reconcile.Reconciler)."""
+        found = {(kind, name): refs.get(kind, "ns", name) for kind, name in preflight.referenced(svc)}
+        problems, stale = preflight.problems(svc, found)
+        for name in stale:
+            refs.forget("Secret", "ns", name)
+        return problems
+
+    assert any(f"has no key {hf.key}" in p for p in check())
     secrets[hf.name] = {"data": {hf.key: ""}}  # the user adds the key
-    assert preflight.problems(svc, refs.get, refs.forget) == []
+    assert check() == []
     assert reads.count(hf.name) == 2
-    assert preflight.problems(svc, refs.get, refs.forget) == [] and reads.count(hf.name) == 2, "now remembered"
+    assert check() == [] and reads.count(hf.name) == 2, "now remembered"

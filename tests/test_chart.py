@@ -116,6 +116,33 @@ def test_rbac_never_lists_secrets_or_deletes_rayservices():
         assert "*" not in rule["verbs"] and "*" not in rule["resources"]
 
 
+def test_rbac_covers_every_child_kind_the_operator_watches_writes_and_deletes():
+    """From the child registry: a kind the operator watches needs get/list/watch, one it applies
+    create/patch, one that may disappear with the spec delete (a PodMonitoring left behind after
+    `observability.metrics: false`, because the role could not delete it, was a bug)."""
+    from llmservice_operator.render import children as ck
+    from llmservice_operator.render import slot_kinds
+    from llmservice_operator.render.plan import ChildNames
+
+    optional = {k for k, _ in slot_kinds(ChildNames.of("x"))} - {ck.RAY_SERVICE}  # slots that may be empty
+    [role] = [o for o in template() if o["kind"] == "ClusterRole"]
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for res in rule["resources"]:
+                granted.setdefault((group, res), set()).update(rule["verbs"])
+    for kind in ck.KINDS:
+        need = {"get"}
+        if kind.watched:
+            need |= {"list", "watch"}
+        if kind.applied and kind != ck.SECRET:
+            need |= {"create", "patch"}
+        if kind in optional:
+            need.add("delete")
+        have = granted.get((kind.group, kind.plural), set())
+        assert need <= have, f"{kind.kind}: the role lacks {sorted(need - have)}"
+
+
 def test_gke_settings_and_workload_identity():
     objs = template(
         "gke.project=p", "gke.location=us-central1", "gke.cluster=c",

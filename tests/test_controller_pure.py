@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from llmservice_operator.api import parse
 from llmservice_operator.controller.drift import contains, merge_patch, plan, up_to_date
-from llmservice_operator.controller.preflight import problems
+from llmservice_operator.controller.preflight import problems, referenced
 
 from .conftest import sample_doc, with_spec
 
@@ -38,14 +38,14 @@ def test_merge_patch_nulls_what_went_away():
 def test_preflight_names_missing_secrets_and_keys():
     svc = parse(with_spec(sample_doc("prefix-aware-lora.yaml"), model__source="pvc://weights/llama"))
     objects = {("Secret", "default", "hf-token"): {"data": {"other": "x"}}}
-    found = problems(svc, lambda kind, ns, name: objects.get((kind, ns, name)))
+    found = _problems(svc, objects)
     assert "spec.model.hfTokenSecret: Secret default/hf-token has no key token: add it" in found
     assert "spec.ingress.apiKeysSecret: Secret default/llm-keys not found: create it" in found
     assert "spec.model.source: PersistentVolumeClaim default/weights not found: create it" in found
     objects[("Secret", "default", "hf-token")] = {"data": {"token": "x"}}
     objects[("Secret", "default", "llm-keys")] = {"data": {"api-keys.map": "x"}}
     objects[("PersistentVolumeClaim", "default", "weights")] = {}
-    assert problems(svc, lambda kind, ns, name: objects.get((kind, ns, name))) == []
+    assert _problems(svc, objects) == []
 
 
 def _cm(name: str, data: str, owner: str | None = None) -> dict:
@@ -100,3 +100,8 @@ def test_bounds_patch_carries_the_replica_bounds_to_a_running_ray_cluster():
     assert bounds_patch(cluster, rs) is None
     # A group the RayService no longer has is not touched.
     assert bounds_patch({"spec": {"workerGroupSpecs": [{"groupName": "gone", "minReplicas": 9}]}}, rs) is None
+
+
+def _problems(svc, objects):
+    found = {(k, n): objects.get((k, svc.metadata.namespace, n)) for k, n in referenced(svc)}
+    return problems(svc, found)[0]

@@ -20,6 +20,7 @@ from e2e.cluster import free_port
 from e2e.dataplane.sidecars import Sidecars, haproxy_binary
 from llmservice_operator.api import parse
 from llmservice_operator.render import edge, render
+from llmservice_operator.render.plan import plan
 from llmservice_operator.render.rayservice import ray_service
 
 from .conftest import sample_doc, with_spec
@@ -94,7 +95,7 @@ def test_haproxy_check_fails_on_a_broken_config(tmp_path):
 
 def test_sidecar_wiring(settings):
     svc = parse(with_spec(sample_doc("gemma-b200.yaml"), ingress={"apiKeysSecret": "keys", "tlsSecret": "tls"}))
-    rs = ray_service(svc, settings)
+    rs = ray_service(plan(svc), settings)
     pod = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]
     edge_c = next(c for c in pod["containers"] if c["name"] == "edge")
     assert edge_c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
@@ -105,7 +106,7 @@ def test_sidecar_wiring(settings):
     # The sidecar runs the supervisor script from its ConfigMap, which reloads HAProxy when the
     # config, the key map or the certificate change.
     assert edge_c["command"] == ["sh", f"{edge.CONFIG_DIR}/edge.sh"]
-    script = edge.config_map(svc)["data"]["edge.sh"]
+    script = edge.config_map(plan(svc))["data"]["edge.sh"]
     assert f'watched="{edge.KEYS_DIR}/api-keys.map {edge.TLS_DIR}/tls.crt {edge.TLS_DIR}/tls.crt.key"' in script
     assert f"cfg={edge.CONFIG_DIR}/haproxy.cfg" in script
     assert rs["spec"]["serveService"]["spec"]["ports"] == [

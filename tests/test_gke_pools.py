@@ -11,6 +11,7 @@ from e2e.fake_gke import FakeGKEServer, camel
 from llmservice_operator.api import parse
 from llmservice_operator.gke import NodePools
 from llmservice_operator.render.nodepools import node_pools, workload_policies
+from llmservice_operator.render.plan import plan
 
 from .conftest import gke_manager as manager
 from .conftest import sample_doc, with_spec
@@ -21,7 +22,7 @@ OWNER = ("serving", "qwen-l4")
 def desired(name: str = "qwen-l4", **changes) -> list[dict]:
     doc = with_spec(sample_doc("l4-spot-fallback.yaml"), **changes)
     doc["metadata"].update(name=name, namespace="serving")
-    return node_pools(parse(doc))
+    return node_pools(plan(parse(doc)))
 
 
 SPOT, ONDEMAND = (p["name"] for p in desired())  # <slot>-<hardware digest>
@@ -107,7 +108,7 @@ def test_quota_error_is_reported_in_gkes_words_and_blocks_nobody_else(gke):
     pools = manager(gke)
     doc = with_spec(sample_doc("gemma-b200.yaml"), nodePool={"managed": True}, replicas={"min": 8, "max": 16})
     doc["metadata"]["namespace"] = "serving"
-    out = _until(pools, lambda o: o.problems, owner=("serving", "gemma"), want=node_pools(parse(doc)))
+    out = _until(pools, lambda o: o.problems, owner=("serving", "gemma"), want=node_pools(plan(parse(doc))))
     assert any('Insufficient regional quota to satisfy request: resource "NVIDIA_B200_GPUS"' in p for p in out.problems)
     assert settle(pools).pools, "another LLMService still gets its pools"
 
@@ -319,7 +320,7 @@ def tpu7x(topology: str = "2x2x2") -> tuple[list[dict], list[dict]]:
     )
     doc["metadata"]["namespace"] = "serving"
     svc = parse(doc)
-    return node_pools(svc), workload_policies(svc)
+    return node_pools(plan(svc)), workload_policies(plan(svc))
 
 
 def settle_tpu(pools: NodePools, topology: str = "2x2x2", rounds: int = 80) -> tuple:

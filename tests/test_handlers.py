@@ -30,11 +30,15 @@ class _Failing:
 
 @pytest.fixture
 def install() -> Iterator:
-    def _install(*errors: Exception) -> None:
-        handlers.install(_Failing(*errors))  # type: ignore[arg-type]
+    made: list[handlers.Controller] = []
+
+    def _install(*errors: Exception) -> handlers.Controller:
+        made.append(handlers.Controller(_Failing(*errors)))  # type: ignore[arg-type]
+        return made[-1]
 
     yield _install
-    handlers._unexpected.clear()
+    for c in made:
+        c.stop()
 
 
 def _records(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str, bool]]:
@@ -42,10 +46,10 @@ def _records(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str, bool]]:
 
 
 def test_an_unexpected_error_is_logged_once_with_its_traceback(install, caplog):
-    install(KeyError("apis"), KeyError("apis"), KeyError("apis"))
+    controller = install(KeyError("apis"), KeyError("apis"), KeyError("apis"))
     with caplog.at_level(logging.INFO):
         for _ in range(3):
-            handlers.reconcile_now("team-a", "gemma")
+            controller.reconcile_now("team-a", "gemma")
     records = _records(caplog)
     assert [tb for _, _, tb in records] == [True, False, False], records
     level, message, _ = records[0]
@@ -54,8 +58,8 @@ def test_an_unexpected_error_is_logged_once_with_its_traceback(install, caplog):
     assert first.exc_info is not None and repr(first.exc_info[1]) == "KeyError('apis')"
     assert all("KeyError('apis')" in m for _, m, _ in records[1:])
     # Success forgets it: the same bug later gets its traceback again.
-    handlers.reconcile_now("team-a", "gemma")
-    assert ("team-a", "gemma") not in handlers._unexpected
+    controller.reconcile_now("team-a", "gemma")
+    assert ("team-a", "gemma") not in controller._unexpected
 
 
 @pytest.mark.parametrize(
@@ -64,17 +68,17 @@ def test_an_unexpected_error_is_logged_once_with_its_traceback(install, caplog):
     ids=["409", "503", "timeout"],
 )
 def test_expected_api_errors_stay_one_line_warnings(install, caplog, error):
-    install(error)
+    controller = install(error)
     with caplog.at_level(logging.INFO):
-        handlers.reconcile_now("team-a", "gemma")
+        controller.reconcile_now("team-a", "gemma")
     assert _records(caplog) == [(logging.WARNING, f"reconcile team-a/gemma failed, will retry: {error}", False)]
 
 
 def test_a_client_error_is_not_expected(install, caplog):
     """A 422 or 403 will not go away by retrying: it is a bug (or missing RBAC), with a traceback."""
-    install(ApiException(status=403, reason="Forbidden"))
+    controller = install(ApiException(status=403, reason="Forbidden"))
     with caplog.at_level(logging.INFO):
-        handlers.reconcile_now("team-a", "gemma")
+        controller.reconcile_now("team-a", "gemma")
     assert [tb for _, _, tb in _records(caplog)] == [True]
 
 
@@ -96,21 +100,41 @@ def test_events_that_cannot_change_the_outcome_queue_nothing():
     from llmservice_operator.controller.cache import Cache
 
     cache = Cache()
-    queue = handlers.install(_Recorder(), cache)  # type: ignore[arg-type]
+    controller = handlers.Controller(_Recorder(), cache)  # type: ignore[arg-type]
+    queue = controller.queue
     owner = ("team-a", "gemma")
-    assert handlers.observe(_event("LLMService", "10", None, spec={"a": 1}), owner) == "queued"  # startup listing
+    assert controller.observe(_event("LLMService", "10", None, spec={"a": 1}), owner) == "queued"  # startup listing
     # The operator's own status write is in the cache already (write-through): its echo is nothing new.
     cache.put(_event("LLMService", "11", spec={"a": 1}, status={"phase": "Ready"})["object"])
-    assert handlers.observe(_event("LLMService", "11", spec={"a": 1}, status={"phase": "Ready"}), owner) == "own-write"
-    assert handlers.observe(_event("LLMService", "10", spec={"a": 1}), owner) == "own-write", "an older copy"
-    assert handlers.observe(_event("LLMService", "12", spec={"a": 2}), owner) == "queued"
-    pdb = {"spec": {"minAvailable": 1}}
-    assert handlers.observe(_event("PodDisruptionBudget", "20", **pdb, status={"currentHealthy": 0}), owner) == "queued"
     assert (
-        handlers.observe(_event("PodDisruptionBudget", "21", **pdb, status={"currentHealthy": 3}), owner)
+        controller.observe(_event("LLMService", "11", spec={"a": 1}, status={"phase": "Ready"}), owner) == "own-write"
+    )
+    assert controller.observe(_event("LLMService", "10", spec={"a": 1}), owner) == "own-write", "an older copy"
+    assert controller.observe(_event("LLMService", "12", spec={"a": 2}), owner) == "queued"
+    pdb = {"spec": {"minAvailable": 1}}
+    assert (
+        controller.observe(_event("PodDisruptionBudget", "20", **pdb, status={"currentHealthy": 0}), owner) == "queued"
+    )
+    assert (
+        controller.observe(_event("PodDisruptionBudget", "21", **pdb, status={"currentHealthy": 3}), owner)
         == "status-only"
     )
-    assert handlers.observe(_event("PodDisruptionBudget", "22", spec={"minAvailable": 2}), owner) == "queued"
-    assert handlers.observe(_event("PodDisruptionBudget", "23", "DELETED"), owner) == "queued"
+    assert controller.observe(_event("PodDisruptionBudget", "22", spec={"minAvailable": 2}), owner) == "queued"
+    assert controller.observe(_event("PodDisruptionBudget", "23", "DELETED"), owner) == "queued"
     assert cache.get("PodDisruptionBudget", "team-a", "gemma-workers") is None
     assert queue.tracked() == 1, "however many events, the service waits in the queue once"
+
+
+def test_two_controllers_in_one_process_keep_apart():
+    """No module state: each controller has its own queue, cache and kopf registry, whose
+    handlers feed it alone; every kind the child registry marks watched is watched."""
+    from llmservice_operator.controller.cache import Cache
+    from llmservice_operator.render import children as ck
+
+    a, b = handlers.Controller(_Recorder(), Cache()), handlers.Controller(_Recorder(), Cache())  # type: ignore[arg-type]
+    registry = a.registry()
+    watched = {(h.selector.group, h.selector.plural) for h in registry._watching.get_all_handlers()}
+    assert {(k.group, k.plural) for k in ck.WATCHED} <= watched
+    assert a.observe(_event("LLMService", "10", spec={}), ("team-a", "gemma")) == "queued"
+    assert a.queue.tracked() == 1 and b.queue.tracked() == 0
+    assert b.cache.get("LLMService", "team-a", "gemma") is None

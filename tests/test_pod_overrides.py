@@ -7,7 +7,7 @@ import pytest
 
 from llmservice_operator.api import parse
 from llmservice_operator.controller.drift import exposure_patch
-from llmservice_operator.controller.preflight import problems
+from llmservice_operator.controller.preflight import problems, referenced
 from llmservice_operator.render import render
 from llmservice_operator.render.rayservice import exposure
 
@@ -113,11 +113,16 @@ def test_preflight_names_missing_env_secrets_and_service_account():
         ("Secret", "default", "s3-credentials"): {"data": {"access-key-id": "x"}},
         ("PersistentVolumeClaim", "default", "tiny-models"): {},
     }
-    found = problems(svc, lambda kind, ns, name: objects.get((kind, ns, name)))
+    found = _problems(svc, objects)
     assert found == [
         "spec.ray.secretEnv.AWS_SECRET_ACCESS_KEY: Secret default/s3-credentials has no key secret-access-key: add it",
         "spec.ray.serviceAccountName: ServiceAccount default/llm-serving not found: create it",
     ]
     objects[("Secret", "default", "s3-credentials")]["data"]["secret-access-key"] = "y"
     objects[("ServiceAccount", "default", "llm-serving")] = {}
-    assert problems(svc, lambda kind, ns, name: objects.get((kind, ns, name))) == []
+    assert _problems(svc, objects) == []
+
+
+def _problems(svc, objects):
+    found = {(k, n): objects.get((k, svc.metadata.namespace, n)) for k, n in referenced(svc)}
+    return problems(svc, found)[0]

@@ -20,6 +20,7 @@ from ray.serve._private.config import ReplicaConfig
 from llmservice_operator.api import parse
 from llmservice_operator.api.quantity import cpu_cores
 from llmservice_operator.render import edge, nodepools, render
+from llmservice_operator.render.plan import plan
 from llmservice_operator.render.shape import worker_bounds
 from llmservice_operator.yamlio import dump_all
 
@@ -213,7 +214,7 @@ def test_bounds_are_consistent_across_the_three_autoscalers(settings):
 
 
 def _pools(doc: dict) -> list[dict]:
-    return nodepools.node_pools(parse(doc))
+    return nodepools.node_pools(plan(parse(doc)))
 
 
 def test_pool_names_change_with_hardware_gke_cannot_update_in_place():
@@ -244,16 +245,16 @@ def test_tpu7x_slices_name_a_workload_policy_in_place_of_a_topology():
         engine__tensorParallelSize=8,
     )
     svc = parse(doc)
-    assert [p["placement_policy"] for p in nodepools.node_pools(svc)] == [
+    assert [p["placement_policy"] for p in nodepools.node_pools(plan(svc))] == [
         {"policy_name": "default-llama-tpu-slice-2x2x2"}
     ] * 2
-    assert nodepools.workload_policies(svc) == [
+    assert nodepools.workload_policies(plan(svc)) == [
         {
             "name": "default-llama-tpu-slice-2x2x2",
             "workload_policy": {"type_": "HIGH_THROUGHPUT", "accelerator_topology": "2x2x2"},
         }
     ]
-    assert nodepools.workload_policies(parse(sample_doc("tpu-v6e-4x4-multihost.yaml"))) == []
+    assert nodepools.workload_policies(plan(parse(sample_doc("tpu-v6e-4x4-multihost.yaml")))) == []
 
 
 def test_small_gpu_replicas_share_a_node(settings):

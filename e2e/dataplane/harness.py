@@ -38,8 +38,9 @@ import yaml
 
 from e2e.cluster import free_port
 from llmservice_operator.api.resource import LLMService
+from llmservice_operator.render.plan import MODELS_MOUNT, plan
 from llmservice_operator.render.rayservice import RAY_CONTAINER, ray_env, ray_service
-from llmservice_operator.render.serve_config import MODELS_MOUNT, serve_config
+from llmservice_operator.render.serve_config import serve_config
 from llmservice_operator.settings import OperatorSettings
 
 from .sidecars import Sidecars
@@ -159,9 +160,9 @@ class DataPath:
 
     def _rendered_env(self) -> dict[str, str]:
         if self.engine == "standin":
-            env = ray_env(self.svc)
+            env = ray_env(plan(self.svc))
         else:  # the worker pod's env: it runs the replicas
-            cluster = ray_service(self.svc, OperatorSettings())["spec"]["rayClusterConfig"]
+            cluster = ray_service(plan(self.svc), OperatorSettings())["spec"]["rayClusterConfig"]
             pod = cluster["workerGroupSpecs"][0]["template"]["spec"]
             env = next(c for c in pod["containers"] if c["name"] == RAY_CONTAINER)["env"]
         return {e["name"]: e["value"] for e in env if "value" in e}
@@ -206,7 +207,7 @@ class DataPath:
 
     def serve_config(self) -> dict[str, Any]:
         """The serve config this data path runs (see `__init__` for what differs from the render)."""
-        conf: dict[str, Any] = serve_config(self.svc.spec)
+        conf: dict[str, Any] = serve_config(plan(self.svc))
         conf["http_options"] = {"host": "127.0.0.1", "port": self.ports["serve"]}
         app = conf["applications"][0]
         if self.engine == "standin":
@@ -227,7 +228,7 @@ class DataPath:
         with Ray's default of one CPU to place it, fits in that too)."""
         if self.engine == "standin":
             return 4
-        app = serve_config(self.svc.spec)["applications"][0]
+        app = serve_config(plan(self.svc))["applications"][0]
         need = 0.0
         for llm in _llm_configs(app["args"]):
             bundles = (llm.get("placement_group_config") or {}).get("bundles", [{"CPU": 1}])

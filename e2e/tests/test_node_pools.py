@@ -11,6 +11,7 @@ from e2e.cluster import Cluster
 from e2e.fake_gke import FakeGKEServer
 from llmservice_operator.api import parse
 from llmservice_operator.render.nodepools import node_pools
+from llmservice_operator.render.plan import plan
 from tests.conftest import sample_doc, with_spec
 
 from .conftest import GKE_PARENT, MEASURED, Operator
@@ -26,7 +27,7 @@ def _pools(fake_gke: FakeGKEServer, namespace: str) -> dict[str, dict]:
 
 def _names(doc: dict) -> set[str]:
     """Pool names as the operator renders them (<namespace>-<name>-<slot>-<hardware digest>)."""
-    return {p["name"] for p in node_pools(parse(doc))}
+    return {p["name"] for p in node_pools(plan(parse(doc)))}
 
 
 def _running(status: dict) -> bool:

@@ -14,6 +14,7 @@ import yaml
 from llmservice_operator.api import parse
 from llmservice_operator.render import render
 from llmservice_operator.render.nodepools import node_pools
+from llmservice_operator.render.plan import plan
 from llmservice_operator.render.shape import worker_bounds
 from llmservice_operator.settings import OperatorSettings
 from tests.conftest import sample_doc, with_spec
@@ -71,5 +72,5 @@ def test_data_parallel_ranks_ray_runs_match_the_worker_pods():
         hosts = group.get("numOfHosts", 1)
         per_rank = wb.shape.pods_per_replica
         assert (group["minReplicas"] * hosts, group["maxReplicas"] * hosts) == (lo * per_rank, hi * per_rank)
-        [pool] = node_pools(svc)
+        [pool] = node_pools(plan(svc))
         assert pool["autoscaling"]["total_max_node_count"] == wb.shape.nodes(hi)

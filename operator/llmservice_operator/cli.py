@@ -99,17 +99,50 @@ def _load_documents(path: Path) -> tuple[list[tuple[dict[str, Any], LLMService]]
     return services, problems
 
 
-def _services_or_exit(path: Path, code: int = 1) -> list[tuple[dict[str, Any], LLMService]]:
-    """The file's LLMServices, as written and as parsed; or every problem printed and exit `code`."""
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")  # what `kubectl apply -f DIR` reads
+
+
+def _expand(paths: list[Path]) -> list[Path]:
+    """Files as `kubectl apply -f` takes them: each file, `-` for stdin, and each directory's
+    .yaml, .yml and .json files (not its subdirectories), in name order."""
+    out: list[Path] = []
+    for path in paths:
+        if str(path) != "-" and path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix in MANIFEST_SUFFIXES and p.is_file())
+            if not found:
+                raise Fail(f"{path}: no .yaml, .yml or .json files in this directory")
+            out += found
+        else:
+            out.append(path)
+    return out
+
+
+def _services_or_exit(paths: list[Path], code: int = 1) -> list[tuple[Path, dict[str, Any], LLMService]]:
+    """Every LLMService of the files, as written and as parsed; or every problem of every file
+    printed and exit `code`."""
+    services: list[tuple[Path, dict[str, Any], LLMService]] = []
+    problems: list[str] = []
     try:
-        services, problems = _load_documents(path)
+        files = _expand(paths)
     except Fail as e:
-        services, problems = [], [str(e)]
+        files, problems = [], [str(e)]
+    for path in files:
+        try:
+            found, wrong = _load_documents(path)
+        except Fail as e:
+            found, wrong = [], [str(e)]
+        services += [(path, doc, svc) for doc, svc in found]
+        problems += wrong
     for p in problems:
         _error(p)
     if problems:
         raise typer.Exit(code)
     return services
+
+
+Files = Annotated[
+    list[Path], typer.Argument(help="LLMService manifests: files, directories (their .yaml/.yml/.json), - for stdin.")
+]
 
 
 def _dump(objs: list[dict[str, Any]], output: Output) -> str:
@@ -138,7 +171,7 @@ def _gcp_doc(api: str, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
 
 @app.command("render")
 def render_cmd(
-    file: Annotated[Path, typer.Argument(help="LLMService manifest (- for stdin).")],
+    files: Files,
     output: Annotated[Output, typer.Option("-o", "--output")] = Output.yaml,
     kubernetes_only: Annotated[
         bool, typer.Option("--kubernetes-only", help="Leave out GKE node pools (output is kubectl-appliable).")
@@ -146,10 +179,10 @@ def render_cmd(
 ) -> None:
     """Print what each LLMService becomes: RayService, edge config, PDB, monitoring, node pools
     (and the workload policies tpu7x slices need)."""
-    services = _services_or_exit(file)
+    services = _services_or_exit(files)
     settings = settings_from_env()
     objs: list[dict[str, Any]] = []
-    for _, svc in services:
+    for _, _, svc in services:
         out = render(svc, settings)
         objs += out.kubernetes_objects()
         if not kubernetes_only:
@@ -159,15 +192,16 @@ def render_cmd(
 
 
 @app.command()
-def validate(file: Annotated[Path, typer.Argument(help="LLMService manifest (- for stdin).")]) -> None:
-    """Check manifests offline with the same rules as the CRD; exit 1 listing every error."""
-    for _, svc in _services_or_exit(file):
-        typer.echo(f"{file}: {svc.metadata.namespace}/{svc.metadata.name} is valid")
+def validate(files: Files) -> None:
+    """Check manifests offline with the same rules as the CRD; exit 1 listing every error of
+    every file."""
+    for path, _, svc in _services_or_exit(files):
+        typer.echo(f"{path}: {svc.metadata.namespace}/{svc.metadata.name} is valid")
 
 
 @app.command()
 def diff(
-    file: Annotated[Path, typer.Argument(help="LLMService manifest (- for stdin).")],
+    files: Files,
     operator: Annotated[
         str, typer.Option(help="The operator's Deployment, NAMESPACE/NAME: its settings render the children.")
     ] = "llmservice-system/llmservice-operator",
@@ -176,17 +210,18 @@ def diff(
         typer.Option(help="Who applies the LLMService: kubectl (kubectl apply --server-side), argocd-controller, ..."),
     ] = "kubectl",
 ) -> None:
-    """Show what applying FILE would change in the cluster (KUBECONFIG), object by object: the
-    LLMService and each child the operator would write, by server-side dry run, like
-    `kubectl diff`. Exit 0: no changes, 1: changes, 2: an error (an invalid manifest, an API
-    error; nothing is changed either way)."""
+    """Show what applying FILES would change in the cluster (KUBECONFIG), object by object: the
+    LLMService and everything the operator would then write (children by server-side dry run,
+    deletions, patches, its status), like `kubectl diff`; and what would keep it from applying
+    (a missing Secret). Exit 0: no changes, 1: changes, 2: an error (an invalid manifest, an
+    API error; nothing is changed either way)."""
     from kubernetes.client.exceptions import ApiException
     from kubernetes.config import ConfigException
 
     from .controller.kube import Kube
     from .controller.preview import operator_environ, preview
 
-    services = _services_or_exit(file, code=2)
+    services = _services_or_exit(files, code=2)
     try:
         kube = Kube()
         namespace, _, name = operator.rpartition("/")
@@ -197,10 +232,14 @@ def diff(
                 err=True,
             )
         settings = settings_from_env(environ)
-        changes = [c for doc, svc in services for c in preview(kube, doc, svc, settings, field_manager)]
+        previews = [preview(kube, doc, svc, settings, field_manager) for _, doc, svc in services]
     except (ApiException, ConfigException, OSError) as e:
         _error(f"cannot diff against the cluster: {getattr(e, 'reason', None) or e}")
         raise typer.Exit(2) from None
+    changes = [c for p in previews for c in p.changes]
+    for p in previews:
+        for problem in p.problems:
+            typer.echo(f"warning: the operator would not apply the children: {problem}", err=True)
     for c in changes:
         typer.echo(f"# {c.action} {c.ref}")
         typer.echo(c.diff, nl=False)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
+import json
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -84,21 +84,26 @@ class OperatorSettings(BaseModel):
     )
 
 
+PREFIX = "LLMSERVICE_"
+
+
 class _EnvSettings(OperatorSettings, BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LLMSERVICE_", env_nested_delimiter="__")
+    model_config = SettingsConfigDict(env_prefix=PREFIX, env_nested_delimiter="__")
 
 
 def settings_from_env(environ: Mapping[str, str] | None = None) -> OperatorSettings:
     """Settings from LLMSERVICE_* variables (the Helm chart sets them), e.g.
     LLMSERVICE_GPU_RAY_IMAGE, LLMSERVICE_GKE__PROJECT: this process's, or `environ`'s (the
-    operator Deployment's, for `llmservice diff`)."""
+    operator Deployment's, for `llmservice diff`). Lists and maps are JSON, as in the chart."""
     if environ is None:
         return OperatorSettings.model_validate(_EnvSettings().model_dump())
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(environ)
-    try:
-        return OperatorSettings.model_validate(_EnvSettings().model_dump())
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    fields: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.upper().startswith(PREFIX):
+            continue
+        *parents, leaf = key[len(PREFIX) :].lower().split("__")
+        node = fields
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = json.loads(value) if value[:1] in ("[", "{") else value
+    return OperatorSettings.model_validate(fields)

@@ -51,12 +51,13 @@ RayServices (garbage collection removes them with their LLMService). */}}
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [get, list, watch, create, patch, delete]
+# Scraping objects come and go with spec.observability.metrics (and the operator's setting).
 - apiGroups: [monitoring.googleapis.com]
   resources: [podmonitorings]
-  verbs: [get, create, patch]
+  verbs: [get, create, patch, delete]
 - apiGroups: [monitoring.coreos.com]
   resources: [podmonitors]
-  verbs: [get, create, patch]
+  verbs: [get, create, patch, delete]
 - apiGroups: [""]
   resources: [secrets, persistentvolumeclaims, serviceaccounts]
   verbs: [get]
@@ -70,11 +71,13 @@ RayServices (garbage collection removes them with their LLMService). */}}
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, create, patch, delete]
-# Serving pods mount the edge config, API keys and certificate: annotating one after a change
-# makes the kubelet refresh those files now instead of at its next periodic sync.
+# The service's Ray pods (watched by the operator's labels): which wait for a node and why, and
+# what they mount (nothing a running pod mounts is deleted). They mount the edge config, API
+# keys and certificate: annotating one after a change makes the kubelet refresh those files now
+# instead of at its next periodic sync.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list, patch]
+  verbs: [get, list, watch, patch]
 - apiGroups: ["", events.k8s.io]
   resources: [events]
   verbs: [create, patch]

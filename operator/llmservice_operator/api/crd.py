@@ -84,20 +84,21 @@ def status_schema() -> dict[str, Any]:
 
 
 def crd() -> dict[str, Any]:
+    # Why a service is where it is, at a glance (Reason); the line that says what to do with
+    # `kubectl get -o wide` (Message).
     printer = [
-        ("Ready", "string", '.status.conditions[?(@.type=="Ready")].status'),
-        ("Phase", "string", ".status.phase"),
-        ("Model", "string", ".spec.model.name"),
-        ("Accelerator", "string", ".spec.accelerator.type"),
-        ("Replicas", "string", ".status.replicas.ready"),
-        ("Desired", "string", ".status.replicas.desired"),
-        ("Endpoint", "string", ".status.endpoint"),
-        ("Age", "date", ".metadata.creationTimestamp"),
+        ("Ready", "string", '.status.conditions[?(@.type=="Ready")].status', 0),
+        ("Phase", "string", ".status.phase", 0),
+        ("Reason", "string", ".status.reason", 0),
+        ("Model", "string", ".spec.model.name", 0),
+        ("Accelerator", "string", ".spec.accelerator.type", 0),
+        ("Replicas", "integer", ".status.replicas.ready", 0),
+        ("Desired", "integer", ".status.replicas.desired", 0),
+        ("Endpoint", "string", ".status.endpoint", 0),
+        ("Age", "date", ".metadata.creationTimestamp", 0),
+        ("Message", "string", ".status.message", 1),
     ]
-    columns = [{"name": n, "type": t, "jsonPath": p} for n, t, p in printer]
-    for c in columns:
-        if c["name"] in ("Replicas", "Desired"):
-            c["type"] = "integer"
+    columns = [{"name": n, "type": t, "jsonPath": p, **({"priority": i} if i else {})} for n, t, p, i in printer]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

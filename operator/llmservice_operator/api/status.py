@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -31,6 +31,7 @@ class Reason(StrEnum):
 
     # Ready
     SERVING_TRAFFIC = "ServingTraffic"
+    SCALED_TO_ZERO = "ScaledToZero"  # no replica: the next request is held while one starts
     SERVING_PREVIOUS_SPEC = "ServingPreviousSpec"  # a reference is missing; the old spec still serves
     NOT_DEPLOYED = "NotDeployed"
     DEPLOYING = "Deploying"
@@ -40,12 +41,17 @@ class Reason(StrEnum):
     RECONCILED = "Reconciled"
     RECONCILING = "Reconciling"  # KubeRay has not observed the latest spec
     UPGRADING = "Upgrading"  # a new Ray cluster starts beside the serving one
+    SCALING = "Scaling"  # Serve wants more (or fewer) replicas than are ready
+    WAITING_FOR_CAPACITY = "WaitingForCapacity"  # a Ray pod no node can take: the scheduler's reason
+    RETRYING = "Retrying"  # a replica failed to start; Serve starts it again
     UPDATING_NODE_POOLS = "UpdatingNodePools"  # GKE pools being created, replaced or queued
     BLOCKED = "Blocked"  # nothing is applied until the spec or its references are fixed
+    FAILED = "Failed"  # Serve gave up: nothing changes until the spec does
     # Degraded
     AS_EXPECTED = "AsExpected"
     INVALID_SPEC = "InvalidSpec"
     INVALID_REFERENCE = "InvalidReference"  # a Secret, key, PVC or ServiceAccount is missing
+    REPLICA_START_FAILED = "ReplicaStartFailed"  # a replica failed to start: its root cause
     SERVE_APPLICATION_FAILED = "ServeApplicationFailed"
     NODE_POOL_ERROR = "NodePoolError"  # GKE's words: quota, stockout, permission
 
@@ -59,6 +65,15 @@ class Condition(Model):
     message: str = Field("", description="Human-readable detail.")
     last_transition_time: str | None = Field(None, description="RFC 3339 time of the last status change.")
     observed_generation: int | None = Field(None, description="Generation the condition was computed for.")
+
+
+def set_condition(conditions: list[Condition], new: Condition, now: str) -> None:
+    """Put `new` in place of the condition of its type, keeping its lastTransitionTime while
+    its status is unchanged (Kubernetes' meta.SetStatusCondition)."""
+    old = next((c for c in conditions if c.type == new.type), None)
+    keep = old is not None and old.status == new.status and old.last_transition_time
+    new = new.model_copy(update={"last_transition_time": old.last_transition_time if keep and old else now})
+    conditions[:] = [new if c.type == new.type else c for c in conditions] if old else [*conditions, new]
 
 
 class ReplicaStatus(Model):
@@ -91,6 +106,12 @@ class LLMServiceStatus(Model):
 
     observed_generation: int | None = Field(None, description="metadata.generation last reconciled.")
     phase: Phase | None = Field(None, description="Pending, Provisioning, Ready, Degraded or Suspended.")
+    reason: str | None = Field(
+        None,
+        description="Why the service is where it is, in one word: the reason of the condition that "
+        "matters most (Degraded if true, else Progressing if true, else Ready).",
+    )
+    message: str | None = Field(None, description="The same condition's message: what to do, if anything.")
     conditions: list[Condition] = Field(
         default_factory=list,
         description="Ready, Progressing and Degraded, with reason and message.",
@@ -99,4 +120,8 @@ class LLMServiceStatus(Model):
     endpoint: str | None = Field(None, description="OpenAI-compatible base URL inside the cluster.")
     replicas: ReplicaStatus = Field(default_factory=ReplicaStatus)
     children: ChildStatus = Field(default_factory=ChildStatus)
-    node_pools: list[NodePoolStatus] = Field(default_factory=list, description="Managed GKE node pools.")
+    node_pools: list[NodePoolStatus] | None = Field(None, description="Managed GKE node pools.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """As written to the API server (camelCase, unset fields left out)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")

@@ -21,21 +21,15 @@ import json
 import threading
 from typing import Any
 
-from .. import FIELD_MANAGER
+from .. import FIELD_MANAGER, GROUP, KIND, VERSION
+from .. import labels as keys
+from ..render import children as ck
 from . import memory
 from .kube import Kube
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
 # What the watches feed: the kinds the controller reads and the handlers watch.
-WATCHED = {
-    ("llmservice.dev/v1alpha1", "LLMService"),
-    ("ray.io/v1", "RayService"),
-    ("ray.io/v1", "RayCluster"),
-    ("v1", "ConfigMap"),
-    ("v1", "Service"),
-    ("policy/v1", "PodDisruptionBudget"),
-    ("networking.k8s.io/v1", "NetworkPolicy"),
-}
+WATCHED = {(f"{GROUP}/{VERSION}", KIND)} | {(k.api_version, k.kind) for k in ck.WATCHED}
 
 
 def _key(obj: dict[str, Any]) -> Key:
@@ -45,8 +39,27 @@ def _key(obj: dict[str, Any]) -> Key:
 
 # Kinds whose status alone is read (the serving RayCluster's ready workers): their spec, a copy
 # of the RayService's pod templates, is not kept (but for the worker groups' sizes).
-STATUS_ONLY = {"RayCluster"}
+STATUS_ONLY = {k.kind for k in ck.KINDS if k.status_only}
 GROUP_SIZE = ("groupName", "replicas", "minReplicas", "maxReplicas")
+# Of a pod: what says where it stands (scheduling, readiness) and what it mounts; not its
+# containers' specs (their env, probes, commands), which are the RayService's.
+POD_META = ("name", "namespace", "labels", "annotations", "uid", "resourceVersion", "creationTimestamp",
+            "deletionTimestamp", "ownerReferences")  # fmt: skip
+
+
+def _slim_pod(obj: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    spec = obj.get("spec") or {}
+    return {
+        "apiVersion": obj.get("apiVersion", "v1"),
+        "kind": "Pod",
+        "metadata": {k: meta[k] for k in POD_META if k in meta},
+        "spec": {
+            "nodeName": spec.get("nodeName"),
+            "containers": [{"name": c.get("name")} for c in spec.get("containers") or []],
+            "volumes": [v for v in spec.get("volumes") or [] if "configMap" in v or "secret" in v],
+        },
+        "status": {k: v for k, v in (obj.get("status") or {}).items() if k in ("phase", "conditions", "podIP")},
+    }
 
 
 def _slim(obj: dict[str, Any]) -> dict[str, Any]:
@@ -54,6 +67,8 @@ def _slim(obj: dict[str, Any]) -> dict[str, Any]:
     of a small object) and, for STATUS_ONLY kinds, the spec. A copy: the watch event's dict
     is kopf's."""
     meta = {k: v for k, v in obj.get("metadata", {}).items() if k != "managedFields"}
+    if obj.get("kind") == "Pod":
+        return _slim_pod(obj, meta)
     if obj.get("kind") in STATUS_ONLY:
         slim = {k: obj[k] for k in ("apiVersion", "kind", "status") if k in obj} | {"metadata": meta}
         # ...and the worker groups' sizes, which the operator keeps in line with the spec.
@@ -73,11 +88,24 @@ def _version(obj: dict[str, Any]) -> int:
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
+def _owner(obj: dict[str, Any]) -> str | None:
+    return ((obj.get("metadata") or {}).get("labels") or {}).get(keys.OWNER)
+
+
 class Cache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._objects: dict[Key, tuple[int, str]] = {}  # (resourceVersion, compact JSON)
         self._peak = 0  # the most objects held since memory was last released
+        # (kind, namespace, owner) -> names: the pods of a service, without a scan of all pods.
+        self._by_owner: dict[tuple[str, str, str], set[str]] = {}
+        self._owner_of: dict[Key, tuple[str, str, str]] = {}
+
+    def list(self, kind: str, namespace: str, owner: str) -> list[dict[str, Any]]:
+        """The objects of `kind` labelled as `owner`'s (llmservice.dev/name)."""
+        with self._lock:
+            held = [self._objects.get((kind, namespace, n)) for n in self._by_owner.get((kind, namespace, owner), ())]
+        return [json.loads(h[1]) for h in held if h]
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:
@@ -95,11 +123,20 @@ class Cache:
             if newer:  # an echo of our own write (most events) is not encoded again
                 self._objects[key] = (version, _encode(_slim(obj)))
                 self._peak = max(self._peak, len(self._objects))
+                owner = _owner(obj)
+                if owner is not None and key[0] == "Pod" and key not in self._owner_of:
+                    self._owner_of[key] = (key[0], key[1], owner)
+                    self._by_owner.setdefault(self._owner_of[key], set()).add(key[2])
         return (json.loads(old[1]) if previous and old and newer else None), newer
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
         with self._lock:
             self._objects.pop((kind, namespace, name), None)
+            owned = self._owner_of.pop((kind, namespace, name), None)
+            if owned is not None:
+                self._by_owner[owned].discard(name)
+                if not self._by_owner[owned]:
+                    del self._by_owner[owned]
             halved = self._peak >= 64 and len(self._objects) <= self._peak // 2
             if halved:
                 self._peak = len(self._objects)
@@ -129,6 +166,14 @@ class CachedKube(Kube):
             if found is not None:
                 self.cache.put(found)
         return found
+
+    def list(self, api_version: str, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        """Pods of a service (`llmservice.dev/name=<service>`) from the cache: the watch
+        delivers every one of them (by the operator's labels); other lists ask the API server."""
+        key, _, owner = label_selector.partition("=")
+        if kind == "Pod" and key == keys.OWNER and "," not in owner:
+            return self.cache.list(kind, namespace, owner)
+        return super().list(api_version, kind, namespace, label_selector)
 
     def peek(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         if (api_version, kind) not in WATCHED:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import threading
+import time
 from functools import cached_property
 from typing import Any
 
@@ -16,6 +18,7 @@ from kubernetes.dynamic.exceptions import ConflictError, NotFoundError, Resource
 from .. import FIELD_MANAGER, GROUP, KIND, VERSION
 
 USER_AGENT = "llmservice-operator"
+log = logging.getLogger(__name__)
 
 
 class _InMemoryDiscoverer(LazyDiscoverer):
@@ -51,6 +54,7 @@ class Kube:
         self.api = api_client
         self._lock = threading.Lock()
         self._resources: dict[tuple[str, str], Any] = {}
+        self._unserved: dict[tuple[str, str], float] = {}  # kind -> when to ask again
 
     @cached_property
     def dynamic(self) -> DynamicClient:
@@ -152,11 +156,26 @@ class Kube:
             serializer=_plain,
         )
 
+    UNSERVED_TTL = 300.0  # a kind found missing is asked about again after this (a CRD installed later)
+
     def kind_served(self, api_version: str, kind: str) -> bool:
+        """Whether the API server serves this kind (the monitoring CRDs may be absent). A miss
+        is remembered for a while: looking one up makes the client rediscover every API."""
+        key = (api_version, kind)
+        with self._lock:
+            until = self._unserved.get(key)
+        if until is not None and until > time.monotonic():
+            return False
         try:
             self._resource(api_version, kind)
         except ResourceNotFoundError:
+            if until is None:
+                log.warning("%s/%s is not served by this cluster: those children are skipped", api_version, kind)
+            with self._lock:
+                self._unserved[key] = time.monotonic() + self.UNSERVED_TTL
             return False
+        with self._lock:
+            self._unserved.pop(key, None)
         return True
 
     def event(self, owner: dict[str, Any], type_: str, reason: str, message: str) -> None:

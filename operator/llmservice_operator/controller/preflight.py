@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..api.resource import LLMService
 from ..render.edge import API_KEYS_FILE
+from ..render.plan import parse_source
 
 Getter = Callable[[str, str, str], dict[str, Any] | None]  # (kind, namespace, name) -> object or None
 Forget = Callable[[str, str, str], None]
@@ -57,14 +58,10 @@ def _keys(secret: dict[str, Any]) -> set[str]:
     return set(secret.get("data") or {}) | set(secret.get("stringData") or {})
 
 
-def _secret_keys(get: Getter, ns: str, name: str) -> set[str] | None:
-    obj = get("Secret", ns, name)
-    return None if obj is None else _keys(obj)
-
-
-def problems(svc: LLMService, get: Getter, forget: Forget = lambda kind, ns, name: None) -> list[str]:
-    s, ns = svc.spec, svc.metadata.namespace
-    wanted: list[tuple[str, str, set[str]]] = []  # (field, secret, keys)
+def _wanted_secrets(svc: LLMService) -> list[tuple[str, str, set[str]]]:
+    """(field, Secret, keys it must hold) for every Secret the spec names."""
+    s = svc.spec
+    wanted: list[tuple[str, str, set[str]]] = []
     if s.model.hf_token_secret:
         wanted.append(("spec.model.hfTokenSecret", s.model.hf_token_secret.name, {s.model.hf_token_secret.key}))
     if s.ingress.api_keys_secret:
@@ -77,20 +74,37 @@ def problems(svc: LLMService, get: Getter, forget: Forget = lambda kind, ns, nam
     if ft and ft.redis_password_secret:
         ref = ft.redis_password_secret
         wanted.append(("spec.faultTolerance.redisPasswordSecret", ref.name, {ref.key}))
-    out = []
-    for field, name, keys in wanted:
-        have = _secret_keys(get, ns, name)
-        if have is None:
-            out.append(f"{field}: Secret {ns}/{name} not found: create it")
-        elif missing := sorted(keys - have):
-            out.append(f"{field}: Secret {ns}/{name} has no key {', '.join(missing)}: add it")
-            forget("Secret", ns, name)  # read it again on the retry: the key may be added
-    account = s.ray.service_account_name
-    if account and get("ServiceAccount", ns, account) is None:
+    return wanted
+
+
+def referenced(svc: LLMService) -> list[tuple[str, str]]:
+    """(kind, name) of every object the spec names in its namespace."""
+    out = [("Secret", name) for _, name, _ in _wanted_secrets(svc)]
+    if svc.spec.ray.service_account_name:
+        out.append(("ServiceAccount", svc.spec.ray.service_account_name))
+    source = parse_source(svc.spec.model.source)
+    if source.claim:
+        out.append(("PersistentVolumeClaim", source.claim))
+    return list(dict.fromkeys(out))
+
+
+def problems(svc: LLMService, found: Mapping[tuple[str, str], dict[str, Any] | None]) -> tuple[list[str], list[str]]:
+    """What keeps the service from being applied, each with the field and the fix; and the
+    Secrets found without a key they need (to be read again on the retry: the key may be added)."""
+    ns = svc.metadata.namespace
+    out, stale = [], []
+    for fld, name, keys in _wanted_secrets(svc):
+        obj = found.get(("Secret", name))
+        if obj is None:
+            out.append(f"{fld}: Secret {ns}/{name} not found: create it")
+        elif missing := sorted(keys - _keys(obj)):
+            out.append(f"{fld}: Secret {ns}/{name} has no key {', '.join(missing)}: add it")
+            stale.append(name)
+    account = svc.spec.ray.service_account_name
+    if account and found.get(("ServiceAccount", account)) is None:
         # KubeRay could not create a single pod: say so before anything is applied.
         out.append(f"spec.ray.serviceAccountName: ServiceAccount {ns}/{account} not found: create it")
-    if s.model.source.startswith("pvc://"):
-        claim = s.model.source.removeprefix("pvc://").split("/", 1)[0]
-        if get("PersistentVolumeClaim", ns, claim) is None:
-            out.append(f"spec.model.source: PersistentVolumeClaim {ns}/{claim} not found: create it")
-    return out
+    claim = parse_source(svc.spec.model.source).claim
+    if claim and found.get(("PersistentVolumeClaim", claim)) is None:
+        out.append(f"spec.model.source: PersistentVolumeClaim {ns}/{claim} not found: create it")
+    return out, list(dict.fromkeys(stale))

@@ -1,12 +1,13 @@
 """`llmservice diff`: what applying an LLMService manifest would change in the cluster, object
-by object, the way `kubectl diff` shows it: each object the operator would write is sent as a
-server-side apply dry run (the API server merges it, defaults it, runs admission and
-validation, and stores nothing), and what comes back is compared with the live object.
+by object, the way `kubectl diff` shows it.
 
-The children are rendered here, as the operator would render them, with the operator's
-settings read from its Deployment (images, monitoring): the same children the operator will
-apply once the LLMService is applied. GKE node pools are not shown (they are not Kubernetes
-objects; `llmservice render` prints them).
+It is the operator's own reconcile with a dry-run act: the LLMService is sent as a server-side
+apply dry run (the API server merges, defaults and validates it, and stores nothing); the
+result is observed and decided exactly as the operator would (`observe()`, `decide()`), with the
+operator's settings read from its Deployment; each child it would apply is sent as a dry run too
+and compared with the live one; creates, deletes, patches and the status it would write are
+listed; what would block applying (a missing Secret) is reported. GKE node pools are not shown
+(they are not Kubernetes objects; `llmservice render` prints them).
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from typing import Any, Literal
 
 from .. import FIELD_MANAGER, KIND
 from ..api import LLMService
-from ..render import edge, names, render
 from ..settings import OperatorSettings
 from ..yamlio import dump
+from .decide import Actions, decide
 from .kube import Kube
-from .reconcile import OPTIONAL_CHILDREN, owner_ref
+from .observe import Observed, observe
 
-Action = Literal["create", "update", "delete"]
+Action = Literal["create", "update", "delete", "patch"]
 # Fields the API server or controllers keep that no apply changes: left out of the diff.
 _META_NOISE = ("managedFields", "resourceVersion", "generation", "uid", "creationTimestamp", "selfLink")
 
@@ -36,10 +37,17 @@ class Change:
     name: str
     action: Action
     diff: str  # unified diff of the YAML, live -> applied
+    what: str = ""  # a part of the object: "status"
 
     @property
     def ref(self) -> str:
-        return f"{self.kind}/{self.namespace}/{self.name}"
+        return f"{self.kind}/{self.namespace}/{self.name}" + (f" ({self.what})" if self.what else "")
+
+
+@dataclass(frozen=True)
+class Preview:
+    changes: list[Change]
+    problems: list[str]  # what keeps the operator from applying the children
 
 
 def _clean(obj: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -56,64 +64,67 @@ def _clean(obj: dict[str, Any] | None) -> dict[str, Any] | None:
     return out
 
 
-def _diff(live: dict[str, Any] | None, applied: dict[str, Any] | None, ref: str) -> str:
-    before = dump(_clean(live)).splitlines(keepends=True) if live is not None else []
-    after = dump(_clean(applied)).splitlines(keepends=True) if applied is not None else []
-    return "".join(difflib.unified_diff(before, after, f"live/{ref}", f"applied/{ref}"))
+def _text(obj: Any) -> list[str]:
+    return dump(obj).splitlines(keepends=True) if obj is not None else []
+
+
+def _diff(before: Any, after: Any, ref: str) -> str:
+    return "".join(difflib.unified_diff(_text(before), _text(after), f"live/{ref}", f"applied/{ref}"))
 
 
 def _change(
     kind: str, ns: str, name: str, live: dict[str, Any] | None, applied: dict[str, Any] | None
 ) -> Change | None:
-    ref = f"{kind}/{ns}/{name}"
-    text = _diff(live, applied, ref)
+    text = _diff(_clean(live), _clean(applied), f"{kind}/{ns}/{name}")
     if not text:
         return None
     action: Action = "create" if live is None else "delete" if applied is None else "update"
     return Change(kind, ns, name, action, text)
 
 
+def dry_run(kube: Kube, obs: Observed, actions: Actions) -> list[Change]:
+    """What act() would write for `actions`, each child sent as a server-side apply dry run."""
+    ns, out = obs.namespace, []
+    for obj in actions.apply:
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        applied = kube.apply(obj, field_manager=FIELD_MANAGER, dry_run=True)
+        if (c := _change(kind, ns, name, obs.children.get((kind, name)), applied)) is not None:
+            out.append(c)
+    for obj in actions.create:  # the Ray token, made once; its value is never shown
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        out.append(Change(kind, ns, name, "create", f"+++ applied/{kind}/{ns}/{name}\n+ (a new Ray token)\n"))
+    for _, kind, name in actions.delete:
+        live = obs.children.get((kind, name))
+        out.append(Change(kind, ns, name, "delete", _diff(_clean(live), None, f"{kind}/{ns}/{name}")))
+    for p in actions.patches:
+        body = dump(p.body)
+        out.append(Change(p.kind, ns, p.name, "patch", f"+++ patch ({p.type})/{p.kind}/{ns}/{p.name}\n{body}"))
+    if actions.finalizers is not None:
+        before = obs.body["metadata"].get("finalizers") or []
+        text = _diff({"finalizers": before}, {"finalizers": actions.finalizers}, f"{KIND}/{ns}/{obs.name}")
+        out.append(Change(KIND, ns, obs.name, "update", text, "finalizers"))
+    if actions.status_patch is not None and actions.status is not None:
+        new = actions.status.to_dict()
+        text = _diff(obs.body.get("status") or {}, new, f"{KIND}/{ns}/{obs.name}/status")
+        out.append(Change(KIND, ns, obs.name, "update", text, "status"))
+    return out
+
+
 def preview(
     kube: Kube, doc: dict[str, Any], svc: LLMService, settings: OperatorSettings, field_manager: str = "kubectl"
-) -> list[Change]:
+) -> Preview:
     """The changes applying `doc` (the LLMService `svc`, as written) would make: the
-    LLMService itself (applied by `field_manager`), then each child the operator would apply,
-    create or delete."""
+    LLMService itself (applied by `field_manager`), then what the operator would write."""
     ns, name = svc.metadata.namespace, svc.metadata.name
-    out: list[Change] = []
-    live_svc = kube.get_llmservice(ns, name)
-    applied_svc = kube.apply({**doc, "metadata": {**doc["metadata"], "namespace": ns}},
-                             field_manager=field_manager, dry_run=True)  # fmt: skip
-    if (c := _change(KIND, ns, name, live_svc, applied_svc)) is not None:
-        out.append(c)
-    rendered = render(svc, settings)
-    owner = owner_ref(live_svc or applied_svc)
-    versions = {}
-    for secret in edge.secret_inputs(svc):
-        found = kube.metadata("v1", "Secret", ns, secret)
-        versions[secret] = ((found or {}).get("metadata") or {}).get("resourceVersion")
-    if rendered.edge_config is not None:
-        edge.name_inputs(rendered.edge_config, versions)
-    desired = rendered.kubernetes_objects()
-    for obj in desired:
-        if obj["kind"] in ("PodMonitoring", "PodMonitor") and not kube.kind_served(obj["apiVersion"], obj["kind"]):
-            continue  # the operator skips these too where the API is not served
-        obj["metadata"]["ownerReferences"] = [owner]
-        live = kube.get(obj["apiVersion"], obj["kind"], ns, obj["metadata"]["name"])
-        applied = kube.apply(obj, field_manager=FIELD_MANAGER, dry_run=True)
-        if (c := _change(obj["kind"], ns, obj["metadata"]["name"], live, applied)) is not None:
-            out.append(c)
-    if svc.spec.ray.auth == "token" and kube.metadata("v1", "Secret", ns, names.ray_auth_secret(name)) is None:
-        secret = names.ray_auth_secret(name)  # made once by the operator; its token is never shown
-        out.append(Change("Secret", ns, secret, "create", f"+++ applied/Secret/{ns}/{secret}\n+ (a new Ray token)\n"))
-    wanted = {(o["kind"], o["metadata"]["name"]) for o in desired}
-    for api, kind, suffix in OPTIONAL_CHILDREN:
-        child = names.child(name, suffix)
-        live = kube.get(api, kind, ns, child) if (kind, child) not in wanted else None
-        owners = ((live or {}).get("metadata") or {}).get("ownerReferences") or []
-        if live is not None and any(o.get("kind") == KIND and o.get("name") == name for o in owners):
-            out.append(Change(kind, ns, child, "delete", _diff(live, None, f"{kind}/{ns}/{child}")))
-    return out
+    live = kube.get_llmservice(ns, name)
+    body = kube.apply({**doc, "metadata": {**doc["metadata"], "namespace": ns}}, field_manager=field_manager,
+                      dry_run=True)  # fmt: skip
+    changes = [c] if (c := _change(KIND, ns, name, live, body)) is not None else []
+    if live is not None:  # the operator reconciles with the status it wrote
+        body = {**body, "status": live.get("status") or {}}
+    obs = observe(kube, body, references=lambda kind, ns_, ref: kube.get("v1", kind, ns_, ref))
+    actions = decide(obs, settings, gke=settings.gke is not None)
+    return Preview(changes + dry_run(kube, obs, actions), list(actions.problems))
 
 
 def operator_environ(kube: Kube, namespace: str, deployment: str) -> dict[str, str] | None:

@@ -13,11 +13,13 @@ import kopf
 
 from ..gke import NodePools, cluster_manager, compute
 from ..settings import OperatorSettings
-from . import endpoints, handlers, metrics
+from . import endpoints, metrics
 from .cache import Cache, CachedKube
+from .handlers import Controller
 from .kube import Kube
 from .leader import Leadership
 from .reconcile import Reconciler
+from .rootcause import RootCauses
 
 
 def run(
@@ -49,9 +51,11 @@ def run(
         leadership = Leadership(lambda: _merged(readers), identity, priority)
     else:
         metrics.LEADER.set(1)  # standalone: this process does the work
-    handlers.install(Reconciler(kube, settings, pools), cache, leadership)
-    endpoints.serve(metrics_address, lambda: _not_ready(leadership))
+    controller = Controller(Reconciler(kube, settings, pools, RootCauses(kube)), cache, leadership)
+    endpoints.serve(metrics_address, lambda: _not_ready(controller))
     kopf.run(
+        registry=controller.registry(),
+        memo=kopf.Memo(controller=controller),
         clusterwide=not namespaces,
         namespaces=namespaces,
         standalone=peering is None,
@@ -62,9 +66,10 @@ def run(
     )
 
 
-def _not_ready(leadership: Leadership | None) -> str | None:
-    if not handlers.started():
+def _not_ready(controller: Controller) -> str | None:
+    if not controller.started:
         return "the operator is starting"
+    leadership = controller.leadership
     if leadership is not None and not leadership.registered():
         return "not in the peering yet (it could not take over)"
     return None

@@ -131,6 +131,7 @@ class NodePools:
         # Owners that had workload policies: the Compute API is only asked about these and
         # about owners whose spec or pools name one (GPU-only users need no Compute permission).
         self._policy_owners: set[Owner] = set()
+        self._last: dict[Owner, PoolSync] = {}  # each owner's last sync: GKE's view for its status
 
     def bind(self, notify: Callable[[Owner], None], active: Callable[[], bool]) -> None:
         """`notify(owner)` when an owner's mutation starts or ends; start nothing while
@@ -252,7 +253,12 @@ class NodePools:
         if not errors:
             del self._errors[owner]
         self._finish(owner, out)
+        self._last[owner] = out
         return out
+
+    def last(self, owner: Owner) -> PoolSync | None:
+        """What the owner's last sync found (pools, GKE's problems, progress), or None."""
+        return self._last.get(owner)
 
     @staticmethod
     def _status(pool: container_v1.NodePool) -> dict[str, Any]:
@@ -404,4 +410,5 @@ class NodePools:
             self._policy_owners.discard(owner)
             self.ops.forget(owner)
             self.policy_ops.forget(owner)
+            self._last.pop(owner, None)
         return out

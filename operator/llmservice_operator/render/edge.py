@@ -7,6 +7,8 @@ localhost, so the Service can target it without another network hop.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -17,9 +19,9 @@ import jinja2
 
 from .. import labels as keys
 from ..api.resource import LLMService
-from ..catalog import get
 from ..settings import OperatorSettings
 from . import names
+from .plan import Plan
 from .serve_config import SERVE_PORT
 
 EDGE_PORT = 8100
@@ -125,9 +127,9 @@ class Peers:
         return max(1, round(self.every / interval))
 
 
-def pod_peers(svc: LLMService) -> Peers:
+def pod_peers(p: Plan) -> Peers:
     """In a pod: the pod IPs behind the headless peers Service (the pod's own is POD_IP)."""
-    dns = f"{peers_service_name(svc)}.{svc.metadata.namespace}.svc"
+    dns = f"{p.names.edge_peers}.{p.namespace}.svc"
     lookup = f"hosts=$(getent hosts {dns}) && printf '%s\\n' \"$hosts\" | awk '{{print $1, $1 \":{PEERS_PORT}\"}}'"
     return Peers(lookup=lookup, name="$POD_IP", address=f"$POD_IP:{PEERS_PORT}")
 
@@ -151,46 +153,44 @@ def lua() -> str:
     return resources.files(__package__).joinpath("templates", LUA_FILE).read_text()
 
 
-def config_map(svc: LLMService) -> dict[str, Any]:
+def config_map(p: Plan) -> dict[str, Any]:
+    svc = p.svc
     data = {
         "haproxy.cfg": haproxy_cfg(svc),
-        "edge.sh": supervisor_sh(svc, f"{CONFIG_DIR}/haproxy.cfg", watched_files(svc), pod_peers(svc)),
+        "edge.sh": supervisor_sh(svc, f"{CONFIG_DIR}/haproxy.cfg", watched_files(svc), pod_peers(p)),
     }
     if counts_clients(svc):
         data[LUA_FILE] = lua()
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {
-            "name": names.child(svc.metadata.name, "edge"),
-            "namespace": svc.metadata.namespace,
-            "labels": names.labels(svc.metadata.name),
-        },
+        "metadata": {"name": p.names.edge_config, "namespace": p.namespace, "labels": names.labels(p.name)},
         "data": data,
     }
 
 
-def peers_service_name(svc: LLMService) -> str:
-    return names.child(svc.metadata.name, "edge-peers")
+def revision(config_map: dict[str, Any]) -> str:
+    """A digest of what the sidecars read from their ConfigMap (its files, and the Secret
+    versions named on it): serving pods are annotated with it when it changes, which makes
+    the kubelet refresh their mounts now (see reconcile)."""
+    inputs = (config_map["metadata"].get("annotations") or {}).get(keys.EDGE_INPUTS)
+    what = {"data": config_map.get("data"), "inputs": inputs}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def peers_service(svc: LLMService, head_serves: bool) -> dict[str, Any] | None:
+def peers_service(p: Plan) -> dict[str, Any] | None:
     """A headless Service whose DNS name lists the serving pods' IPs, ready or not: how each
     sidecar finds the others to share rate-limit counts with (there whether or not a limit is
     set, like the supervisor that reads it). During a blue/green upgrade the old cluster's pods
     are in it too, so the limit holds across the switch-over."""
-    if not svc.spec.ingress.sidecar:
+    if not p.spec.ingress.sidecar:
         return None
-    name = svc.metadata.name
-    selector = {keys.OWNER: name} if head_serves else {keys.OWNER: name, keys.RAY_NODE_TYPE: "worker"}
+    name = p.name
+    selector = {keys.OWNER: name} if p.head_serves else {keys.OWNER: name, keys.RAY_NODE_TYPE: "worker"}
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": peers_service_name(svc),
-            "namespace": svc.metadata.namespace,
-            "labels": names.labels(name),
-        },
+        "metadata": {"name": p.names.edge_peers, "namespace": p.namespace, "labels": names.labels(name)},
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,  # peers connect before Ray Serve is ready
@@ -215,11 +215,9 @@ def name_inputs(config_map: dict[str, Any], versions: dict[str, str | None]) -> 
         annotations[keys.EDGE_INPUTS] = ",".join(f"{n}@{v}" for n, v in sorted(versions.items()))
 
 
-def volumes(svc: LLMService) -> list[dict[str, Any]]:
-    ing = svc.spec.ingress
-    vols: list[dict[str, Any]] = [
-        {"name": "edge-config", "configMap": {"name": names.child(svc.metadata.name, "edge")}}
-    ]
+def volumes(p: Plan) -> list[dict[str, Any]]:
+    ing = p.spec.ingress
+    vols: list[dict[str, Any]] = [{"name": "edge-config", "configMap": {"name": p.names.edge_config}}]
     if ing.api_keys_secret:
         vols.append(
             {
@@ -237,8 +235,8 @@ def volumes(svc: LLMService) -> list[dict[str, Any]]:
     return vols
 
 
-def container(svc: LLMService, settings: OperatorSettings) -> dict[str, Any]:
-    ing = svc.spec.ingress
+def container(p: Plan, settings: OperatorSettings) -> dict[str, Any]:
+    ing = p.spec.ingress
     mounts = [{"name": "edge-config", "mountPath": CONFIG_DIR, "readOnly": True}]
     if ing.api_keys_secret:
         mounts.append({"name": "edge-api-keys", "mountPath": KEYS_DIR, "readOnly": True})
@@ -248,7 +246,7 @@ def container(svc: LLMService, settings: OperatorSettings) -> dict[str, Any]:
     mounts.append({"name": "edge-run", "mountPath": RUN_DIR})
     probe_scheme = "HTTPS" if ing.tls_secret else "HTTP"
     # CPU services run on small nodes (kind, a 2-core dev node, n2-standard-2): ask for less.
-    cpu, mem = ("100m", "128Mi") if get(svc.spec.accelerator.type).is_cpu else ("500m", "256Mi")
+    cpu, mem = ("100m", "128Mi") if p.accelerator.is_cpu else ("500m", "256Mi")
     return {
         "name": "edge",
         "image": settings.edge_image,

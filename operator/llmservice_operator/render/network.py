@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from .. import labels as keys
-from ..api.resource import LLMService
 from ..settings import OperatorSettings
 from . import names
+from .plan import Plan
 from .policy import metrics_endpoints
 
 
@@ -22,10 +22,11 @@ def _ports(*port_names: str) -> list[dict[str, Any]]:
     return [{"port": n, "protocol": "TCP"} for n in port_names]
 
 
-def network_policy(svc: LLMService, settings: OperatorSettings) -> dict[str, Any] | None:
+def network_policy(p: Plan, settings: OperatorSettings) -> dict[str, Any] | None:
+    svc = p.svc
     if not svc.spec.ray.network_policy:
         return None
-    name = svc.metadata.name
+    name = p.name
     own = {"podSelector": {"matchLabels": {keys.OWNER: name}}}  # also the pods the policy applies to
     serving = "edge" if svc.spec.ingress.sidecar else "serve"
     metrics = list(dict.fromkeys(e["port"] for e in metrics_endpoints(svc)))  # the ports PodMonitoring scrapes
@@ -51,11 +52,7 @@ def network_policy(svc: LLMService, settings: OperatorSettings) -> dict[str, Any
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": {
-            "name": names.child(name, "ray"),
-            "namespace": svc.metadata.namespace,
-            "labels": names.labels(name),
-        },
+        "metadata": {"name": p.names.network_policy, "namespace": p.namespace, "labels": names.labels(name)},
         # The node a pod runs on (kubelet probes) is always let in by NetworkPolicy's rules.
         "spec": {**own, "policyTypes": ["Ingress"], "ingress": ingress},
     }

@@ -17,7 +17,8 @@ from .. import labels as keys
 from ..api.resource import LLMService
 from ..catalog import boot_disk_type
 from . import names
-from .shape import WorkerBounds, worker_bounds
+from .plan import Plan
+from .shape import WorkerBounds
 
 OWNER_LABEL = keys.POOL_OWNER
 OWNER_NS_LABEL = keys.POOL_NAMESPACE
@@ -124,12 +125,13 @@ def _pool(svc: LLMService, wb: WorkerBounds, suffix: str, spot: bool) -> dict[st
     return pool
 
 
-def node_pools(svc: LLMService) -> list[dict[str, Any]]:
+def node_pools(p: Plan) -> list[dict[str, Any]]:
     """One pool per worker group (two for spot-with-fallback); a multi-host TPU service gets
     one pool per slice, because GKE sizes a multi-host slice pool as a whole."""
+    svc = p.svc
     pools: list[dict[str, Any]] = []
     provisioning = svc.spec.accelerator.provisioning
-    for wb in worker_bounds(svc.spec):
+    for wb in p.groups:
         sh = wb.shape
         if sh.tpu and sh.tpu.multi_host:
             pools += [_pool(svc, wb, f"slice{i}", False) for i in range(wb.replicas.max)]
@@ -140,13 +142,14 @@ def node_pools(svc: LLMService) -> list[dict[str, Any]]:
     return pools
 
 
-def workload_policies(svc: LLMService) -> list[dict[str, Any]]:
+def workload_policies(p: Plan) -> list[dict[str, Any]]:
     """The workload policies the service's pools name, as dicts that map onto
     google.cloud.compute_v1.ResourcePolicy (less region and description, which the GKE layer
     adds): `gcloud compute resource-policies create workload-policy NAME --type=HIGH_THROUGHPUT
     --accelerator-topology=AxBxC`."""
+    svc = p.svc
     out: dict[str, dict[str, Any]] = {}
-    for wb in worker_bounds(svc.spec):
+    for wb in p.groups:
         tpu = wb.shape.tpu
         if tpu and tpu.multi_host and wb.shape.accelerator.multihost_needs_workload_policy:
             name = workload_policy_name(svc, tpu.topology)

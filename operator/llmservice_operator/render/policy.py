@@ -8,32 +8,28 @@ from .. import labels as keys
 from ..api.resource import LLMService
 from ..settings import OperatorSettings
 from . import edge, names
-from .shape import worker_bounds
+from .plan import Plan
 
 
-def _meta(svc: LLMService, suffix: str = "") -> dict[str, Any]:
-    return {
-        "name": names.child(svc.metadata.name, suffix),
-        "namespace": svc.metadata.namespace,
-        "labels": names.labels(svc.metadata.name),
-    }
+def _meta(p: Plan, name: str) -> dict[str, Any]:
+    return {"name": name, "namespace": p.namespace, "labels": names.labels(p.name)}
 
 
-def pod_disruption_budget(svc: LLMService) -> dict[str, Any] | None:
+def pod_disruption_budget(p: Plan) -> dict[str, Any] | None:
     """Voluntary evictions (node upgrades, drains) never take the workers below the pods that
     `replicas.min` needs: a lost pod is a lost model replica, minutes to reload. An integer
     minAvailable, because the pods' owner (a RayCluster) has no scale subresource, which
     maxUnavailable and percentages need."""
-    floor = sum(wb.min_pods for wb in worker_bounds(svc.spec))
+    floor = p.min_worker_pods
     if floor == 0:
         return None
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": _meta(svc, "workers"),
+        "metadata": _meta(p, p.names.pdb),
         "spec": {
             "minAvailable": floor,
-            "selector": {"matchLabels": {keys.OWNER: svc.metadata.name, keys.RAY_NODE_TYPE: "worker"}},
+            "selector": {"matchLabels": {keys.OWNER: p.name, keys.RAY_NODE_TYPE: "worker"}},
         },
     }
 
@@ -47,16 +43,16 @@ def metrics_endpoints(svc: LLMService) -> list[dict[str, Any]]:
     return eps
 
 
-def monitoring(svc: LLMService, settings: OperatorSettings) -> dict[str, Any] | None:
-    if not svc.spec.observability.metrics or settings.monitoring == "none":
+def monitoring(p: Plan, settings: OperatorSettings) -> dict[str, Any] | None:
+    if not p.spec.observability.metrics or settings.monitoring == "none":
         return None
-    selector = {"matchLabels": {keys.OWNER: svc.metadata.name}}
-    endpoints = [{"port": e["port"], "path": e["path"], "interval": "30s"} for e in metrics_endpoints(svc)]
+    selector = {"matchLabels": {keys.OWNER: p.name}}
+    endpoints = [{"port": e["port"], "path": e["path"], "interval": "30s"} for e in metrics_endpoints(p.svc)]
     if settings.monitoring == "gmp":
         return {
             "apiVersion": "monitoring.googleapis.com/v1",
             "kind": "PodMonitoring",
-            "metadata": _meta(svc),
+            "metadata": _meta(p, p.names.monitoring),
             "spec": {
                 "selector": selector,
                 "endpoints": endpoints,
@@ -65,7 +61,7 @@ def monitoring(svc: LLMService, settings: OperatorSettings) -> dict[str, Any] | 
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PodMonitor",
-        "metadata": _meta(svc),
+        "metadata": _meta(p, p.names.monitoring),
         "spec": {
             "selector": selector,
             "podMetricsEndpoints": endpoints,

@@ -10,13 +10,13 @@ import yaml
 from .. import labels as keys
 from ..api.pod_rules import LB_TYPE_ANNOTATION
 from ..api.quantity import GIB, memory_bytes
-from ..api.resource import LLMService
 from ..api.spec import LLMServiceSpec, PodOverrides
-from ..catalog import Accelerator, get
+from ..catalog import Accelerator
 from ..settings import OperatorSettings
 from . import edge, names, scheduling
-from .serve_config import MODELS_MOUNT, SERVE_PORT, engine_digest, serve_config
-from .shape import Shape, WorkerBounds, shape, worker_bounds
+from .plan import MODELS_MOUNT, Plan
+from .serve_config import SERVE_PORT, engine_digest, serve_config
+from .shape import Shape, WorkerBounds
 
 RAY_CONTAINER = "ray"
 _HAPROXY_BALANCE = {
@@ -56,18 +56,18 @@ def termination_grace_seconds(spec: LLMServiceSpec, serves: bool) -> int:
     return (edge.DRAIN_SECONDS if serves else 0) + seconds + SHUTDOWN_MARGIN_SECONDS
 
 
-def ray_env(svc: LLMService, engine_env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+def ray_env(p: Plan, engine_env: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Env for every Ray container (`engine_env`: workers only). Serve reads these at
     controller/proxy start, so they must be pod env (runtime_env is too late).
     spec.ray.env wins over everything rendered here."""
-    spec = svc.spec
+    spec = p.spec
     env: dict[str, str] = {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_HAPROXY_BALANCE_ALGORITHM": _HAPROXY_BALANCE[spec.routing.policy],
         RAY_SHUTDOWN_DRAIN: str(shutdown_drain_seconds(spec)),
     }
-    if not get(spec.accelerator.type).is_cpu:
+    if not p.accelerator.is_cpu:
         # On CPU Ray Serve LLM runs vLLM's multiprocessing executor, never the Ray one.
         env["VLLM_USE_RAY_V2_EXECUTOR_BACKEND"] = "1"
     env.update(engine_env or {})
@@ -86,7 +86,7 @@ def ray_env(svc: LLMService, engine_env: dict[str, str] | None = None) -> list[d
     for name, (secret, key) in sorted(secrets.items()):
         out.append({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
     if spec.ray.auth == "token":  # what spec.ray.env or secretEnv set wins, as above
-        out += [e for e in auth_env(svc.metadata.name) if e["name"] not in spec.ray.env and e["name"] not in secrets]
+        out += [e for e in auth_env(p.name) if e["name"] not in spec.ray.env and e["name"] not in secrets]
     return out
 
 
@@ -108,24 +108,17 @@ def _image(spec: LLMServiceSpec, settings: OperatorSettings, acc: Accelerator, w
     return by_family[acc.family]
 
 
-def head_in_service(spec: LLMServiceSpec) -> bool:
-    """The head runs no replica; it is in the Service only for scale-from-zero, where its
-    fallback proxy holds requests while the first replica starts."""
-    return any(wb.replicas.min == 0 for wb in worker_bounds(spec))
-
-
-def _volumes(svc: LLMService) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _volumes(p: Plan) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     vols: list[dict[str, Any]] = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
     mounts: list[dict[str, Any]] = [{"name": "dshm", "mountPath": "/dev/shm"}]
-    if svc.spec.model.source.startswith("pvc://"):
-        claim = svc.spec.model.source.removeprefix("pvc://").split("/", 1)[0]
-        vols.append({"name": "models", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+    if p.source.claim:
+        vols.append({"name": "models", "persistentVolumeClaim": {"claimName": p.source.claim, "readOnly": True}})
         mounts.append({"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True})
     return vols, mounts
 
 
 def _pod(
-    svc: LLMService,
+    p: Plan,
     settings: OperatorSettings,
     ray_container: dict[str, Any],
     *,
@@ -135,11 +128,12 @@ def _pod(
     extra_spec: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """`serves`: the pod is behind the Service, so it gets the edge sidecar."""
-    vols, mounts = _volumes(svc)
+    svc = p.svc
+    vols, mounts = _volumes(p)
     ray_container = {
         **ray_container,
-        "image": _image(svc.spec, settings, get(svc.spec.accelerator.type), worker),
-        "env": ray_env(svc, engine_env),
+        "image": _image(svc.spec, settings, p.accelerator, worker),
+        "env": ray_env(p, engine_env),
         "volumeMounts": mounts,
     }
     if serves:
@@ -147,8 +141,8 @@ def _pod(
         ray_container["lifecycle"] = {"preStop": {"sleep": {"seconds": edge.DRAIN_SECONDS}}}
     containers = [ray_container]
     if svc.spec.ingress.sidecar and serves:
-        containers.append(edge.container(svc, settings))
-        vols += edge.volumes(svc)
+        containers.append(edge.container(p, settings))
+        vols += edge.volumes(p)
     pod_spec: dict[str, Any] = {
         "containers": containers,
         "volumes": vols,
@@ -179,12 +173,13 @@ def _with_overrides(template: dict[str, Any], add: PodOverrides) -> dict[str, An
     return template
 
 
-def head_group(svc: LLMService, settings: OperatorSettings) -> dict[str, Any]:
+def head_group(p: Plan, settings: OperatorSettings) -> dict[str, Any]:
+    svc = p.svc
     r = svc.spec.ray.head_resources
     res = {"cpu": r.cpu, "memory": r.memory}
     # A CPU service's head asks for little (e.g. 100m on a 2-core node) but needs more while
     # Ray and Serve start: no CPU limit there, so it bursts instead of being throttled.
-    limits = {"memory": r.memory} if get(svc.spec.accelerator.type).is_cpu else res
+    limits = {"memory": r.memory} if p.accelerator.is_cpu else res
     container = {
         "name": RAY_CONTAINER,
         "ports": [
@@ -197,21 +192,22 @@ def head_group(svc: LLMService, settings: OperatorSettings) -> dict[str, Any]:
         "resources": {"requests": res, "limits": limits},
     }
     # A CPU service's head goes to the service's CPU machines (GPU/TPU heads to any CPU node).
-    selector = scheduling.cpu_machine_selector(svc.spec, shape(svc.spec))
+    selector = scheduling.cpu_machine_selector(svc.spec, p.shape)
     return {
         # num-cpus 0: no model replica or Serve actor that needs CPU lands on the head.
         "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
         "template": _pod(
-            svc,
+            p,
             settings,
             container,
-            serves=head_in_service(svc.spec),
+            serves=p.head_serves,
             extra_spec={"nodeSelector": selector} if selector else None,
         ),
     }
 
 
-def worker_group(svc: LLMService, settings: OperatorSettings, wb: WorkerBounds) -> dict[str, Any]:
+def worker_group(p: Plan, settings: OperatorSettings, wb: WorkerBounds) -> dict[str, Any]:
+    svc = p.svc
     sh = wb.shape
     acc = sh.accelerator
     group = wb.role if wb.role in ("prefill", "decode") else acc.family
@@ -257,13 +253,14 @@ def worker_group(svc: LLMService, settings: OperatorSettings, wb: WorkerBounds) 
         "maxReplicas": wb.max_groups,
         "numOfHosts": sh.num_of_hosts,
         "rayStartParams": start,
-        "template": _pod(svc, settings, container, serves=True, worker=True, engine_env=engine_env, extra_spec=extra),
+        "template": _pod(p, settings, container, serves=True, worker=True, engine_env=engine_env, extra_spec=extra),
     }
 
 
-def ray_cluster_spec(svc: LLMService, settings: OperatorSettings) -> dict[str, Any]:
+def ray_cluster_spec(p: Plan, settings: OperatorSettings) -> dict[str, Any]:
+    svc = p.svc
     autoscaler: dict[str, Any] = {"version": "v2", "upscalingMode": "Default", "idleTimeoutSeconds": 60}
-    if get(svc.spec.accelerator.type).is_cpu:
+    if p.accelerator.is_cpu:
         # KubeRay's default for its autoscaler sidecar on the head (500m CPU) would be most of
         # a small node's CPU; it needs little.
         autoscaler["resources"] = {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "512Mi"}}
@@ -271,13 +268,13 @@ def ray_cluster_spec(svc: LLMService, settings: OperatorSettings) -> dict[str, A
         "rayVersion": svc.spec.ray.version,
         "enableInTreeAutoscaling": True,
         "autoscalerOptions": autoscaler,
-        "headGroupSpec": head_group(svc, settings),
-        "workerGroupSpecs": [worker_group(svc, settings, wb) for wb in worker_bounds(svc.spec)],
+        "headGroupSpec": head_group(p, settings),
+        "workerGroupSpecs": [worker_group(p, settings, wb) for wb in p.groups],
     }
     if svc.spec.ray.auth == "token":
         # Our own Secret, not KubeRay's per-RayCluster one: the token outlives a blue/green
         # upgrade, so tools that hold it keep working.
-        spec["authOptions"] = {"mode": "token", "secretName": names.ray_auth_secret(svc.metadata.name)}
+        spec["authOptions"] = {"mode": "token", "secretName": p.names.ray_auth}
     ft = svc.spec.fault_tolerance
     if ft:
         gcs: dict[str, Any] = {"redisAddress": ft.redis_address}
@@ -302,11 +299,12 @@ def upgrade_strategy(spec: LLMServiceSpec) -> dict[str, Any]:
     return out
 
 
-def serve_service(svc: LLMService) -> dict[str, Any]:
+def serve_service(p: Plan) -> dict[str, Any]:
     """KubeRay keeps this Service pointed at the active cluster's serving pods; naming it after
     the LLMService gives the endpoint http://<name>.<namespace>.svc:8000/v1."""
+    svc = p.svc
     target = "edge" if svc.spec.ingress.sidecar else "serve"
-    meta: dict[str, Any] = {"name": svc.metadata.name, "labels": names.labels(svc.metadata.name)}
+    meta: dict[str, Any] = {"name": p.names.serve_service, "labels": names.labels(p.name)}
     spec: dict[str, Any] = {"ports": [{"name": "serve", "port": SERVE_PORT, "targetPort": target, "protocol": "TCP"}]}
     meta_exposure, spec_exposure = exposure(svc.spec)
     meta.update(meta_exposure)
@@ -345,18 +343,18 @@ def _pin_engine(cluster: dict[str, Any], digest: str) -> None:
         g["template"]["metadata"].setdefault("annotations", {})[keys.ENGINE_ANNOTATION] = digest
 
 
-def ray_service(svc: LLMService, settings: OperatorSettings) -> dict[str, Any]:
-    spec = svc.spec
-    conf = serve_config(spec)
-    cluster = ray_cluster_spec(svc, settings)
+def ray_service(p: Plan, settings: OperatorSettings) -> dict[str, Any]:
+    spec = p.spec
+    conf = serve_config(p)
+    cluster = ray_cluster_spec(p, settings)
     if spec.upgrade.strategy != "none":
         _pin_engine(cluster, engine_digest(conf))
     body: dict[str, Any] = {
         "serveConfigV2": yaml.safe_dump(conf, sort_keys=False),
         "rayClusterConfig": cluster,
         "upgradeStrategy": upgrade_strategy(spec),
-        "serveService": serve_service(svc),
-        "excludeHeadPodFromServeSvc": not head_in_service(spec),
+        "serveService": serve_service(p),
+        "excludeHeadPodFromServeSvc": not p.head_serves,
     }
     if spec.upgrade.drain_seconds is not None:
         body["rayClusterDeletionDelaySeconds"] = spec.upgrade.drain_seconds
@@ -365,10 +363,6 @@ def ray_service(svc: LLMService, settings: OperatorSettings) -> dict[str, Any]:
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",
-        "metadata": {
-            "name": svc.metadata.name,
-            "namespace": svc.metadata.namespace,
-            "labels": names.labels(svc.metadata.name),
-        },
+        "metadata": {"name": p.names.ray_service, "namespace": p.namespace, "labels": names.labels(p.name)},
         "spec": body,
     }

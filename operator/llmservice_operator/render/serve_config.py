@@ -7,11 +7,10 @@ import json
 from typing import Any
 
 from ..api.spec import LLMServiceSpec, ReplicaSpec, engine_arg
-from ..catalog import get
-from .shape import serve_bounds, shape
+from .plan import Plan
+from .shape import WorkerBounds
 
 SERVE_PORT = 8000
-MODELS_MOUNT = "/mnt/models"  # pvc:// sources are mounted here
 PREFIX_ROUTER = "ray.serve.llm.request_router:PrefixCacheAffinityRouter"
 BUILDERS = {
     "openai": "ray.serve.llm:build_openai_app",
@@ -20,16 +19,8 @@ BUILDERS = {
 }
 
 
-def model_source(source: str) -> str | dict[str, str]:
-    if source.startswith(("gs://", "s3://")):
-        return {"bucket_uri": source}
-    if source.startswith("pvc://"):
-        _, _, path = source.removeprefix("pvc://").partition("/")
-        return f"{MODELS_MOUNT}/{path}".rstrip("/")
-    return source
-
-
-def engine_kwargs(spec: LLMServiceSpec, tensor_parallel_size: int | None = None) -> dict[str, Any]:
+def engine_kwargs(p: Plan, tensor_parallel_size: int | None = None) -> dict[str, Any]:
+    spec = p.spec
     e = spec.engine
     kwargs: dict[str, Any] = {
         "tensor_parallel_size": tensor_parallel_size or e.tensor_parallel_size,
@@ -60,7 +51,7 @@ def engine_kwargs(spec: LLMServiceSpec, tensor_parallel_size: int | None = None)
         kwargs["enable_lora"] = True
     if spec.prefill_decode:
         kwargs["kv_transfer_config"] = {"kv_connector": spec.prefill_decode.kv_connector, "kv_role": "kv_both"}
-    if get(spec.accelerator.type).is_cpu:
+    if p.accelerator.is_cpu:
         # torch.compile on CPU needs a C++ compiler in the image; eager mode does not.
         kwargs["enforce_eager"] = True
     kwargs.update({engine_arg(k): v for k, v in e.extra_args.items()})
@@ -83,10 +74,12 @@ def autoscaling_config(spec: LLMServiceSpec, replicas: ReplicaSpec) -> dict[str,
     return conf
 
 
-def llm_config(spec: LLMServiceSpec, replicas: ReplicaSpec, tensor_parallel_size: int | None = None) -> dict[str, Any]:
-    """One entry of Ray Serve LLM's `llm_configs` (validated in tests against Ray's LLMConfig)."""
-    sh = shape(spec, tensor_parallel_size)
-    loading: dict[str, Any] = {"model_id": spec.model.name, "model_source": model_source(spec.model.source)}
+def llm_config(p: Plan, group: WorkerBounds, replicas: ReplicaSpec | None = None) -> dict[str, Any]:
+    """One entry of Ray Serve LLM's `llm_configs` (validated in tests against Ray's LLMConfig):
+    the Serve deployment of one worker group (`replicas`: its own unless given)."""
+    spec, sh = p.spec, group.shape
+    replicas = replicas or group.replicas
+    loading: dict[str, Any] = {"model_id": spec.model.name, "model_source": p.source.serve_source}
     if spec.model.tokenizer:
         loading["tokenizer_source"] = spec.model.tokenizer
     deployment: dict[str, Any] = {
@@ -107,7 +100,7 @@ def llm_config(spec: LLMServiceSpec, replicas: ReplicaSpec, tensor_parallel_size
         deployment["ray_actor_options"] = {"num_cpus": 0}
     else:
         conf["accelerator_type"] = sh.accelerator.ray_type
-    conf["engine_kwargs"] = engine_kwargs(spec, tensor_parallel_size)
+    conf["engine_kwargs"] = engine_kwargs(p, group.tensor_parallel_size)
     conf["deployment_config"] = deployment
     if spec.routing.stream_batching_ms is not None:
         conf["experimental_configs"] = {"stream_batching_interval_ms": spec.routing.stream_batching_ms}
@@ -122,17 +115,18 @@ def llm_config(spec: LLMServiceSpec, replicas: ReplicaSpec, tensor_parallel_size
     return conf
 
 
-def application(spec: LLMServiceSpec) -> dict[str, Any]:
-    roles = {role: (r, tp) for role, r, tp in serve_bounds(spec)}
+def application(p: Plan) -> dict[str, Any]:
+    spec = p.spec
+    roles = {g.role: g for g in p.groups}
     if spec.prefill_decode:
         builder = "pd"
-        args = {role + "_config": llm_config(spec, *roles[role]) for role in ("prefill", "decode")}
+        args = {role + "_config": llm_config(p, roles[role]) for role in ("prefill", "decode")}
     elif spec.engine.data_parallel_size > 1:
         # Ray's DPServer counts DP groups here and multiplies by data_parallel_size itself.
-        builder, args = "dp", {"llm_config": llm_config(spec, spec.replicas)}
+        builder, args = "dp", {"llm_config": llm_config(p, roles["dp"], spec.replicas)}
     else:
-        builder, args = "openai", {"llm_configs": [llm_config(spec, *roles["llm"])]}
-        if get(spec.accelerator.type).is_cpu and not spec.routing.direct_streaming:
+        builder, args = "openai", {"llm_configs": [llm_config(p, roles["llm"])]}
+        if p.accelerator.is_cpu and not spec.routing.direct_streaming:
             # The OpenAI ingress deployment asks for 1 CPU by default: a CPU service has none
             # to spare (the head has num-cpus 0, workers' CPUs belong to their replica).
             # Ray refuses this key with direct streaming, where no such deployment exists.
@@ -140,11 +134,11 @@ def application(spec: LLMServiceSpec) -> dict[str, Any]:
     return {"name": "llm", "route_prefix": "/", "import_path": BUILDERS[builder], "args": args}
 
 
-def serve_config(spec: LLMServiceSpec) -> dict[str, Any]:
+def serve_config(p: Plan) -> dict[str, Any]:
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": "0.0.0.0", "port": SERVE_PORT},
-        "applications": [application(spec)],
+        "applications": [application(p)],
     }
 
 

@@ -122,6 +122,7 @@ class WorkerBounds:
     role: str
     shape: Shape
     replicas: ReplicaSpec  # Serve replicas of this role
+    tensor_parallel_size: int | None = None  # this role's, where it differs from the engine's
 
     @property
     def min_pods(self) -> int:
@@ -151,4 +152,4 @@ class WorkerBounds:
 
 def worker_bounds(spec: LLMServiceSpec) -> list[WorkerBounds]:
     """One Ray worker group per Serve role (prefill and decode may differ in size)."""
-    return [WorkerBounds(role, shape(spec, tp), r) for role, r, tp in serve_bounds(spec)]
+    return [WorkerBounds(role, shape(spec, tp), r, tp) for role, r, tp in serve_bounds(spec)]

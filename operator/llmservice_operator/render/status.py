@@ -1,27 +1,33 @@
 """LLMService status from what the cluster reports: pure, so every transition is unit-tested.
 
-Inputs are the LLMService, the live RayService (or None), problems found before applying
-(missing Secrets, render errors), and the previous conditions (to keep lastTransitionTime).
+Inputs are the service's plan, what was observed (the RayService and its clusters, the
+service's pods, problems found before applying, GKE's view of the node pools, root causes read
+from replica logs) and the previous status (to keep lastTransitionTime). The output is the
+typed status model; its three conditions always agree: a service that Serve gave up on is not
+also Progressing, and `children` names only what exists.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..api.resource import LLMService
+from ..api.status import ChildStatus, Condition, LLMServiceStatus, NodePoolStatus, ReplicaStatus, set_condition
 from ..api.status import ConditionType as C
 from ..api.status import Phase as P
 from ..api.status import Reason as R
 from ..settings import OperatorSettings
-from . import names
+from .plan import Plan, plan
 from .serve_config import SERVE_PORT
-from .shape import worker_bounds
 
 HEALTHY_APPS = {"RUNNING"}
 # Serve applying a new config (replica bounds, routing) to an app that serves meanwhile.
 UPDATING_APPS = {"DEPLOYING"}
 FAILED_APPS = {"DEPLOY_FAILED", "UNHEALTHY"}
+MESSAGE_LIMIT = 400  # a condition's message: one line; the whole text goes into an Event
 
 
 @dataclass(frozen=True)
@@ -33,12 +39,19 @@ class Observed:
     node_pools: list[dict[str, Any]] = field(default_factory=list)
     ray_cluster: dict[str, Any] | None = None  # the active RayCluster: its status counts ready workers
     pool_progress: list[str] = field(default_factory=list)  # a node pool being replaced, a policy awaited
+    pods: Sequence[dict[str, Any]] = ()  # the service's Ray pods: which wait for a node, and why
+    serve_service: bool = False  # KubeRay has made the Service clients call
+    root_causes: Mapping[str, str] = field(default_factory=dict)  # Serve deployment -> why its replica failed
 
 
-def _cond(ctype: C, ok: bool, reason: str, message: str) -> dict[str, Any]:
-    """A condition as written; plain strings (not the enums) so the dict is plain JSON data.
-    `reason` may be KubeRay's own (Ready while deploying)."""
-    return {"type": str(ctype), "status": "True" if ok else "False", "reason": str(reason), "message": message}
+def _cond(ctype: C, ok: bool, reason: str, message: str = "") -> Condition:
+    """`reason` may be KubeRay's own (Ready while deploying)."""
+    return Condition(type=str(ctype), status="True" if ok else "False", reason=str(reason), message=one_line(message))
+
+
+def one_line(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _ray_condition(rs: dict[str, Any], ctype: str) -> dict[str, Any] | None:
@@ -49,11 +62,15 @@ def _apps(rs: dict[str, Any], which: str = "activeServiceStatus") -> dict[str, d
     return (rs.get("status", {}).get(which) or {}).get("applicationStatuses") or {}
 
 
-def _error(message: str, limit: int = 400) -> str:
-    """The exception line of Ray's traceback (the whole one is in the RayService status)."""
+def exception_line(message: str) -> str:
+    """The exception line of a Python traceback (the last line that names an exception), or
+    the message's last line."""
     lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
-    last = lines[-1] if lines else ""
-    return last if len(last) <= limit else last[: limit - 3] + "..."
+    return next((ln for ln in reversed(lines) if _EXCEPTION.match(ln)), lines[-1] if lines else "")
+
+
+# "ValueError: ...", "vllm.x.EngineError: ...", "ray.exceptions.RayTaskError(ValueError): ..."
+_EXCEPTION = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?\w*(?:Error|Exception)\w*(?:\([\w.]+\))?: \S")
 
 
 def endpoint(svc: LLMService, settings: OperatorSettings) -> str:
@@ -61,26 +78,61 @@ def endpoint(svc: LLMService, settings: OperatorSettings) -> str:
     return f"{scheme}://{svc.metadata.name}.{svc.metadata.namespace}.svc:{SERVE_PORT}/v1"
 
 
-def replicas(svc: LLMService, rs: dict[str, Any] | None, ray_cluster: dict[str, Any] | None = None) -> dict[str, int]:
+def replicas(
+    svc: LLMService | Plan, rs: dict[str, Any] | None, ray_cluster: dict[str, Any] | None = None
+) -> ReplicaStatus:
     """Model replicas from the active cluster's worker pods (pods per replica > 1 for
     multi-host TPU slices and multi-node GPU replicas): from the RayCluster when it was read
     (the RayService's copy of its status goes stale), else from that copy."""
+    p = svc if isinstance(svc, Plan) else plan(svc)
     cluster = (
         (ray_cluster or {}).get("status")
         or (rs or {}).get("status", {}).get("activeServiceStatus", {}).get("rayClusterStatus")
         or {}
     )
-    groups = worker_bounds(svc.spec)
-    per = groups[0].shape.pods_per_replica if len(groups) == 1 else 1
-    return {
-        "ready": int(cluster.get("readyWorkerReplicas", 0)) // per,
-        "desired": int(cluster.get("desiredWorkerReplicas", 0)) // per,
-    }
+    per = p.pods_per_replica
+    return ReplicaStatus(
+        ready=int(cluster.get("readyWorkerReplicas", 0)) // per,
+        desired=int(cluster.get("desiredWorkerReplicas", 0)) // per,
+    )
 
 
-def conditions(svc: LLMService, obs: Observed) -> tuple[P, list[dict[str, Any]]]:
+def unschedulable(pods: Sequence[dict[str, Any]]) -> list[str]:
+    """Each pod no node can take, with the scheduler's reason ("0/3 nodes are available: 1
+    Insufficient cpu, ..."), in the order the pods were made."""
+    out = []
+    for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or ""):
+        if (pod.get("status") or {}).get("phase") != "Pending" or pod["metadata"].get("deletionTimestamp"):
+            continue
+        for c in (pod.get("status") or {}).get("conditions") or []:
+            if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
+                out.append(f"pod {pod['metadata']['name']} waits for a node: {c.get('message') or 'unschedulable'}")
+    return out
+
+
+def _failures(rs: dict[str, Any], root_causes: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """(failed, failing): Serve applications that failed (Serve gave up), and deployments whose
+    replicas fail to start while Serve still retries, each as "<where>: <root cause>"."""
+    failed, failing = [], []
+    for which, where in (("activeServiceStatus", ""), ("pendingServiceStatus", " (new cluster)")):
+        for app, a in sorted(_apps(rs, which).items()):
+            deployments = a.get("serveDeploymentStatuses") or {}
+            causes = {d: root_causes[d] for d in deployments if d in root_causes}
+            if a.get("status") in FAILED_APPS:
+                bad = {d: s for d, s in deployments.items() if s.get("status") in FAILED_APPS}
+                detail = [
+                    f"{d}: {causes.get(d) or exception_line(s.get('message', ''))}".rstrip(": ")
+                    for d, s in sorted(bad.items())
+                ] or [exception_line(a.get("message", ""))]
+                failed.append(f"{app}{where}: {a.get('status')}: " + "; ".join(x for x in detail if x))
+            elif causes:
+                failing += [f"{app}{where}: {d}: {c}" for d, c in sorted(causes.items())]
+    return failed, failing
+
+
+def conditions(p: Plan, obs: Observed) -> tuple[P, list[Condition]]:
     """(phase, [Ready, Progressing, Degraded])."""
-    rs = obs.ray_service
+    svc, rs = p.svc, obs.ray_service
     spec_seen = rs is not None and rs.get("status", {}).get("observedGeneration") == rs["metadata"].get("generation")
     if obs.problems:
         message = "; ".join(obs.problems)
@@ -95,24 +147,19 @@ def conditions(svc: LLMService, obs: Observed) -> tuple[P, list[dict[str, Any]]]
     if svc.spec.suspend:
         return P.SUSPENDED, [
             _cond(C.READY, False, R.SUSPENDED, "spec.suspend is true: the Ray cluster is deleted"),
-            _cond(C.PROGRESSING, False, R.SUSPENDED, ""),
-            _cond(C.DEGRADED, False, R.SUSPENDED, ""),
+            _cond(C.PROGRESSING, False, R.SUSPENDED),
+            _cond(C.DEGRADED, False, R.SUSPENDED),
         ]
     if rs is None:
         return P.PENDING, [
             _cond(C.READY, False, R.CREATING, "creating the RayService"),
             _cond(C.PROGRESSING, True, R.CREATING, "creating the RayService"),
-            _cond(C.DEGRADED, False, R.AS_EXPECTED, ""),
+            _cond(C.DEGRADED, False, R.AS_EXPECTED),
         ]
     ready = _ray_condition(rs, "Ready") or {}
     upgrading = _ray_condition(rs, "UpgradeInProgress") or {}
     apps = _apps(rs)
-    failed = {n: a for n, a in apps.items() if a.get("status") in FAILED_APPS}
-    # The cluster KubeRay is bringing up (first deploy or upgrade) fails before it ever serves:
-    # a user must see why, not an endless Provisioning.
-    failed |= {
-        f"{n} (new cluster)": a for n, a in _apps(rs, "pendingServiceStatus").items() if a.get("status") in FAILED_APPS
-    }
+    failed, failing = _failures(rs, obs.root_causes)
     # While a new cluster starts beside the serving one, KubeRay 1.6 reports the pending
     # cluster's applications only (the active cluster's are absent), and keeps Ready True:
     # the old cluster still answers (seen on a real node during an engine.maxModelLen change).
@@ -122,14 +169,22 @@ def conditions(svc: LLMService, obs: Observed) -> tuple[P, list[dict[str, Any]]]
     # True and Progressing says so, as a Deployment stays Available while it rolls.
     serving = ready.get("status") == "True" and healthy
     updating = sorted(n for n, a in apps.items() if a.get("status") in UPDATING_APPS)
+    counts = replicas(p, rs, obs.ray_cluster)
+    waiting = unschedulable(obs.pods)
     if failed:
-        detail = "; ".join(
-            f"{n}: {a.get('status')}: {_error(a.get('message', ''))}".rstrip(": ") for n, a in failed.items()
-        )
-        degraded = _cond(C.DEGRADED, True, R.SERVE_APPLICATION_FAILED, detail)
+        degraded = _cond(C.DEGRADED, True, R.SERVE_APPLICATION_FAILED, "; ".join(failed))
+    elif failing:
+        degraded = _cond(C.DEGRADED, True, R.REPLICA_START_FAILED, "; ".join(failing))
     else:
-        degraded = _cond(C.DEGRADED, False, R.AS_EXPECTED, "")
-    if upgrade:
+        degraded = _cond(C.DEGRADED, False, R.AS_EXPECTED)
+    if failed:
+        # Serve gave up: nothing moves until the spec does (an upgrade's old cluster may serve on).
+        progressing = _cond(C.PROGRESSING, False, R.FAILED, "Serve stopped retrying: fix the spec, then apply it")
+    elif waiting:
+        progressing = _cond(C.PROGRESSING, True, R.WAITING_FOR_CAPACITY, "; ".join(waiting))
+    elif failing:
+        progressing = _cond(C.PROGRESSING, True, R.RETRYING, "a replica failed to start; Serve starts it again")
+    elif upgrade:
         progressing = _cond(C.PROGRESSING, True, R.UPGRADING, upgrading.get("message", "new Ray cluster starting"))
     elif not spec_seen:
         progressing = _cond(C.PROGRESSING, True, R.RECONCILING, "KubeRay has not yet observed the latest spec")
@@ -139,69 +194,96 @@ def conditions(svc: LLMService, obs: Observed) -> tuple[P, list[dict[str, Any]]]
         progressing = _cond(
             C.PROGRESSING, True, R.DEPLOYING, f"Serve is updating {', '.join(updating)}; it serves meanwhile"
         )
+    elif counts.desired != counts.ready:
+        progressing = _cond(
+            C.PROGRESSING, True, R.SCALING, f"{counts.ready} of {counts.desired} replica(s) ready; it serves meanwhile"
+        )
     else:
-        progressing = _cond(C.PROGRESSING, False, R.RECONCILED, "")
-    if serving:
+        progressing = _cond(C.PROGRESSING, False, R.RECONCILED)
+    if serving and counts.ready == 0 and counts.desired == 0 and p.head_serves:
+        ready_c = _cond(C.READY, True, R.SCALED_TO_ZERO, "no replica runs: the next request is held while one starts")
+    elif serving:
         n = rs.get("status", {}).get("numServeEndpoints", 0)
         ready_c = _cond(C.READY, True, R.SERVING_TRAFFIC, f"{n} serve endpoint(s)")
+    elif failed or failing:
+        ready_c = _cond(C.READY, False, R.NOT_DEPLOYED, "no replica could start: see Degraded")
     else:
         ready_c = _cond(C.READY, False, ready.get("reason") or R.DEPLOYING, ready.get("message", ""))
-    phase = P.READY if serving else (P.DEGRADED if failed else P.PROVISIONING)
+    phase = P.READY if serving else (P.DEGRADED if failed or failing else P.PROVISIONING)
     return phase, [ready_c, progressing, degraded]
 
 
-def _keep_transition_times(new: list[dict[str, Any]], old: list[dict[str, Any]], now: str) -> list[dict[str, Any]]:
-    previous = {c.get("type"): c for c in old}
-    out = []
-    for c in new:
-        before = previous.get(c["type"])
-        same = before is not None and before.get("status") == c["status"]
-        out.append({**c, "lastTransitionTime": before.get("lastTransitionTime", now) if same else now})
-    return out
+def summary(conds: list[Condition]) -> Condition:
+    """The condition that says most about where the service is: a true Degraded, else a true
+    Progressing, else Ready."""
+    by = {c.type: c for c in conds}
+    for ctype in (C.DEGRADED, C.PROGRESSING):
+        c = by.get(str(ctype))
+        if c is not None and c.status == "True":
+            return c
+    return by[str(C.READY)]
+
+
+def _finish(
+    phase: P, conds: list[Condition], generation: int, previous: dict[str, Any], now: str, **fields: Any
+) -> LLMServiceStatus:
+    kept = [Condition.model_validate(c) for c in previous.get("conditions") or [] if isinstance(c, dict)]
+    out: list[Condition] = []
+    for c in conds:
+        merged = [k for k in kept if k.type == c.type]
+        set_condition(merged, c.model_copy(update={"observed_generation": generation}), now)
+        out.append(merged[0])
+    top = summary(out)
+    return LLMServiceStatus(
+        observed_generation=generation,
+        phase=phase,
+        reason=top.reason,
+        message=top.message or None,
+        conditions=out,
+        **fields,
+    )
 
 
 def status(
-    svc: LLMService, obs: Observed, settings: OperatorSettings, previous: dict[str, Any], now: str
-) -> dict[str, Any]:
-    phase, conds = conditions(svc, obs)
+    svc: LLMService | Plan, obs: Observed, settings: OperatorSettings, previous: dict[str, Any], now: str
+) -> LLMServiceStatus:
+    p = svc if isinstance(svc, Plan) else plan(svc)
+    phase, conds = conditions(p, obs)
     if obs.pool_problems and not obs.problems:
         # The Ray side may be fine; the nodes it needs are not coming: say why, in GKE's words.
         phase = P.DEGRADED
-        conds = [c for c in conds if c["type"] != C.DEGRADED]
+        conds = [c for c in conds if c.type != C.DEGRADED]
         conds.append(_cond(C.DEGRADED, True, R.NODE_POOL_ERROR, "; ".join(obs.pool_problems)))
     if obs.pool_progress and not obs.problems:
         # Nodes are changing under a service that may well be serving: Progressing says so
         # (the phase stays what the Ray side makes it).
-        conds = [c for c in conds if c["type"] != C.PROGRESSING]
+        conds = [c for c in conds if c.type != C.PROGRESSING]
         conds.append(_cond(C.PROGRESSING, True, R.UPDATING_NODE_POOLS, "; ".join(obs.pool_progress)))
-    conds = [{**c, "observedGeneration": obs.generation} for c in conds]
     rs = obs.ray_service
     rs_status = (rs or {}).get("status") or {}
     # The active cluster serves; before the first one is ready, KubeRay reports it as pending.
     cluster = (rs_status.get("activeServiceStatus") or {}).get("rayClusterName") or (
         rs_status.get("pendingServiceStatus") or {}
     ).get("rayClusterName")
-    return {
-        "observedGeneration": obs.generation,
-        "phase": str(phase),
-        "conditions": _keep_transition_times(conds, previous.get("conditions", []), now),
-        "endpoint": endpoint(svc, settings) if phase == P.READY else previous.get("endpoint"),
-        "replicas": replicas(svc, rs, obs.ray_cluster),
-        "children": {
-            k: v
-            for k, v in {
-                "rayService": svc.metadata.name if rs else None,
-                "rayCluster": cluster,
-                "serveService": svc.metadata.name if rs else None,
-                "edgeConfig": names.child(svc.metadata.name, "edge") if svc.spec.ingress.sidecar else None,
-            }.items()
-            if v
-        },
-        **({"nodePools": obs.node_pools} if svc.spec.node_pool.managed else {}),
-    }
+    return _finish(
+        phase,
+        conds,
+        obs.generation,
+        previous,
+        now,
+        endpoint=endpoint(p.svc, settings) if phase == P.READY else previous.get("endpoint"),
+        replicas=replicas(p, rs, obs.ray_cluster),
+        children=ChildStatus(
+            ray_service=p.names.ray_service if rs else None,
+            ray_cluster=cluster,
+            serve_service=p.names.serve_service if obs.serve_service else None,
+            edge_config=p.names.edge_config if p.spec.ingress.sidecar and rs else None,
+        ),
+        node_pools=[NodePoolStatus.model_validate(x) for x in obs.node_pools] if p.spec.node_pool.managed else None,
+    )
 
 
-def invalid(problems: list[str], generation: int, previous: dict[str, Any], now: str) -> dict[str, Any]:
+def invalid(problems: list[str], generation: int, previous: dict[str, Any], now: str) -> LLMServiceStatus:
     """Status of a manifest the renderer rejects (a rule CEL cannot express)."""
     message = "; ".join(problems)
     conds = [
@@ -209,12 +291,7 @@ def invalid(problems: list[str], generation: int, previous: dict[str, Any], now:
         _cond(C.PROGRESSING, False, R.BLOCKED, message),
         _cond(C.DEGRADED, True, R.INVALID_SPEC, message),
     ]
-    conds = [{**c, "observedGeneration": generation} for c in conds]
-    return {
-        "observedGeneration": generation,
-        "phase": str(P.DEGRADED),
-        "conditions": _keep_transition_times(conds, previous.get("conditions", []), now),
-    }
+    return _finish(P.DEGRADED, conds, generation, previous, now)
 
 
 def without_times(status: dict[str, Any]) -> dict[str, Any]:
