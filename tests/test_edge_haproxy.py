@@ -98,6 +98,7 @@ def test_sidecar_wiring(settings):
     rs = ray_service(plan(svc), settings)
     pod = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]
     edge_c = next(c for c in pod["containers"] if c["name"] == "edge")
+    # A worker's sidecar is ready when its path to Serve is (over TLS here).
     assert edge_c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
     mounts = {m["mountPath"] for m in edge_c["volumeMounts"]}
     assert mounts == {edge.CONFIG_DIR, edge.KEYS_DIR, edge.TLS_DIR, edge.RUN_DIR}

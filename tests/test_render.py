@@ -527,10 +527,20 @@ def test_edge_sidecar_on_the_head_only_while_the_head_serves(settings):
 
     assert head_containers(sample_doc("gemma-b200.yaml")) == (["ray"], True)
     assert head_containers(sample_doc("l4-spot-fallback.yaml")) == (["ray", "edge"], False)  # min 0
-    assert head_containers(with_spec(sample_doc("cpu-tiny.yaml"), replicas={"min": 0, "max": 1})) == (
-        ["ray", "edge"],
-        False,
-    )
+    zero = with_spec(sample_doc("cpu-tiny.yaml"), replicas={"min": 0, "max": 1})
+    assert head_containers(zero) == (["ray", "edge"], False)
+    # The head's sidecar is ready when HAProxy runs: KubeRay deploys Serve only to a ready head
+    # (waiting on Serve, it deadlocked); a worker's once its path to Serve is.
+    cluster = render(parse(zero), settings).ray_service["spec"]["rayClusterConfig"]
+    [head_edge] = [c for c in cluster["headGroupSpec"]["template"]["spec"]["containers"] if c["name"] == "edge"]
+    [worker_edge] = [c for c in cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"] if c["name"] == "edge"]
+    assert head_edge["readinessProbe"]["httpGet"]["path"] == "/livez"
+    assert worker_edge["readinessProbe"]["httpGet"]["path"] == "/-/healthz"
+
+
+def test_idle_worker_pods_go_after_the_configured_time(settings):
+    cluster = render(parse(with_spec(sample_doc("cpu-tiny.yaml"), autoscaling={"workerIdleSeconds": 15})), settings)
+    assert cluster.ray_service["spec"]["rayClusterConfig"]["autoscalerOptions"]["idleTimeoutSeconds"] == 15
 
 
 def test_cpu_ingress_deployment_without_direct_streaming(settings):

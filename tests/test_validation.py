@@ -50,7 +50,6 @@ CASES = [
         "spec.routing.directStreaming",
         "exactly one model",
     ),
-    (GPU, {"routing": {"policy": "session-affinity"}}, "spec.routing.policy", "directStreaming: false"),
     (GPU, {"routing": {"policy": "prefix-aware"}}, "spec.routing.policy", "prefix-aware needs routing.directStreaming"),
     (GPU, {"ingress": {"rateLimit": {"requestsPerMinute": 10}}}, "spec.ingress.rateLimit", "apiKeysSecret"),
     (GPU, {"ingress": {"sidecar": False, "tlsSecret": "tls"}}, "spec.ingress.sidecar", "must be true"),

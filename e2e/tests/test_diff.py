@@ -35,9 +35,9 @@ def _diff(cluster: Cluster, doc: dict[str, Any] | str, tmp_path: Path) -> subpro
 
 
 def _changed(out: str) -> dict[str, str]:
-    """kind -> action, from the `# <action> <Kind>/<ns>/<name>` headers."""
+    """kind (or kind/part) -> action, from the `# <action> <Kind>/<ns>/<name> [(<part>)]` headers."""
     heads = [ln.split() for ln in out.splitlines() if ln.startswith("# ") and "/" in ln]
-    return {ref.split("/")[0]: action for _, action, ref in heads}
+    return {ref.split("/")[0] + ("/" + part[0].strip("()") if part else ""): action for _, action, ref, *part in heads}
 
 
 def test_diff_shows_what_applying_would_change_and_writes_nothing(
@@ -50,7 +50,7 @@ def test_diff_shows_what_applying_would_change_and_writes_nothing(
     assert new.returncode == 1, new.stderr
     assert _changed(new.stdout) == {
         "LLMService": "create", "NetworkPolicy": "create", "ConfigMap": "create", "Service": "create",
-        "RayService": "create", "PodDisruptionBudget": "create", "Secret": "create",
+        "RayService": "create", "PodDisruptionBudget": "create", "Secret": "create", "LLMService/status": "update",
     }, new.stdout  # fmt: skip
     assert _get(cluster, "llmsvc", namespace, NAME) is None, "a dry run stores nothing"
 
@@ -67,7 +67,10 @@ def test_diff_shows_what_applying_would_change_and_writes_nothing(
     doc["spec"]["engine"]["maxModelLen"] = 4096
     changed = _diff(cluster, doc, tmp_path)
     assert changed.returncode == 1
-    assert _changed(changed.stdout) == {"LLMService": "update", "RayService": "update"}, changed.stdout
+    # (and the status the operator would write for the new generation)
+    assert _changed(changed.stdout) == {
+        "LLMService": "update", "RayService": "update", "LLMService/status": "update"
+    }, changed.stdout  # fmt: skip
     lines = changed.stdout.splitlines()
     assert "-    maxModelLen: 16384" in lines and "+    maxModelLen: 4096" in lines, changed.stdout
     assert any(ln.startswith("+") and "max_model_len: 4096" in ln for ln in lines), changed.stdout

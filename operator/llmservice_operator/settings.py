@@ -49,6 +49,11 @@ class OperatorSettings(BaseModel):
         description="Labels of the KubeRay operator's pods (any namespace): the services' "
         "NetworkPolicies let them reach the Ray dashboard and Serve's health port.",
     )
+    operator_pod_labels: dict[str, str] = Field(
+        default_factory=lambda: {"app.kubernetes.io/name": "llmservice-operator"},
+        description="Labels of this operator's own pods (any namespace): the services' NetworkPolicies let "
+        "them reach the Ray dashboard, where the operator reads why a replica failed to start.",
+    )
     metrics_namespaces: list[str] = Field(
         default_factory=lambda: ["gmp-system", "monitoring"],
         description="Namespaces whose pods may scrape the services' metrics ports (NetworkPolicy).",

@@ -351,13 +351,6 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "routing.policy",
-        "session-affinity hashes X-Session-Id in Ray's HAProxy, which direct streaming bypasses: "
-        "set routing.directStreaming: false",
-        lambda s: s.routing.policy == "session-affinity" and s.routing.direct_streaming,
-        "self.routing.policy != 'session-affinity' || !self.routing.directStreaming",
-    ),
-    Rule(
-        "routing.policy",
         "prefix-aware needs routing.directStreaming: false: with direct streaming Ray 2.60's router "
         "picks replicas without ever learning where a prefix went, so it only balances load (seen "
         "with real vLLM); without it the OpenAI ingress routes through the prefix tree",

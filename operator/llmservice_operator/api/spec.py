@@ -195,6 +195,14 @@ class AutoscalingSpec(Model):
     downscale_to_zero_delay_seconds: int | None = Field(
         None, ge=0, description="Idle time before the last replica goes (replicas.min: 0)."
     )
+    worker_idle_seconds: int = Field(
+        60,
+        ge=0,
+        le=86400,
+        description="How long a Ray worker pod with no replica left on it stays before the Ray "
+        "autoscaler removes it (KubeRay's idleTimeoutSeconds): after a scale-down, pods (and then "
+        "GKE nodes) follow the replicas after this long.",
+    )
 
 
 class RoutingSpec(Model):
@@ -202,10 +210,11 @@ class RoutingSpec(Model):
 
     policy: Literal["least-loaded", "round-robin", "prefix-aware", "session-affinity"] = Field(
         "least-loaded",
-        description="least-loaded: fewest in-flight requests (HAProxy leastconn). round-robin. "
-        "prefix-aware: requests sharing a prompt prefix go to the replica that has it cached "
-        "(needs engine.enablePrefixCaching). session-affinity: same X-Session-Id header, same "
-        "replica (needs directStreaming: false).",
+        description="How Ray Serve picks a replica for each request. least-loaded: the less busy of two "
+        "(Serve's power of two choices). round-robin: each replica in turn. prefix-aware: requests "
+        "sharing a prompt prefix go to the replica that has it cached (needs engine.enablePrefixCaching "
+        "and directStreaming: false). session-affinity: the same X-Session-Id header, the same replica "
+        "(consistent hashing: adding a replica moves few sessions).",
     )
     direct_streaming: bool = Field(
         True,

@@ -195,8 +195,26 @@ def _pool_view(obs: Observed, rendered: Rendered | None) -> tuple[list[str], lis
     return list(obs.pools.problems), list(obs.pools.pools), list(obs.pools.progress)
 
 
+def _as_applied(live: dict[str, Any] | None, desired: dict[str, Any]) -> dict[str, Any]:
+    """The RayService as this reconcile's apply leaves it: KubeRay's status as it was, for a
+    spec it has not seen yet (a new generation). The status then says "Reconciling" at once,
+    instead of what the object was before (or "Creating") until the next reconcile."""
+    meta = (live or {}).get("metadata") or {}
+    generation = int(meta.get("generation") or 0) + 1
+    return {
+        **desired,
+        "metadata": {**desired["metadata"], "generation": generation},
+        "status": (live or {}).get("status") or {},
+    }
+
+
 def _status(
-    obs: Observed, settings: OperatorSettings, rendered: Rendered | None, problems: list[str], gke: bool
+    obs: Observed,
+    settings: OperatorSettings,
+    rendered: Rendered | None,
+    problems: list[str],
+    gke: bool,
+    applying: list[dict[str, Any]] | None = None,
 ) -> LLMServiceStatus:
     previous = obs.body.get("status") or {}
     if obs.svc is None or rendered is None:
@@ -204,9 +222,12 @@ def _status(
     pool_problems, pools, progress = _pool_view(obs, rendered)
     if rendered.managed_pools and not gke:
         pool_problems = [NO_GKE]
+    ray_service = obs.ray_service
+    if any(o is rendered.ray_service for o in applying or []):
+        ray_service = _as_applied(ray_service, rendered.ray_service)
     view = status_mod.Observed(
         obs.generation,
-        obs.ray_service,
+        ray_service,
         problems,
         pool_problems,
         pools,
@@ -266,7 +287,7 @@ def decide(obs: Observed, settings: OperatorSettings, gke: bool = False) -> Acti
     pools = None
     if rendered is not None and rendered.managed_pools and gke:
         pools = PoolRequest(rendered.node_pools, rendered.workload_policies, _switching(obs.ray_service))
-    new = _status(obs, settings, rendered, problems, gke)
+    new = _status(obs, settings, rendered, problems, gke, apply)
     new_dict = new.to_dict()
     unchanged = status_mod.without_times(new_dict) == status_mod.without_times(previous)
     requeue = None

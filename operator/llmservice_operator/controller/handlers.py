@@ -190,6 +190,10 @@ class Controller:
         per watched kind (the LLMServices, and every child kind the registry marks watched)."""
         reg = kopf.OperatorRegistry()
 
+        @kopf.on.login(registry=reg)  # what kopf's default registry would do: the kubernetes client's config
+        def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+            return kopf.login_via_client(**kwargs)
+
         @kopf.on.startup(registry=reg)
         def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
             # Events only for kopf's own warnings; the reconciler posts phase transitions.

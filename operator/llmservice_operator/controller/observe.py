@@ -130,7 +130,7 @@ def observe(
         if (kind.kind, child) not in children:
             children[(kind.kind, child)] = read(kind.api_version, kind.kind, ns, child)
     # KubeRay makes the serve Service once it has a Ray cluster.
-    serve = kube.get("v1", "Service", ns, name) if clusters else None
+    serve = kube.get("v1", "Service", ns, name) if cluster_names(rs) else None
     pods = tuple(kube.list("v1", "Pod", ns, f"{keys.OWNER}={name}")) if rs is not None else ()
     causes = root_causes.find(svc, rs, pods) if root_causes is not None and rs is not None else {}
     return Observed(

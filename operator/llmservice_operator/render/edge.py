@@ -235,7 +235,21 @@ def volumes(p: Plan) -> list[dict[str, Any]]:
     return vols
 
 
-def container(p: Plan, settings: OperatorSettings) -> dict[str, Any]:
+def readiness(p: Plan, head: bool) -> dict[str, Any]:
+    """A worker's sidecar is ready once its path to Ray Serve is: the pod then joins the Service
+    (ready on HAProxy alone, a new pod's sidecar answered 503 until its own check of Serve
+    passed: one failed request at an upgrade's switch-over, seen on the real node). The head's
+    sidecar is ready once HAProxy runs: KubeRay deploys the Serve app only to a ready head, so a
+    head that serves (replicas.min 0) would wait for itself forever (seen on the real node); the
+    head joins the Service only once KubeRay has found its Serve proxy healthy (its ray.io/serve
+    label)."""
+    if head:
+        return {"httpGet": {"path": "/livez", "port": EDGE_METRICS_PORT}, "periodSeconds": 5}
+    scheme = "HTTPS" if p.spec.ingress.tls_secret else "HTTP"
+    return {"httpGet": {"path": "/-/healthz", "port": EDGE_PORT, "scheme": scheme}, "periodSeconds": 5}
+
+
+def container(p: Plan, settings: OperatorSettings, head: bool = False) -> dict[str, Any]:
     ing = p.spec.ingress
     mounts = [{"name": "edge-config", "mountPath": CONFIG_DIR, "readOnly": True}]
     if ing.api_keys_secret:
@@ -244,7 +258,6 @@ def container(p: Plan, settings: OperatorSettings) -> dict[str, Any]:
         mounts.append({"name": "edge-tls", "mountPath": TLS_DIR, "readOnly": True})
     # The peering a rate limit uses is in the pod whether or not one is set (see volumes()).
     mounts.append({"name": "edge-run", "mountPath": RUN_DIR})
-    probe_scheme = "HTTPS" if ing.tls_secret else "HTTP"
     # CPU services run on small nodes (kind, a 2-core dev node, n2-standard-2): ask for less.
     cpu, mem = ("100m", "128Mi") if p.accelerator.is_cpu else ("500m", "256Mi")
     return {
@@ -262,10 +275,7 @@ def container(p: Plan, settings: OperatorSettings) -> dict[str, Any]:
         # Endpoints are removed asynchronously after a pod starts terminating: keep accepting
         # for a few seconds, so a connection that still arrives is served, not refused.
         "lifecycle": {"preStop": {"sleep": {"seconds": DRAIN_SECONDS}}},
-        "readinessProbe": {
-            "httpGet": {"path": "/-/healthz", "port": EDGE_PORT, "scheme": probe_scheme},
-            "periodSeconds": 5,
-        },
+        "readinessProbe": readiness(p, head),
         "livenessProbe": {"httpGet": {"path": "/livez", "port": EDGE_METRICS_PORT}, "periodSeconds": 10},
         "resources": {"requests": {"cpu": cpu, "memory": mem}, "limits": {"memory": "512Mi"}},
         "securityContext": {

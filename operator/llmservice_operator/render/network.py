@@ -31,6 +31,7 @@ def network_policy(p: Plan, settings: OperatorSettings) -> dict[str, Any] | None
     serving = "edge" if svc.spec.ingress.sidecar else "serve"
     metrics = list(dict.fromkeys(e["port"] for e in metrics_endpoints(svc)))  # the ports PodMonitoring scrapes
     kuberay = {"namespaceSelector": {}, "podSelector": {"matchLabels": dict(settings.kuberay_operator_labels)}}
+    operator = {"namespaceSelector": {}, "podSelector": {"matchLabels": dict(settings.operator_pod_labels)}}
     scrapers = {
         "namespaceSelector": {
             "matchExpressions": [
@@ -46,6 +47,8 @@ def network_policy(p: Plan, settings: OperatorSettings) -> dict[str, Any] | None
         # KubeRay deploys and watches the Serve app through the dashboard and health-checks
         # each pod's Serve proxy.
         {"from": [kuberay], "ports": _ports("dashboard", "serve")},
+        # This operator reads why a replica failed to start from the dashboard's log API.
+        {"from": [operator], "ports": _ports("dashboard")},
     ]
     if svc.spec.observability.metrics and settings.metrics_namespaces:
         ingress.append({"from": [scrapers], "ports": _ports(*metrics)})

@@ -141,7 +141,7 @@ def _pod(
         ray_container["lifecycle"] = {"preStop": {"sleep": {"seconds": edge.DRAIN_SECONDS}}}
     containers = [ray_container]
     if svc.spec.ingress.sidecar and serves:
-        containers.append(edge.container(p, settings))
+        containers.append(edge.container(p, settings, head=not worker))
         vols += edge.volumes(p)
     pod_spec: dict[str, Any] = {
         "containers": containers,
@@ -259,7 +259,8 @@ def worker_group(p: Plan, settings: OperatorSettings, wb: WorkerBounds) -> dict[
 
 def ray_cluster_spec(p: Plan, settings: OperatorSettings) -> dict[str, Any]:
     svc = p.svc
-    autoscaler: dict[str, Any] = {"version": "v2", "upscalingMode": "Default", "idleTimeoutSeconds": 60}
+    idle = svc.spec.autoscaling.worker_idle_seconds
+    autoscaler: dict[str, Any] = {"version": "v2", "upscalingMode": "Default", "idleTimeoutSeconds": idle}
     if p.accelerator.is_cpu:
         # KubeRay's default for its autoscaler sidecar on the head (500m CPU) would be most of
         # a small node's CPU; it needs little.

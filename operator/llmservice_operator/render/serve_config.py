@@ -12,6 +12,14 @@ from .shape import WorkerBounds
 
 SERVE_PORT = 8000
 PREFIX_ROUTER = "ray.serve.llm.request_router:PrefixCacheAffinityRouter"
+# routing.policy -> the Serve request router that picks the replica (least-loaded: Serve's own
+# power-of-two-choices). The router runs where a request is routed: in the LLM router that
+# HAProxy asks (direct streaming) or in the OpenAI ingress; both pass X-Session-Id on.
+ROUTERS = {
+    "prefix-aware": PREFIX_ROUTER,
+    "session-affinity": "ray.serve.experimental.consistent_hash_router:ConsistentHashRouter",
+    "round-robin": "ray.serve.experimental.round_robin_router:RoundRobinRouter",
+}
 BUILDERS = {
     "openai": "ray.serve.llm:build_openai_app",
     "dp": "ray.serve.llm:build_dp_openai_app",
@@ -86,8 +94,8 @@ def llm_config(p: Plan, group: WorkerBounds, replicas: ReplicaSpec | None = None
         "autoscaling_config": autoscaling_config(spec, replicas),
         "max_ongoing_requests": spec.autoscaling.max_ongoing_requests or 4 * spec.autoscaling.target_ongoing_requests,
     }
-    if spec.routing.policy == "prefix-aware":
-        deployment["request_router_config"] = {"request_router_class": PREFIX_ROUTER}
+    if spec.routing.policy in ROUTERS:
+        deployment["request_router_config"] = {"request_router_class": ROUTERS[spec.routing.policy]}
     conf: dict[str, Any] = {"model_loading_config": loading}
     if sh.ray_cpus is not None:
         # CPU: no accelerator_type (Ray refuses one with kind cpu). The replica is one

@@ -106,11 +106,24 @@ def unschedulable(pods: Sequence[dict[str, Any]]) -> list[str]:
             continue
         for c in (pod.get("status") or {}).get("conditions") or []:
             if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
-                out.append(f"pod {pod['metadata']['name']} waits for a node: {c.get('message') or 'unschedulable'}")
+                # The scheduler's first sentence: which nodes lack what (its preemption notes follow).
+                why = (c.get("message") or "unschedulable").split(" no new claims")[0].split(" preemption:")[0]
+                out.append(f"pod {pod['metadata']['name']} waits for a node: {why}")
     return out
 
 
-def _failures(rs: dict[str, Any], root_causes: Mapping[str, str]) -> tuple[list[str], list[str]]:
+def explain(p: Plan, cause: str) -> str:
+    """The cause, with the field to fix in front where it is known from vLLM's or the hub
+    client's words (vLLM takes a path that does not exist for a Hugging Face repo id)."""
+    src = p.source
+    if src.scheme == "pvc" and src.serve_source in cause:
+        return f"spec.model.source {src.uri}: no model at '{src.path}' in PersistentVolumeClaim {src.claim} ({cause})"
+    if src.scheme == "hf" and ("huggingface.co" in cause or "LocalEntryNotFoundError" in cause):
+        return f"spec.model.source {src.uri}: the pods could not download it from the Hugging Face Hub ({cause})"
+    return cause
+
+
+def _failures(p: Plan, rs: dict[str, Any], root_causes: Mapping[str, str]) -> tuple[list[str], list[str]]:
     """(failed, failing): Serve applications that failed (Serve gave up), and deployments whose
     replicas fail to start while Serve still retries, each as "<where>: <root cause>"."""
     failed, failing = [], []
@@ -121,12 +134,12 @@ def _failures(rs: dict[str, Any], root_causes: Mapping[str, str]) -> tuple[list[
             if a.get("status") in FAILED_APPS:
                 bad = {d: s for d, s in deployments.items() if s.get("status") in FAILED_APPS}
                 detail = [
-                    f"{d}: {causes.get(d) or exception_line(s.get('message', ''))}".rstrip(": ")
+                    f"{d}: {explain(p, causes.get(d) or exception_line(s.get('message', '')))}".rstrip(": ")
                     for d, s in sorted(bad.items())
-                ] or [exception_line(a.get("message", ""))]
+                ] or [explain(p, exception_line(a.get("message", "")))]
                 failed.append(f"{app}{where}: {a.get('status')}: " + "; ".join(x for x in detail if x))
             elif causes:
-                failing += [f"{app}{where}: {d}: {c}" for d, c in sorted(causes.items())]
+                failing += [f"{app}{where}: {d}: {explain(p, c)}" for d, c in sorted(causes.items())]
     return failed, failing
 
 
@@ -159,7 +172,7 @@ def conditions(p: Plan, obs: Observed) -> tuple[P, list[Condition]]:
     ready = _ray_condition(rs, "Ready") or {}
     upgrading = _ray_condition(rs, "UpgradeInProgress") or {}
     apps = _apps(rs)
-    failed, failing = _failures(rs, obs.root_causes)
+    failed, failing = _failures(p, rs, obs.root_causes)
     # While a new cluster starts beside the serving one, KubeRay 1.6 reports the pending
     # cluster's applications only (the active cluster's are absent), and keeps Ready True:
     # the old cluster still answers (seen on a real node during an engine.maxModelLen change).
@@ -195,8 +208,9 @@ def conditions(p: Plan, obs: Observed) -> tuple[P, list[Condition]]:
             C.PROGRESSING, True, R.DEPLOYING, f"Serve is updating {', '.join(updating)}; it serves meanwhile"
         )
     elif counts.desired != counts.ready:
+        meanwhile = "requests wait meanwhile" if counts.ready == 0 else "it serves meanwhile"
         progressing = _cond(
-            C.PROGRESSING, True, R.SCALING, f"{counts.ready} of {counts.desired} replica(s) ready; it serves meanwhile"
+            C.PROGRESSING, True, R.SCALING, f"{counts.ready} of {counts.desired} replica(s) ready; {meanwhile}"
         )
     else:
         progressing = _cond(C.PROGRESSING, False, R.RECONCILED)

@@ -1,0 +1,3 @@
+"""Loaded for every test under this directory: the test tiers and their budgets."""
+
+pytest_plugins = ("testkit.tiers",)
