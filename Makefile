@@ -8,7 +8,7 @@ STAMP := .venv-installed
 # links .venv to it and installs only itself (editable), instead of every dependency again.
 VENV_CACHE := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/llmservice-operator/venvs/dev-$(shell sha256sum pyproject.toml | cut -c1-16)
 
-.PHONY: venv test lint fmt crds dashboards kind-demo manifests bench-dataplane bench-controlplane render-samples e2e-bins node-deps images image-lock cluster-up cluster-down demo clean
+.PHONY: venv test test-unit lint fmt crds dashboards kind-demo manifests bench-dataplane bench-controlplane render-samples e2e-bins node-deps images image-lock cluster-up cluster-down demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV_CACHE)/bin/python || $(PY) -m venv $(VENV_CACHE)
@@ -33,6 +33,7 @@ TEST_CLUSTER := $(CACHE_DIR)/cluster-test
 test: venv e2e-bins images
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	export E2E_CLUSTER_STATE=$(TEST_CLUSTER)/state.json E2E_KUBECONFIG=$(TEST_CLUSTER)/kubeconfig; \
 	mkdir -p $(TEST_CLUSTER); $(BIN)/python -m e2e.cluster down >/dev/null; \
 	$(BIN)/python -m e2e.cluster up --images pause --kubeconfig-out $$E2E_KUBECONFIG > $(TEST_CLUSTER)/up.log 2>&1 & \
@@ -41,6 +42,11 @@ test: venv e2e-bins images
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+## The unit tier alone: pure tests, no subprocess, no cluster (seconds).
+test-unit: venv
+	$(BIN)/pytest tests -m unit -p no:cacheprovider
 
 fmt: venv
 	$(BIN)/ruff check --fix .

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from e2e.cluster import Cluster
-from e2e.fake_gke import FakeGKE, FakeGKEServer
 from e2e.operator import Operator
+from testkit.fake_gke import FakeGKE, FakeGKEServer
 from tests.conftest import sample_doc, with_spec
 
 OP_SECONDS = 2.0

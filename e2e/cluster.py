@@ -71,6 +71,9 @@ def _port_open(port: int) -> bool:
         return s.connect_ex((HOST, port)) == 0
 
 
+SERVING_NAMESPACES = ("serving", "serving-zero", "serving-fail", "serving-routes")
+
+
 class ClusterError(RuntimeError):
     pass
 
@@ -145,7 +148,9 @@ class Cluster:
     images_in_background: bool = False
     # Namespaces the KubeRay operator watches. Elsewhere RayServices are left alone, so tests
     # can play KubeRay by writing RayService status themselves.
-    kuberay_namespaces: tuple[str, ...] = ("default", "kuberay", "serving")
+    # The real-pod tests' namespaces (served by the operator the chart installs) and the API-level
+    # tests' own: KubeRay leaves the others alone, where tests play its part.
+    kuberay_namespaces: tuple[str, ...] = ("default", "kuberay", *SERVING_NAMESPACES)
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="llmservice-e2e-")))
     processes: list[Process] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)

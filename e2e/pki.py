@@ -64,10 +64,16 @@ class PKI:
         _write_key(ca_key, self._ca_key)
 
     def issue(
-        self, name: str, cn: str, org: str | None = None, server: bool = False, ips: tuple[str, ...] = ()
+        self,
+        name: str,
+        cn: str,
+        org: str | None = None,
+        server: bool = False,
+        ips: tuple[str, ...] = (),
+        dns: tuple[str, ...] = (),
     ) -> tuple[Path, Path]:
-        """A certificate and key; `server` certificates name localhost, the in-cluster names
-        of the API server, 127.0.0.1 and `ips`."""
+        """A certificate and key; `server` certificates name `dns` (default: localhost and the
+        in-cluster names of the API server), 127.0.0.1 and `ips`."""
         key = _key()
         builder = (
             x509.CertificateBuilder()
@@ -81,8 +87,8 @@ class PKI:
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         if server:
-            names = ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
-                     "kubernetes.default.svc.cluster.local")  # fmt: skip
+            names = dns or ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+                            "kubernetes.default.svc.cluster.local")  # fmt: skip
             sans = [x509.DNSName(n) for n in names]
             sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", *ips)]
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)

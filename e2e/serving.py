@@ -5,6 +5,7 @@ end-to-end tests and `make demo`."""
 from __future__ import annotations
 
 import base64
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -192,4 +193,87 @@ def first_token(c: openai.OpenAI, model_id: str, prompt: str = "def main():") ->
         if chunk.choices and chunk.choices[0].text:
             first = first or time.monotonic() - start
             pieces.append(chunk.choices[0].text)
+    return first, pieces
+
+
+# Test-sized CPU services beside the served sample on the 2-core node: the node's 2 CPUs of
+# requests hold the sample (and its upgrade's second cluster), the operator's pods and these.
+SMALL_RAY = {
+    "headResources": {"cpu": "100m", "memory": "2Gi"},
+    "workerResources": {"cpu": "100m", "memory": "3Gi"},
+}
+
+
+def small_service(namespace: str, name: str, **spec: Any) -> dict[str, Any]:
+    """The CPU sample at test size in `namespace` (which holds the model volume and API keys:
+    `prepare`), with `spec` fields merged over it (dotted keys with `__`: ray__env=...)."""
+    doc = sample(namespace)
+    doc["metadata"]["name"] = name
+    s = doc["spec"]
+    s["ray"] = {**s["ray"], **SMALL_RAY}
+    s["upgrade"] = {"drainSeconds": 5}
+    for dotted, value in spec.items():
+        node = s
+        *parents, leaf = dotted.split("__")
+        for part in parents:
+            node = node.setdefault(part, {})
+        if value is None:
+            node.pop(leaf, None)
+        else:
+            node[leaf] = value
+    return doc
+
+
+def prepare(cluster: Cluster, namespace: str) -> None:
+    """A namespace for CPU services: the tiny model's volume and the API keys Secret."""
+    cluster.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}])
+    model_volume(cluster, namespace)
+    api_keys(cluster, namespace)
+
+
+def tls_secret(cluster: Cluster, namespace: str, name: str, host: str) -> Path:
+    """A kubernetes.io/tls Secret for `host`, issued by a CA of the cluster's; returns the CA."""
+    from .pki import PKI
+
+    pki = PKI(cluster.workdir / "serving-tls")
+    crt, key = pki.issue(f"{namespace}-{name}", host, server=True, dns=(host,))
+    data = {
+        "tls.crt": base64.b64encode(crt.read_bytes()).decode(),
+        "tls.key": base64.b64encode(key.read_bytes()).decode(),
+    }
+    meta = {"name": name, "namespace": namespace}
+    cluster.apply([{"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls", "metadata": meta, "data": data}])
+    return pki.ca
+
+
+def stream(
+    url: str,
+    key: str = API_KEY,
+    *,
+    verify: Any = True,
+    sni: str | None = None,
+    max_tokens: int = 32,
+    headers: dict[str, str] | None = None,
+    timeout: float = 600,
+) -> tuple[float, list[str]]:
+    """A streamed completion over plain HTTP (the SSE lines as they come), so that TLS can be
+    checked against the service's own name while connecting to its ClusterIP (`sni`): seconds to
+    the first token, and the tokens."""
+    body = {"model": MODEL, "prompt": "def main():", "max_tokens": max_tokens, "stream": True, "temperature": 0}
+    hdrs = {"Authorization": f"Bearer {key}", **(headers or {})}
+    ext = {"sni_hostname": sni} if sni else {}
+    start, first, pieces = time.monotonic(), 0.0, []
+    with (
+        httpx.Client(verify=verify, timeout=timeout) as http,
+        http.stream("POST", f"{url}/completions", json=body, headers=hdrs, extensions=ext) as resp,
+    ):
+        if resp.status_code != 200:
+            raise ClusterError(f"{resp.status_code}: {resp.read()[:300]!r}")
+        for line in resp.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            text = json.loads(line[6:])["choices"][0].get("text") or ""
+            if text:
+                first = first or time.monotonic() - start
+                pieces.append(text)
     return first, pieces

@@ -36,9 +36,18 @@ COMPONENT_MODULES = {
     "test_tiny_model.py",  # tokenizers, safetensors, transformers' chat template
     "test_dataplane.py",  # Ray Serve, HAProxy and the engine stand-in on this host
     "test_validate_agrees.py",
+    "test_gke_pools.py",  # the real google-cloud clients over REST against the fake GKE server
+    "test_gke_ops.py",
 }
 # Modules of e2e/tests/ that need the real node.
-SERVING_MODULES = {"test_serving.py", "test_in_cluster_operator.py", "test_dataplane_vllm.py", "test_switches.py"}
+SERVING_MODULES = {
+    "test_serving.py",
+    "test_in_cluster_operator.py",
+    "test_dataplane_vllm.py",
+    "test_failures.py",
+    "test_scale_to_zero.py",
+    "test_routing.py",
+}
 RESULTS = Path(os.environ.get("LLMSERVICE_TEST_RESULTS", ".test-results"))
 
 

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e.fake_gke import FakeGKE, FakeGKEServer
 from llmservice_operator.api import LLMService, parse
 from llmservice_operator.gke import NodePools, cluster_manager, compute
 from llmservice_operator.settings import GKECluster, OperatorSettings
+from testkit.fake_gke import FakeGKE, FakeGKEServer
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = sorted((ROOT / "manifests" / "samples").glob("*.yaml"))

@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from e2e.fake_gke import FakeGKEServer, camel
 from llmservice_operator.api import parse
 from llmservice_operator.gke import NodePools
 from llmservice_operator.render.nodepools import node_pools, workload_policies
 from llmservice_operator.render.plan import plan
+from testkit.fake_gke import FakeGKEServer, camel
 
 from .conftest import gke_manager as manager
 from .conftest import sample_doc, with_spec

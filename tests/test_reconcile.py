@@ -8,11 +8,11 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic.exceptions import NotFoundError
 
-from e2e.fake_gke import FakeGKE, FakeGKEServer
 from llmservice_operator.controller.reconcile import Reconciler
 from llmservice_operator.gke import NodePools, cluster_manager, compute
 from llmservice_operator.render import edge as edge_mod
 from llmservice_operator.settings import GKECluster
+from testkit.fake_gke import FakeGKE, FakeGKEServer
 from testkit.kube import DictKube
 
 from .conftest import sample_doc, with_spec

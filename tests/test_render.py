@@ -670,3 +670,20 @@ def test_a_rate_limit_is_shared_by_the_sidecars_through_a_headless_service(setti
     sidecar = next(c for c in worker["containers"] if c["name"] == "edge")
     assert {"name": "edge-peers", "containerPort": edge.PEERS_PORT, "protocol": "TCP"} in sidecar["ports"]
     assert sidecar["env"][0]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+
+
+def test_a_routing_policy_is_serves_router_and_changes_in_place(settings):
+    """The policy picks Serve's request router; changing it changes the Serve config only, which
+    KubeRay applies to the running cluster (a pod template change would start a new one)."""
+    base = sample_doc("cpu-tiny.yaml")
+    routers = {}
+    for policy in ("least-loaded", "round-robin", "session-affinity"):
+        rs = render(parse(with_spec(base, routing={"policy": policy})), settings).ray_service
+        conf = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]["llm_configs"][0]
+        router = conf["deployment_config"].get("request_router_config", {}).get("request_router_class")
+        routers[policy] = (router, rs["spec"]["rayClusterConfig"])
+        LLMConfig.model_validate(conf)
+    assert routers["least-loaded"][0] is None  # Serve's power of two choices
+    assert routers["round-robin"][0] == "ray.serve.experimental.round_robin_router:RoundRobinRouter"
+    assert routers["session-affinity"][0] == "ray.serve.experimental.consistent_hash_router:ConsistentHashRouter"
+    assert routers["least-loaded"][1] == routers["round-robin"][1] == routers["session-affinity"][1]

@@ -21,10 +21,11 @@ import pytest
 
 from e2e import incluster, serving
 from e2e.build import image
-from e2e.cluster import Cluster
-from e2e.fake_gke import FakeGKE, FakeGKEServer
+from e2e.cluster import SERVING_NAMESPACES, Cluster
 from e2e.operator import Operator
 from e2e.prometheus import Prometheus
+from e2e.story import Story
+from testkit.fake_gke import FakeGKE, FakeGKEServer
 
 ROOT = Path(__file__).resolve().parents[2]
 # Numbers the end-to-end tests measure on the real node, printed after the run.
@@ -47,7 +48,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.write_line(f"{what:<60} {value}")
 
 
-_LAST = ("test_in_cluster_operator.py", "test_serving.py", "test_dataplane.py", "test_dataplane_vllm.py")
+_LAST = ("test_in_cluster_operator.py", "test_failures.py", "test_serving.py", "test_scale_to_zero.py",
+         "test_routing.py", "test_dataplane.py", "test_dataplane_vllm.py")  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -58,10 +60,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=rank)  # stable: file order within a rank
 
 
+# Real-pod scenarios that start with the session (in the background) when their tests will run.
+EARLY = {
+    "test_serving.py": "cpu_service",
+    "test_failures.py": "failed",
+    "test_scale_to_zero.py": "zeroed",
+    "test_routing.py": "routed",
+}
+
+
 @pytest.fixture(scope="session", autouse=True)
-def _deploy_the_served_service_early(request: pytest.FixtureRequest) -> None:
-    if any(i.path.name == "test_serving.py" for i in request.session.items):
-        request.getfixturevalue("cpu_service")
+def _deploy_the_served_services_early(request: pytest.FixtureRequest) -> None:
+    names = {i.path.name for i in request.session.items}
+    for module, fixture in EARLY.items():
+        if module in names:
+            request.getfixturevalue(fixture)
 
 
 SERVED_NS = "serving"  # the namespace of the CPU service, reconciled by the in-cluster operator
@@ -77,8 +90,8 @@ def in_cluster(cluster: Cluster, operator: Operator) -> Iterator[concurrent.futu
     def install() -> incluster.InCluster:
         cluster.wait_images(image.OPERATOR)
         settings = {"secretRefreshSeconds": 2, "retryDelaySeconds": 2, "retryMaxDelaySeconds": 2}
-        op = incluster.InCluster(cluster, incluster.local_values(cluster, [SERVED_NS], settings))
-        cluster.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SERVED_NS}}])
+        op = incluster.InCluster(cluster, incluster.local_values(cluster, list(SERVING_NAMESPACES), settings))
+        cluster.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}} for n in SERVING_NAMESPACES])
         MEASURED["in-cluster operator: helm install -> rolled out (s)"] = round(op.install(), 1)
         return op
 
@@ -106,6 +119,58 @@ def cpu_service(
 
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cpu-service") as pool:
         yield pool.submit(apply)
+
+
+@pytest.fixture(scope="session")
+def failed(cluster: Cluster, in_cluster: concurrent.futures.Future[incluster.InCluster]) -> Iterator[Story]:
+    """test_failures.py's services, deployed and watched from the session's start."""
+    from .test_failures import STEPS, failures
+
+    def scenario(story: Story) -> None:
+        cluster.wait_images()
+        in_cluster.result(timeout=600)
+        failures(cluster, story)
+
+    story = Story("failures", STEPS).run(scenario)
+    yield story
+    story.join(5)
+
+
+@pytest.fixture(scope="session")
+def zeroed(cluster: Cluster, in_cluster: concurrent.futures.Future[incluster.InCluster]) -> Iterator[Story]:
+    """test_scale_to_zero.py's service, deployed and exercised from the session's start."""
+    from .test_scale_to_zero import STEPS, zero
+
+    def scenario(story: Story) -> None:
+        cluster.wait_images()
+        in_cluster.result(timeout=600)
+        zero(cluster, story)
+
+    story = Story("scale-to-zero", STEPS).run(scenario)
+    yield story
+    story.join(5)
+
+
+@pytest.fixture(scope="session")
+def routed(
+    cluster: Cluster, in_cluster: concurrent.futures.Future[incluster.InCluster], failed: Story
+) -> Iterator[Story]:
+    """test_routing.py's two-replica service, once the failure scenario has left the node (the
+    node's CPU requests hold the served sample, its upgrade, and one more scenario)."""
+    from .test_routing import STEPS, routes
+
+    def scenario(story: Story) -> None:
+        cluster.wait_images()
+        in_cluster.result(timeout=600)
+        try:
+            failed.result("cleaned", timeout=1800)
+        except AssertionError:  # it failed: its own tests say why; clean up and go on
+            cluster.kubectl("delete", "llmsvc", "--all", "-n", "serving-fail", "--wait=false", check=False)
+        routes(cluster, story)
+
+    story = Story("routing", STEPS).run(scenario)
+    yield story
+    story.join(5)
 
 
 def measured_cluster_start(cluster: Cluster) -> None:
@@ -263,8 +328,8 @@ def operator(cluster: Cluster, fake_gke: FakeGKEServer) -> Iterator[Operator]:
         "LLMSERVICE_GKE__CLUSTER": "e2e",
         "LLMSERVICE_GKE__ENDPOINT": fake_gke.endpoint,
     }
-    # Every namespace but the served one, which the in-cluster operator works.
-    op = Operator(cluster, args=("--log-format", "text", "-n", f"!{SERVED_NS}"), env=gke_env)
+    # Every namespace but the real-pod tests' (serving, serving-*), which the in-cluster operator works.
+    op = Operator(cluster, args=("--log-format", "text", "-n", "!serving, !serving-*"), env=gke_env)
     op.start()
     yield op
     op.stop()

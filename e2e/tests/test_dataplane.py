@@ -150,13 +150,13 @@ def _status(dp: DataPath, key: str) -> int:
 
 def _haproxies(dp: DataPath) -> tuple[int, set[int]]:
     """The sidecar's HAProxy master and its workers (old ones still finishing, and the new)."""
-    procs = []
+    parents: dict[int, int] = {}  # pid -> ppid, read once: an old worker may exit meanwhile
     for p in dp.edge_processes()[1:]:
         with contextlib.suppress(psutil.Error):  # gone, or a zombie until the script reaps it
             if p.name() == "haproxy" and "-c" not in p.cmdline():
-                procs.append(p)
-    master = next(p for p in procs if p.ppid() == dp.edge_proc.pid)
-    return master.pid, {p.pid for p in procs if p.ppid() == master.pid}
+                parents[p.pid] = p.ppid()
+    master = next(pid for pid, ppid in parents.items() if ppid == dp.edge_proc.pid)
+    return master, {pid for pid, ppid in parents.items() if ppid == master}
 
 
 def test_a_revoked_key_stops_at_once_while_its_stream_goes_on(dataplane: DataPath):

@@ -8,10 +8,10 @@ import time
 import pytest
 
 from e2e.cluster import Cluster
-from e2e.fake_gke import FakeGKEServer
 from llmservice_operator.api import parse
 from llmservice_operator.render.nodepools import node_pools
 from llmservice_operator.render.plan import plan
+from testkit.fake_gke import FakeGKEServer
 from tests.conftest import sample_doc, with_spec
 
 from .conftest import GKE_PARENT, MEASURED, Operator

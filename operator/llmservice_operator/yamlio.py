@@ -63,8 +63,8 @@ def _go_number(text: str) -> Any:
     if plain and (value := _go_int(plain)) is not None:
         return value
     if _GO_FLOAT.match(plain):
-        value = float(plain)
-        return value if math.isfinite(value) else text  # Go's ParseFloat refuses overflow
+        number = float(plain)
+        return number if math.isfinite(number) else text  # Go's ParseFloat refuses overflow
     return text
 
 
@@ -123,9 +123,10 @@ def _json_key(key: Any) -> str:
 class KubeLoader(yaml.CSafeLoader):  # libyaml parses; resolution stays in Python
     """Safe loading with go-yaml v2's scalar resolution and duplicate keys refused."""
 
-    yaml_implicit_resolvers: ClassVar[dict[str, list[tuple[str, re.Pattern[str]]]]] = {}  # filled below
+    # go-yaml's resolvers only (filled below), not PyYAML's.
+    yaml_implicit_resolvers: ClassVar[dict[Any, Any]] = {}  # type: ignore[misc]
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[str, Any]:
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[str] = set()
         for key_node, _ in node.value:
             if key_node.tag == _MERGE:
@@ -155,8 +156,15 @@ KubeLoader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile("^(?:" + "|".join(_BOOLS) + ")$"), list("yYnNtTfFoO")
 )
 KubeLoader.add_implicit_resolver(_NUMBER_TAG, re.compile(r"^[-+.0-9].*$", re.S), list("-+.0123456789"))
-KubeLoader.add_constructor("tag:yaml.org,2002:bool", lambda loader, node: _BOOLS[loader.construct_scalar(node)])
-KubeLoader.add_constructor(_NUMBER_TAG, lambda loader, node: _go_number(loader.construct_scalar(node)))
+
+
+def _scalar(loader: Any, node: yaml.Node) -> str:
+    assert isinstance(node, yaml.ScalarNode)
+    return str(loader.construct_scalar(node))
+
+
+KubeLoader.add_constructor("tag:yaml.org,2002:bool", lambda loader, node: _BOOLS[_scalar(loader, node)])
+KubeLoader.add_constructor(_NUMBER_TAG, lambda loader, node: _go_number(_scalar(loader, node)))
 
 
 def load_all(text: str) -> list[Any]:

@@ -30,8 +30,8 @@ class Metadata(BaseModel):
 class LLMService(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="ignore")
 
-    api_version: Literal["llmservice.dev/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
-    kind: Literal["LLMService"] = KIND
+    api_version: Literal["llmservice.dev/v1alpha1"] = Field("llmservice.dev/v1alpha1", alias="apiVersion")
+    kind: Literal["LLMService"] = "LLMService"
     metadata: Metadata
     spec: LLMServiceSpec
     status: LLMServiceStatus | None = None

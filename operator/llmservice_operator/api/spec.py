@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from ..catalog import ACCELERATORS
 
-AcceleratorType = Literal[tuple(ACCELERATORS)]  # type: ignore[valid-type]
+if TYPE_CHECKING:  # the catalog's keys, a Literal built at import: a plain str to the type checker
+    AcceleratorType = str
+else:
+    AcceleratorType = Literal[tuple(ACCELERATORS)]
 
 # Hugging Face id (org/name), gs://bucket/path, s3://bucket/path, pvc://claim[/path].
 SOURCE_PATTERN = (

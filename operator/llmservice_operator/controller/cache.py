@@ -17,6 +17,7 @@ it had seen. One large allocation per object is freed whole when the object goes
 
 from __future__ import annotations
 
+import builtins
 import json
 import threading
 from typing import Any
@@ -187,7 +188,7 @@ class CachedKube(Kube):
         return live
 
     def json_patch(
-        self, api_version: str, kind: str, namespace: str, name: str, ops: list[dict[str, Any]]
+        self, api_version: str, kind: str, namespace: str, name: str, ops: builtins.list[dict[str, Any]]
     ) -> dict[str, Any]:
         live = super().json_patch(api_version, kind, namespace, name, ops)
         if (api_version, kind) in WATCHED:
@@ -199,7 +200,7 @@ class CachedKube(Kube):
         self.cache.put(live)
         return live
 
-    def set_finalizers(self, namespace: str, name: str, finalizers: list[str]) -> dict[str, Any]:
+    def set_finalizers(self, namespace: str, name: str, finalizers: builtins.list[str]) -> dict[str, Any]:
         live = super().set_finalizers(namespace, name, finalizers)
         self.cache.put(live)
         return live

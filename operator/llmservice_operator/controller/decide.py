@@ -248,7 +248,9 @@ def _events(obs: Observed, new: LLMServiceStatus, previous: dict[str, Any]) -> l
             out.append(Event("Warning", str(R.REPLICA_START_FAILED), f"{deployment}: {cause.text}"))
     if new.phase != previous.get("phase"):
         # The condition that explains the new phase becomes the Event.
-        explains = {Phase.READY: Cond.READY, Phase.DEGRADED: Cond.DEGRADED}.get(new.phase, Cond.PROGRESSING)  # type: ignore[call-overload]
+        explains = {Phase.READY: Cond.READY, Phase.DEGRADED: Cond.DEGRADED}.get(
+            new.phase or Phase.PENDING, Cond.PROGRESSING
+        )
         cond = next(c for c in new.conditions if c.type == explains)
         message = cond.message or f"phase {previous.get('phase') or '-'} -> {new.phase}"
         out.append(Event("Warning" if new.phase == Phase.DEGRADED else "Normal", cond.reason, message))

@@ -25,7 +25,7 @@ watched kinds, and which statuses matter, come from the child registry (render/c
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 import kopf
@@ -161,8 +161,8 @@ class Controller:
         return None
 
     def _process(self, key: Hashable) -> Requeue | None:
-        namespace, name = key  # type: ignore[misc]
-        return self.reconcile_now(namespace, name)
+        assert isinstance(key, tuple), key  # the queue holds (namespace, name)
+        return self.reconcile_now(*key)
 
     def observe(self, event: dict[str, Any], owner: tuple[str, str]) -> str:
         """Feed one watch event to the cache and, if it may change the outcome, queue `owner`;
@@ -210,16 +210,16 @@ class Controller:
             self.stop()
 
         @kopf.on.event(GROUP, VERSION, PLURAL, registry=reg)
-        def _llmservice(event: dict[str, Any], namespace: str, name: str, **_: Any) -> None:
-            self.observe(event, (namespace, name))
+        def _llmservice(event: kopf.RawEvent, namespace: str | None, name: str, **_: Any) -> None:
+            self.observe(dict(event), (namespace or "", name))
 
-        def _child(event: dict[str, Any], namespace: str, labels: dict[str, str], **_: Any) -> None:
+        def _child(event: kopf.RawEvent, namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
             """Status from KubeRay or the kubelet, a hand edit or a deletion of a child:
             reconcile its owner. (KubeRay copies the RayService's labels to its RayCluster
             and the pod templates carry them.)"""
             owner = labels.get(keys.OWNER)
             if owner:
-                self.observe(event, (namespace, owner))
+                self.observe(dict(event), (namespace or "", owner))
 
         for kind in ck.WATCHED:
             on = kopf.on.event(group=kind.group, version=kind.version, plural=kind.plural, labels=MANAGED, registry=reg)

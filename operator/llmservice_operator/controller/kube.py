@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import datetime as dt
 import logging
@@ -130,13 +131,13 @@ class Kube:
         )
 
     def json_patch(
-        self, api_version: str, kind: str, namespace: str, name: str, ops: list[dict[str, Any]]
+        self, api_version: str, kind: str, namespace: str, name: str, ops: builtins.list[dict[str, Any]]
     ) -> dict[str, Any]:
         return self._resource(api_version, kind).patch(
             body=ops, name=name, namespace=namespace, content_type="application/json-patch+json", serializer=_plain
         )
 
-    def set_finalizers(self, namespace: str, name: str, finalizers: list[str]) -> dict[str, Any]:
+    def set_finalizers(self, namespace: str, name: str, finalizers: builtins.list[str]) -> dict[str, Any]:
         res = self._resource(f"{GROUP}/{VERSION}", KIND)
         return res.patch(
             body={"metadata": {"finalizers": finalizers}},

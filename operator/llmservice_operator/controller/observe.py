@@ -102,7 +102,8 @@ def observe(
     base = {"namespace": ns, "name": name, "body": body, "now": clock()}
     if meta.get("deletionTimestamp"):
         return Observed(svc=None, **base)
-    svc, invalid = None, ()
+    svc: LLMService | None = None
+    invalid: tuple[str, ...] = ()
     try:
         svc = parse(body)
     except InvalidLLMService as e:  # rules CEL cannot express (engine.extraArgs)

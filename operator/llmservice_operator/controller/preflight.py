@@ -72,8 +72,8 @@ def _wanted_secrets(svc: LLMService) -> list[tuple[str, str, set[str]]]:
         wanted.append((f"spec.ray.secretEnv.{env}", ref.name, {ref.key}))
     ft = s.fault_tolerance
     if ft and ft.redis_password_secret:
-        ref = ft.redis_password_secret
-        wanted.append(("spec.faultTolerance.redisPasswordSecret", ref.name, {ref.key}))
+        redis = ft.redis_password_secret
+        wanted.append(("spec.faultTolerance.redisPasswordSecret", redis.name, {redis.key}))
     return wanted
 
 

@@ -8,6 +8,9 @@
 - While `active()` is false (another replica leads), nothing is processed and nothing is
   lost: keys stay queued and due keys wait until this replica leads again.
 - Nothing per key is kept once it is processed and forgotten (bounded by live keys).
+
+Time comes from an injected clock (`clock`, monotonic seconds); a test's clock that jumps calls
+`wake()`, so delays and backoffs are tested without waiting for them.
 """
 
 from __future__ import annotations
@@ -46,8 +49,10 @@ class WorkQueue:
         active: Callable[[], bool] = lambda: True,
         max_backoff: float = BACKOFF[-1],
         name: str = "reconcile",
+        clock: Callable[[], float] = time.monotonic,
     ):
         self._process = process
+        self._clock = clock
         self._workers = workers
         self._active = active
         self._max_backoff = max_backoff
@@ -84,7 +89,7 @@ class WorkQueue:
     def add_after(self, key: Hashable, delay: float) -> None:
         if delay <= 0:
             return self.add(key)
-        due = time.monotonic() + delay
+        due = self._clock() + delay
         with self._cond:
             if self._stopped or self._due.get(key, float("inf")) <= due:
                 return None
@@ -123,6 +128,13 @@ class WorkQueue:
         for t in self._threads:
             t.join(timeout)
 
+    def wake(self) -> None:
+        """Look at the timers now: the clock moved (a test's clock jumps). Keys that came due
+        are ready when this returns."""
+        with self._cond:
+            self._promote_due_locked(self._clock())
+            self._cond.notify_all()
+
     def _promote_due_locked(self, now: float) -> float | None:
         """Move due keys to the ready queue; returns seconds until the next one is due."""
         while self._timers:
@@ -140,7 +152,7 @@ class WorkQueue:
     def _next(self) -> Hashable | None:
         with self._cond:
             while not self._stopped:
-                wait = self._promote_due_locked(time.monotonic())
+                wait = self._promote_due_locked(self._clock())
                 if self._ready and self._active():
                     key = self._ready.popleft()
                     self._queued.discard(key)

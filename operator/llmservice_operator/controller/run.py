@@ -7,7 +7,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -47,7 +47,7 @@ def run(
     identity = os.environ.get("POD_ID") or f"{socket.gethostname()}/{uuid.uuid4().hex[:8]}"
     leadership = None
     if peering is not None:
-        readers = [_peering_reader(kube, peering, ns) for ns in namespaces or [None]]
+        readers = [_peering_reader(kube, peering, ns) for ns in ([*namespaces] if namespaces else [None])]
         leadership = Leadership(lambda: _merged(readers), identity, priority)
     else:
         metrics.LEADER.set(1)  # standalone: this process does the work
@@ -61,7 +61,7 @@ def run(
         standalone=peering is None,
         peering_name=peering,
         priority=priority,
-        identity=identity,
+        identity=cast(Any, identity),  # kopf's Identity: a str NewType it does not export
         liveness_endpoint=f"http://{health_address}/healthz",
     )
 

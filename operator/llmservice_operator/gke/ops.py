@@ -106,8 +106,10 @@ class OperationQueue:
         foreign: Callable[[], list[tuple[str, Poll]]] | None = None,
         poll_seconds: float = 5.0,
         op_timeout: float = 3600,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.name = name  # "GKE cluster c": for messages
+        self._clock = clock  # monotonic seconds; a test's clock that jumps calls wake()
         self._foreign = foreign  # running operations in the cluster, whoever started them
         self.poll_seconds = poll_seconds
         self.op_timeout = op_timeout
@@ -195,6 +197,11 @@ class OperationQueue:
         with self._cond:
             self._s.errors.pop(owner, None)
 
+    def wake(self) -> None:
+        """Look at the time again now (a test's clock jumped)."""
+        with self._cond:
+            self._cond.notify_all()
+
     def stop(self, timeout: float = 5) -> None:
         with self._cond:
             self._stopped = True
@@ -245,7 +252,7 @@ class OperationQueue:
 
     def _step(self) -> float | None:
         """One step; returns how long to wait (None: until something is submitted)."""
-        now = time.monotonic()
+        now = self._clock()
         if not self.active():
             self._drop_queued()
             return 1.0
@@ -294,7 +301,7 @@ class OperationQueue:
         name, poll = ops[0]
         log.info("%s: waiting for operation %s, which this process did not start", self.name, name)
         with self._cond:
-            self._s.running = _Running(name, poll, time.monotonic())
+            self._s.running = _Running(name, poll, self._clock())
             self._s.waiting_for = f"waiting for operation {name} (not started by this operator)"
         return True
 
@@ -316,7 +323,7 @@ class OperationQueue:
         log.info("%s: %s %s started (operation %s)", self.name, m.verb, m.what, op.name)
         with self._cond:
             s = self._s
-            s.running = _Running(op.name, m.poll, time.monotonic(), m, time.monotonic() + self.poll_seconds)
+            s.running = _Running(op.name, m.poll, self._clock(), m, self._clock() + self.poll_seconds)
             s.failures, s.waiting_for = 0, ""
         self.notify(m.owner)
         return self.poll_seconds
@@ -329,14 +336,14 @@ class OperationQueue:
             if incompatible:  # someone else's operation: find it and wait for it
                 s.look_for_foreign = True
                 s.waiting_for = f"the cluster is busy: {why}"
-                s.resume_at = time.monotonic() + self.poll_seconds
+                s.resume_at = self._clock() + self.poll_seconds
             else:
                 delay = min(2.0**s.failures, BACKOFF_CAP)
                 s.failures += 1
                 s.waiting_for = f"GKE refused the last request ({why}); next attempt within {BACKOFF_CAP:.0f}s"
-                s.resume_at = time.monotonic() + delay
+                s.resume_at = self._clock() + delay
             log.info("%s: %s %s not started: %s", self.name, m.verb, m.what, why)
-            return s.resume_at - time.monotonic()
+            return s.resume_at - self._clock()
 
     def _poll(self, run: _Running, now: float) -> float:
         if now < run.next_poll:

@@ -26,7 +26,7 @@ SLOT_LABEL = keys.POOL_SLOT
 POOL_NAME_LIMIT = 40  # GKE node pool names: at most 40 characters
 POLICY_NAME_LIMIT = 63  # Compute Engine resource names (RFC 1035)
 # NodeConfig and NodePool fields GKE cannot update in place: a change needs a new pool.
-HARDWARE_CONFIG = ("machine_type", "disk_size_gb", "disk_type", "accelerators", "spot", "flex_start")
+HARDWARE_CONFIG: tuple[str, ...] = ("machine_type", "disk_size_gb", "disk_type", "accelerators", "spot", "flex_start")
 HARDWARE_CONFIG += ("reservation_affinity", "service_account")
 HARDWARE_POOL = ("placement_policy", "locations")
 

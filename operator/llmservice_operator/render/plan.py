@@ -46,7 +46,7 @@ def parse_source(uri: str) -> ModelSource:
     """The schema's SOURCE_PATTERN has checked the form."""
     for scheme in ("gs", "s3"):
         if uri.startswith(f"{scheme}://"):
-            return ModelSource(uri, scheme, path=uri.removeprefix(f"{scheme}://"))  # type: ignore[arg-type]
+            return ModelSource(uri, "gs" if scheme == "gs" else "s3", path=uri.removeprefix(f"{scheme}://"))
     if uri.startswith("pvc://"):
         claim, _, path = uri.removeprefix("pvc://").partition("/")
         return ModelSource(uri, "pvc", claim=claim, path=path)

@@ -19,12 +19,11 @@ from .serve_config import SERVE_PORT, engine_digest, serve_config
 from .shape import Shape, WorkerBounds
 
 RAY_CONTAINER = "ray"
-_HAPROXY_BALANCE = {
-    "least-loaded": "leastconn",
-    "round-robin": "roundrobin",
-    "prefix-aware": "leastconn",
-    "session-affinity": "hdr(x-session-id)",
-}
+# HAProxy's choice among a node's ingress replicas (or routers). The replica that serves is the
+# Serve request router's choice (routing.policy, serve_config.ROUTERS), so this stays the same
+# for every policy: a policy change is then a Serve config update applied in place, not a new
+# Ray cluster (a pod env change would be).
+HAPROXY_BALANCE = "leastconn"
 
 
 def kv_cache_gib(sh: Shape) -> int:
@@ -64,7 +63,7 @@ def ray_env(p: Plan, engine_env: dict[str, str] | None = None) -> list[dict[str,
     env: dict[str, str] = {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-        "RAY_SERVE_HAPROXY_BALANCE_ALGORITHM": _HAPROXY_BALANCE[spec.routing.policy],
+        "RAY_SERVE_HAPROXY_BALANCE_ALGORITHM": HAPROXY_BALANCE,
         RAY_SHUTDOWN_DRAIN: str(shutdown_drain_seconds(spec)),
     }
     if not p.accelerator.is_cpu:

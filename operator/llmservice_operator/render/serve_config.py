@@ -126,6 +126,7 @@ def llm_config(p: Plan, group: WorkerBounds, replicas: ReplicaSpec | None = None
 def application(p: Plan) -> dict[str, Any]:
     spec = p.spec
     roles = {g.role: g for g in p.groups}
+    args: dict[str, Any]
     if spec.prefill_decode:
         builder = "pd"
         args = {role + "_config": llm_config(p, roles[role]) for role in ("prefill", "decode")}

@@ -116,7 +116,7 @@ def explain(p: Plan, cause: str) -> str:
     """The cause, with the field to fix in front where it is known from vLLM's or the hub
     client's words (vLLM takes a path that does not exist for a Hugging Face repo id)."""
     src = p.source
-    if src.scheme == "pvc" and src.serve_source in cause:
+    if src.scheme == "pvc" and str(src.serve_source) in cause:
         return f"spec.model.source {src.uri}: no model at '{src.path}' in PersistentVolumeClaim {src.claim} ({cause})"
     if src.scheme == "hf" and ("huggingface.co" in cause or "LocalEntryNotFoundError" in cause):
         return f"spec.model.source {src.uri}: the pods could not download it from the Hugging Face Hub ({cause})"
