@@ -45,8 +45,8 @@ SERVING_MODULES = {
     "test_in_cluster_operator.py",
     "test_dataplane_vllm.py",
     "test_failures.py",
-    "test_scale_to_zero.py",
-    "test_routing.py",
+    "test_switches.py",
+    "test_sidecar_off.py",
 }
 RESULTS = Path(os.environ.get("LLMSERVICE_TEST_RESULTS", ".test-results"))
 

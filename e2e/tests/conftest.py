@@ -8,6 +8,8 @@ test_serving.py; the data-path modules last, on a quiet machine, since they meas
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import importlib
 import os
 import time
 import uuid
@@ -48,8 +50,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.write_line(f"{what:<60} {value}")
 
 
-_LAST = ("test_in_cluster_operator.py", "test_failures.py", "test_serving.py", "test_scale_to_zero.py",
-         "test_routing.py", "test_dataplane.py", "test_dataplane_vllm.py")  # fmt: skip
+_LAST = ("test_in_cluster_operator.py", "test_serving.py", "test_switches.py", "test_failures.py",
+         "test_sidecar_off.py", "test_dataplane.py", "test_dataplane_vllm.py")  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -63,9 +65,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 # Real-pod scenarios that start with the session (in the background) when their tests will run.
 EARLY = {
     "test_serving.py": "cpu_service",
+    "test_switches.py": "switched",
     "test_failures.py": "failed",
-    "test_scale_to_zero.py": "zeroed",
-    "test_routing.py": "routed",
+    "test_sidecar_off.py": "unsidecared",
 }
 
 
@@ -121,54 +123,75 @@ def cpu_service(
         yield pool.submit(apply)
 
 
-@pytest.fixture(scope="session")
-def failed(cluster: Cluster, in_cluster: concurrent.futures.Future[incluster.InCluster]) -> Iterator[Story]:
-    """test_failures.py's services, deployed and watched from the session's start."""
-    from .test_failures import STEPS, failures
+def _background(
+    cluster: Cluster,
+    in_cluster: concurrent.futures.Future[incluster.InCluster],
+    name: str,
+    module: str,
+    after: Callable[[], object] = lambda: None,
+) -> Story:
+    """Start the scenario of `e2e/tests/<module>` (its STEPS and its `scenario`) in a thread, once
+    the images and the in-cluster operator are there and `after()` returned (or failed: that
+    scenario's own tests say why): the node's 2 cores hold only so many real-pod scenarios at
+    once."""
+    mod = importlib.import_module(f"{__package__}.{module}")
 
     def scenario(story: Story) -> None:
         cluster.wait_images()
         in_cluster.result(timeout=600)
-        failures(cluster, story)
+        with contextlib.suppress(Exception):
+            after()
+        mod.scenario(cluster, story)
 
-    story = Story("failures", STEPS).run(scenario)
+    return Story(name, mod.STEPS).run(scenario)
+
+
+def _cleaned_after(cluster: Cluster, story: Story, step: str, namespace: str) -> Callable[[], object]:
+    """Until `story` reached `step`; if it stopped before, its services are deleted."""
+
+    def wait() -> None:
+        try:
+            story.result(step, timeout=1800)
+        except AssertionError:
+            cluster.kubectl("delete", "llmsvc", "--all", "-n", namespace, "--wait=false", check=False)
+            raise
+
+    return wait
+
+
+@pytest.fixture(scope="session")
+def switched(
+    request: pytest.FixtureRequest, cluster: Cluster, in_cluster: concurrent.futures.Future[incluster.InCluster]
+) -> Iterator[Story]:
+    """test_switches.py's service, from the session's start once the served sample (when its
+    tests run) is Ready: two vLLM engines starting at once take this machine's 2 cores."""
+    served = None
+    if any(i.path.name == "test_serving.py" for i in request.session.items):
+        served = request.getfixturevalue("cpu_service")
+    story = _background(cluster, in_cluster, "switches", "test_switches", after=lambda: served and served.result(1200))
     yield story
     story.join(5)
 
 
 @pytest.fixture(scope="session")
-def zeroed(cluster: Cluster, in_cluster: concurrent.futures.Future[incluster.InCluster]) -> Iterator[Story]:
-    """test_scale_to_zero.py's service, deployed and exercised from the session's start."""
-    from .test_scale_to_zero import STEPS, zero
-
-    def scenario(story: Story) -> None:
-        cluster.wait_images()
-        in_cluster.result(timeout=600)
-        zero(cluster, story)
-
-    story = Story("scale-to-zero", STEPS).run(scenario)
+def failed(
+    cluster: Cluster, in_cluster: concurrent.futures.Future[incluster.InCluster], switched: Story
+) -> Iterator[Story]:
+    """test_failures.py's services, once the switches scenario has scaled up under load (a pod
+    starting under load is the one most easily starved of CPU)."""
+    after = _cleaned_after(cluster, switched, "up", "serving-switches")
+    story = _background(cluster, in_cluster, "failures", "test_failures", after=after)
     yield story
     story.join(5)
 
 
 @pytest.fixture(scope="session")
-def routed(
+def unsidecared(
     cluster: Cluster, in_cluster: concurrent.futures.Future[incluster.InCluster], failed: Story
 ) -> Iterator[Story]:
-    """test_routing.py's two-replica service, once the failure scenario has left the node (the
-    node's CPU requests hold the served sample, its upgrade, and one more scenario)."""
-    from .test_routing import STEPS, routes
-
-    def scenario(story: Story) -> None:
-        cluster.wait_images()
-        in_cluster.result(timeout=600)
-        try:
-            failed.result("cleaned", timeout=1800)
-        except AssertionError:  # it failed: its own tests say why; clean up and go on
-            cluster.kubectl("delete", "llmsvc", "--all", "-n", "serving-fail", "--wait=false", check=False)
-        routes(cluster, story)
-
-    story = Story("routing", STEPS).run(scenario)
+    """test_sidecar_off.py's service, once the failure scenario has left the node."""
+    after = _cleaned_after(cluster, failed, "cleaned", "serving-fail")
+    story = _background(cluster, in_cluster, "sidecar-off", "test_sidecar_off", after=after)
     yield story
     story.join(5)
 

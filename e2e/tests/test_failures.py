@@ -1,8 +1,8 @@
 """A service that cannot serve says why, in one line a user can act on, on the real node: an
 engine argument vLLM refuses (the cause is only in the replica's log, read through the Ray
-dashboard as soon as the first start fails), a pvc:// path with no model in it, and a worker pod
-no node can take (the scheduler's reason). Three services at once, in the background from the
-start of the session (stories.failures), reconciled by the operator the chart installed, which
+dashboard as soon as the first start fails), a pvc:// path with no model in it, and a Ray pod no
+node can take (the scheduler's reason). Three services at once, in the background from the
+start of the session (conftest.failed), reconciled by the operator the chart installed, which
 reaches the Ray dashboard through the services' NetworkPolicy."""
 
 from __future__ import annotations
@@ -45,12 +45,13 @@ def consistent(status: dict[str, Any]) -> list[str]:
     return out
 
 
-def failures(cluster: Cluster, story: Story) -> None:
+def scenario(cluster: Cluster, story: Story) -> None:
     serving.prepare(cluster, NS)
     docs = {
-        # Asks for more CPU than the node has left (it fits the machine type, not the node now).
+        # Its head asks for more CPU than the node has left (it fits the machine type, not the
+        # node now): nothing of it runs, as with a replica's pod on a full GPU pool.
         "no-room": serving.small_service(
-            NS, "no-room", ray__workerResources={"cpu": "1900m", "memory": "3Gi"}, **NO_SIDECAR
+            NS, "no-room", ray__headResources={"cpu": "1900m", "memory": "2Gi"}, **NO_SIDECAR
         ),
         # vLLM refuses it when the engine starts, in the replica's log only.
         "bad-arg": serving.small_service(
@@ -91,7 +92,7 @@ def failures(cluster: Cluster, story: Story) -> None:
     story.done("cleaned")
 
 
-def test_a_replica_no_node_can_take_waits_for_capacity_with_the_schedulers_reason(failed: Story):
+def test_a_pod_no_node_can_take_waits_for_capacity_with_the_schedulers_reason(failed: Story):
     st = failed.result("no-room")["status"]
     c = _conds(st)
     assert c["Progressing"]["status"] == "True" and c["Progressing"]["reason"] == "WaitingForCapacity"

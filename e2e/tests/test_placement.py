@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from e2e.cluster import Cluster
+from e2e.operator import Operator
 from llmservice_operator.api import parse
 from llmservice_operator.catalog import labels
 from llmservice_operator.render import render
@@ -80,3 +81,34 @@ def test_gb200_workers_land_on_arm_nodes_with_the_arm_image(cluster: Cluster, ku
 
     cluster.wait_for("the head scheduled", lambda: node_of_head() is not None)
     assert cluster.get_json("node", node_of_head())["metadata"]["labels"][labels.ARCH] == "amd64"
+
+
+def test_a_gpu_replica_no_pool_can_take_makes_the_service_wait_for_capacity(
+    cluster: Cluster, operator: Operator, kuberay_namespace: str
+):
+    """Three 8-GPU H100 replicas on a pool of two 8-GPU nodes: the third worker pod stays
+    Pending, and the LLMService (reconciled by the suite's operator, KubeRay making the pods, the
+    real scheduler placing them) says Progressing/WaitingForCapacity with the pod and the
+    scheduler's reason, where before it said only that it was provisioning."""
+    ns = kuberay_namespace
+    doc = with_spec(
+        sample_doc("gemma-b200.yaml"),
+        accelerator={"type": "nvidia-h100"},
+        engine__tensorParallelSize=8,
+        replicas={"min": 3, "max": 3},
+    )
+    doc["metadata"]["namespace"] = ns
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hf-token", "namespace": ns},
+              "stringData": {"token": "hf_test"}}  # fmt: skip
+    cluster.apply([secret, doc])
+    found: dict[str, Any] = {}
+
+    def waiting() -> bool:
+        found.update(cluster.get_json("llmsvc", "gemma", "-n", ns).get("status") or {})
+        return found.get("reason") == "WaitingForCapacity"
+
+    cluster.wait_for("the service waiting for capacity", waiting, timeout=120)
+    progressing = next(c for c in found["conditions"] if c["type"] == "Progressing")
+    assert progressing["status"] == "True" and progressing["reason"] == "WaitingForCapacity"
+    assert "Insufficient nvidia.com/gpu" in found["message"] and "waits for a node" in found["message"], found
+    assert found["phase"] == "Provisioning"

@@ -1,0 +1,350 @@
+"""One service on the real node with the switches a production service turns on, exercised in
+turn: API keys and TLS through the edge sidecar, scale to zero, load-driven autoscaling, session
+affinity then round robin (changed in place), ngram speculative decoding, stream batching off,
+the engine's context limit, and suspend. In the background from the session's start
+(conftest.switched), once the served sample is up; reconciled by the operator the chart
+installed.
+
+The service routes through Serve's proxy (routing.directStreaming: false) with one request at a
+time per replica (autoscaling.maxOngoingRequests 1): requests waiting for a replica are what
+Serve scales on (with direct streaming they wait in HAProxy, where Serve's autoscaler does not
+see them). The engine's threads stay on one core (VLLM_CPU_OMP_THREADS_BIND), so a pod that
+starts under load gets the other core of this 2-core machine."""
+
+from __future__ import annotations
+
+import collections
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from e2e import serving
+from e2e.cluster import Cluster
+from e2e.story import Story
+
+from .conftest import MEASURED
+
+pytestmark = [pytest.mark.e2e, pytest.mark.local_cluster]
+NS = "serving-switches"
+NAME = "switches"
+HOST = f"{NAME}.{NS}.svc"  # the name the served certificate is for
+STEPS = ["ready", "up", "affinity", "round-robin", "down", "zero", "from-zero", "zero-again", "suspended", "resumed"]
+DOWN = 150  # seconds before the second replica goes: the routing checks run with two replicas
+IDLE = 10  # seconds before the last replica goes, and an idle worker pod
+CLIENTS = 3
+SESSIONS = [f"s{i}" for i in range(4)]
+_COUNT = """
+import urllib.request
+text = urllib.request.urlopen("http://127.0.0.1:8080/metrics", timeout=10).read().decode()
+print(sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+          if l.startswith("ray_vllm_request_success_total{")))
+"""
+
+
+def _status(cluster: Cluster) -> dict[str, Any]:
+    return cluster.get_json("llmsvc", NAME, "-n", NS).get("status") or {}
+
+
+def _workers(cluster: Cluster, running: bool = False) -> list[dict[str, Any]]:
+    pods = cluster.get_json("pods", "-n", NS, "-l", f"llmservice.dev/name={NAME},ray.io/node-type=worker")["items"]
+    if not running:
+        return pods
+    return [p for p in pods if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")]
+
+
+def _pods(cluster: Cluster) -> list[dict[str, Any]]:
+    return cluster.get_json("pods", "-n", NS, "-l", f"llmservice.dev/name={NAME}")["items"]
+
+
+def served_by_pod(cluster: Cluster) -> dict[str, float]:
+    """Requests each worker pod's engine finished (vLLM's own counter, read inside the pod: the
+    NetworkPolicy keeps its metrics port from this host)."""
+    out = {}
+    for p in _workers(cluster, running=True):
+        name = p["metadata"]["name"]
+        res = cluster.kubectl("exec", "-n", NS, name, "-c", "ray", "--", "python3", "-c", _COUNT, check=False)
+        out[name] = float(res.stdout.strip() or 0) if res.returncode == 0 else 0.0
+    return out
+
+
+class Endpoint:
+    """The service's HTTPS endpoint, verified against its certificate's name, with an API key."""
+
+    def __init__(self, cluster: Cluster, ca: Path):
+        self.url = f"https://{serving.service_ip(cluster, NS, NAME)}:8000/v1"
+        self.ca = str(ca)
+
+    def stream(self, max_tokens: int = 32) -> tuple[float, list[str]]:
+        return serving.stream(self.url, verify=self.ca, sni=HOST, max_tokens=max_tokens)
+
+    def post(self, body: dict[str, Any], session: str | None = None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {serving.API_KEY}"}
+        if session:
+            headers["X-Session-Id"] = session
+        with httpx.Client(verify=self.ca, timeout=300) as http:
+            return http.post(f"{self.url}/completions", json=body, headers=headers, extensions={"sni_hostname": HOST})
+
+    def complete(self, session: str | None = None) -> int:
+        return self.post({"model": serving.MODEL, "prompt": "x = ", "max_tokens": 2}, session).status_code
+
+
+def _spread(cluster: Cluster, ep: Endpoint, sessions: list[str | None], per: int) -> dict[str | None, dict[str, float]]:
+    """Per session: how many of its `per` requests each pod served (the engines' counters
+    settle within Ray's metrics export interval)."""
+    out = {}
+    for s in sessions:
+        before = served_by_pod(cluster)
+        codes = [ep.complete(s) for _ in range(per)]
+        assert codes == [200] * per, codes
+        want = sum(before.values()) + per
+        deadline = time.monotonic() + 30
+        while True:
+            after = served_by_pod(cluster)
+            if sum(after.values()) >= want or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        out[s] = {p: after[p] - before.get(p, 0) for p in after if after[p] - before.get(p, 0)}
+    return out
+
+
+class Streams:
+    """`clients` clients, each streaming one completion after another until stopped; every
+    outcome, with when it started."""
+
+    def __init__(self, ep: Endpoint, clients: int, max_tokens: int):
+        self.ep, self.max_tokens = ep, max_tokens
+        self.results: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            t = time.monotonic()
+            try:
+                _, pieces = self.ep.stream(self.max_tokens)
+                outcome = "ok" if pieces else "no tokens"
+            except (httpx.HTTPError, serving.ClusterError) as e:
+                outcome = f"{type(e).__name__}: {e}"[:200]
+            self.results.append((t, outcome))
+
+    def __enter__(self) -> Streams:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(320)
+
+    @property
+    def failures(self) -> list[tuple[float, str]]:
+        return [r for r in self.results if r[1] != "ok"]
+
+
+class Marks:
+    """When each thing first happened, in seconds from `start`."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self.seen: dict[str, float] = {}
+
+    def __call__(self, name: str, happened: bool) -> bool:
+        if happened and name not in self.seen:
+            self.seen[name] = round(time.monotonic() - self.start, 1)
+        return name in self.seen
+
+
+def scenario(cluster: Cluster, story: Story) -> None:
+    serving.prepare(cluster, NS)
+    ca = serving.tls_secret(cluster, NS, "switches-tls", HOST)
+    doc = serving.small_service(
+        NS, NAME,
+        replicas={"min": 0, "max": 2, "initial": 1},
+        autoscaling={"targetOngoingRequests": 1, "maxOngoingRequests": 1, "upscaleDelaySeconds": 5,
+                     "downscaleDelaySeconds": DOWN, "downscaleToZeroDelaySeconds": IDLE, "workerIdleSeconds": IDLE},
+        routing={"policy": "session-affinity", "directStreaming": False, "streamBatchingMs": 0},
+        engine__speculative={"method": "ngram", "numSpeculativeTokens": 3},
+        ray__env={"VLLM_CPU_OMP_THREADS_BIND": "0"},
+        ingress={"apiKeysSecret": serving.KEYS_SECRET, "tlsSecret": "switches-tls"},
+    )  # fmt: skip
+    applied = time.monotonic()
+    cluster.apply([doc])
+    status = serving.wait_ready(cluster, NS, NAME, timeout=900)
+    ready = time.monotonic() - applied
+    ep = Endpoint(cluster, ca)
+    _, pieces = ep.stream(16)
+    # Over the sample's engine.maxModelLen (512): refused by the engine, in OpenAI's shape.
+    long = ep.post({"model": serving.MODEL, "prompt": "word " * 1500, "max_tokens": 4})
+    rs = cluster.get_json("rayservice", NAME, "-n", NS)
+    story.done("ready", status=status, apply_to_ready=round(ready, 1), pieces=pieces,
+               apply_to_first_token=round(time.monotonic() - applied, 1), workers=len(_workers(cluster)),
+               serve_config=rs["spec"]["serveConfigV2"], too_long=(long.status_code, long.text[:2000]))  # fmt: skip
+
+    # Load: CLIENTS streams at once, one at a time per replica: Serve wants two replicas, KubeRay
+    # adds the pod, the new replica serves.
+    marks = Marks()
+    with Streams(ep, CLIENTS, max_tokens=200) as load:
+
+        def up() -> bool:
+            st, pods = _status(cluster), _workers(cluster)
+            marks("desired 2", (st.get("replicas") or {}).get("desired") == 2)
+            marks("pod created", len(pods) == 2)
+            marks("pod running", len(_workers(cluster, running=True)) == 2)
+            return marks("replica serving", (st.get("replicas") or {}).get("ready") == 2)
+
+        cluster.wait_for("a second replica serving under load", up, timeout=600)
+        time.sleep(5)  # the new replica takes its share
+    stopped = time.monotonic()
+    story.done("up", marks=marks.seen, sent=len(load.results), failures=load.failures[:10])
+
+    # Two replicas until DOWN after the load: the routing checks, one request at a time.
+    story.done("affinity", spread=_spread(cluster, ep, list(SESSIONS), 3))
+    cluster_before = cluster.get_json("rayservice", NAME, "-n", NS)["status"]["activeServiceStatus"]["rayClusterName"]
+    patch = {"spec": {"routing": {"policy": "round-robin"}}}
+    cluster.kubectl("patch", "llmsvc", NAME, "-n", NS, "--type=merge", "-p", json.dumps(patch))
+    serving.wait_ready(cluster, NS, NAME, timeout=300)
+    time.sleep(3)  # Serve hands the routers the new config in place
+    after = cluster.get_json("rayservice", NAME, "-n", NS)["status"]["activeServiceStatus"]["rayClusterName"]
+    story.done("round-robin", spread=_spread(cluster, ep, [None], 10)[None], same_cluster=after == cluster_before,
+               within=round(time.monotonic() - stopped, 1))  # fmt: skip
+
+    # Load gone: the second replica and its pod go after DOWN, while one client goes on.
+    marks = Marks()
+    marks.start = stopped
+    with Streams(ep, 1, max_tokens=8) as trickle:
+
+        def down() -> bool:
+            marks("desired 1", (_status(cluster).get("replicas") or {}).get("desired") == 1)
+            return marks("pod gone", len(_workers(cluster)) == 1)
+
+        cluster.wait_for("back to one replica and one worker pod", down, timeout=DOWN + 300)
+    story.done("down", marks=marks.seen, sent=len(trickle.results), failures=trickle.failures[:10])
+
+    def at_zero() -> float:
+        idle = time.monotonic()
+        cluster.wait_for(
+            "no worker pod left, the status ScaledToZero",
+            lambda: not _workers(cluster) and _status(cluster).get("reason") == "ScaledToZero",
+            timeout=300,
+        )
+        return round(time.monotonic() - idle, 1)
+
+    story.done("zero", idle_to_zero=at_zero(), status=_status(cluster))
+    t = time.monotonic()
+    ttft, pieces = ep.stream()  # held by the head's proxy while a replica starts
+    story.done("from-zero", ttft=round(ttft, 1), total=round(time.monotonic() - t, 1), pieces=pieces,
+               workers=len(_workers(cluster)))  # fmt: skip
+    story.done("zero-again", idle_to_zero=at_zero())
+
+    cluster.kubectl("patch", "llmsvc", NAME, "-n", NS, "--type=merge", "-p", json.dumps({"spec": {"suspend": True}}))
+    t = time.monotonic()
+    cluster.wait_for("every pod of the suspended service gone", lambda: not _pods(cluster), timeout=300)
+    cluster.wait_for("phase Suspended", lambda: _status(cluster).get("phase") == "Suspended", timeout=60)
+    story.done("suspended", pods_gone=round(time.monotonic() - t, 1), status=_status(cluster))
+    cluster.kubectl("patch", "llmsvc", NAME, "-n", NS, "--type=merge", "-p", json.dumps({"spec": {"suspend": False}}))
+    t = time.monotonic()
+    serving.wait_ready(cluster, NS, NAME, timeout=900)
+    _, pieces = Endpoint(cluster, ca).stream()
+    story.done("resumed", resume_to_first_token=round(time.monotonic() - t, 1), pieces=pieces)
+    cluster.kubectl("delete", "llmsvc", NAME, "-n", NS, "--wait=false")
+
+
+def test_with_keys_tls_and_min_zero_it_becomes_ready_and_answers_over_https(switched: Story):
+    """replicas.min 0 keeps the head (its proxy holds requests at zero) in the Service with the
+    edge sidecar; KubeRay deployed the app to it (the deadlock is gone)."""
+    res = switched.result("ready")
+    assert res["status"]["phase"] == "Ready" and res["pieces"] and res["workers"] == 1, res
+    MEASURED["switches: apply -> Ready (s)"] = res["apply_to_ready"]
+    MEASURED["switches: apply -> first token, HTTPS + key (s)"] = res["apply_to_first_token"]
+
+
+def test_ngram_speculative_decoding_runs_on_the_cpu_engine(switched: Story):
+    """Ray Serve LLM passes the rendered speculative_config to vLLM's CPU backend, which starts
+    and answers (every answer in this module comes from it)."""
+    res = switched.result("ready")
+    assert "speculative_config" in res["serve_config"] and "method: ngram" in res["serve_config"]
+    assert res["pieces"]
+
+
+def test_a_prompt_over_max_model_len_is_refused_with_an_openai_error(switched: Story):
+    """engine.maxModelLen reaches vLLM: a longer prompt gets a 400 a client can read (the
+    OpenAI error object), not a dropped connection or a 500."""
+    code, text = switched.result("ready")["too_long"]
+    assert code == 400, (code, text)
+    err = json.loads(text)["error"]
+    assert "512" in err["message"], err
+
+
+def test_stream_batching_off_streams_in_pieces(switched: Story):
+    """routing.streamBatchingMs: 0 reaches Serve LLM's stream batching interval, and the answer
+    still streams, in more than one piece."""
+    res = switched.result("ready")
+    assert "stream_batching_interval_ms: 0" in res["serve_config"], res["serve_config"]
+    assert len(res["pieces"]) > 1, res["pieces"]
+
+
+def test_load_adds_a_replica_and_its_pod_and_no_request_fails(switched: Story):
+    res = switched.result("up")
+    assert not res["failures"], res["failures"]
+    assert res["sent"] > CLIENTS
+    for what, seconds in res["marks"].items():
+        MEASURED[f"autoscaling: load -> {what} (s)"] = seconds
+    MEASURED["autoscaling up: requests failed"] = f"0 of {res['sent']}"
+
+
+def test_the_same_session_goes_to_the_same_replica(switched: Story):
+    spread = switched.result("affinity")["spread"]
+    for session, pods in spread.items():
+        assert len(pods) == 1, (session, pods)
+    used = collections.Counter(next(iter(p)) for p in spread.values())
+    MEASURED["session affinity: sessions per replica"] = dict(used)
+    assert len(used) == 2, f"{len(SESSIONS)} sessions hashed onto one replica: {spread}"
+
+
+def test_round_robin_alternates_and_changes_in_place(switched: Story):
+    res = switched.result("round-robin")
+    assert res["same_cluster"], "a routing change is a Serve config update, not a new Ray cluster"
+    assert res["within"] < DOWN, "the check ran after the second replica could go"
+    counts = sorted(res["spread"].values())
+    assert len(counts) == 2 and counts[1] - counts[0] <= 2, res["spread"]
+
+
+def test_without_load_the_replica_and_its_pod_go_after_the_delays(switched: Story):
+    res = switched.result("down")
+    assert not res["failures"], res["failures"]
+    assert res["marks"]["pod gone"] >= DOWN - 2, res["marks"]
+    for what, seconds in res["marks"].items():
+        MEASURED[f"autoscaling: load stopped -> {what} (s)"] = seconds
+    MEASURED["autoscaling down: requests failed"] = f"0 of {res['sent']}"
+
+
+def test_idle_it_goes_to_zero_worker_pods(switched: Story):
+    res = switched.result("zero")
+    assert res["status"]["reason"] == "ScaledToZero" and res["status"]["phase"] == "Ready", res["status"]
+    assert res["status"]["replicas"] == {"ready": 0, "desired": 0}
+    MEASURED["scale to zero: one replica idle -> no worker pod (s)"] = res["idle_to_zero"]
+
+
+def test_a_request_at_zero_is_held_and_answered(switched: Story):
+    res = switched.result("from-zero")
+    assert res["pieces"] and res["workers"] == 1, res
+    MEASURED["scale to zero: zero -> first token, streamed (s)"] = res["ttft"]
+
+
+def test_idle_again_it_goes_to_zero_again(switched: Story):
+    MEASURED["scale to zero: again, idle -> no worker pod (s)"] = switched.result("zero-again")["idle_to_zero"]
+
+
+def test_suspended_its_pods_go_and_resumed_it_serves_again(switched: Story):
+    res = switched.result("suspended")
+    assert res["status"]["phase"] == "Suspended" and res["status"]["reason"] == "Suspended", res["status"]
+    resumed = switched.result("resumed")
+    assert resumed["pieces"]
+    MEASURED["suspend: pods gone (s)"] = res["pods_gone"]
+    MEASURED["resume -> first token (s)"] = resumed["resume_to_first_token"]
