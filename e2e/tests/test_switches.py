@@ -171,6 +171,9 @@ def scenario(cluster: Cluster, story: Story) -> None:
         routing={"policy": "session-affinity", "directStreaming": False, "streamBatchingMs": 0},
         engine__speculative={"method": "ngram", "numSpeculativeTokens": 3},
         ray__env={"VLLM_CPU_OMP_THREADS_BIND": "0"},
+        # ngram's drafter and the engine need the sample's 4Gi: at 3Gi Ray's memory monitor
+        # kills the replica while vLLM starts.
+        ray__workerResources={"cpu": "100m", "memory": "4Gi"},
         ingress={"apiKeysSecret": serving.KEYS_SECRET, "tlsSecret": "switches-tls"},
     )  # fmt: skip
     applied = time.monotonic()

@@ -211,4 +211,30 @@ class RootCauses:
                 if cause is not None:
                     out[parts[2]] = cause
                     break
+            else:  # killed from outside (out of memory, a crash): no traceback, Ray knows why
+                if (cause := death_cause(a)) is not None:
+                    out[parts[2]] = cause
         return out
+
+
+# Ray's words for a worker killed from outside, in an actor's death cause.
+_EXIT_DETAIL = re.compile(r"Worker exit type: (\w+)\.? Worker exit detail: (.*)", re.S)
+_OUTSIDE = {"NODE_OUT_OF_MEMORY": "OutOfMemory", "SYSTEM_ERROR": "WorkerCrashed"}
+
+
+def death_cause(actor: dict[str, Any]) -> RootCause | None:
+    """Why Ray says a replica actor died, when it was killed from outside its code: by Ray's
+    memory monitor (the node or pod near its memory limit) or a crash of its process; None for
+    a replica Serve stopped on purpose."""
+    messages = [
+        ctx.get("error_message") or "" for ctx in (actor.get("death_cause") or {}).values() if isinstance(ctx, dict)
+    ]
+    for text in messages:
+        m = _EXIT_DETAIL.search(text)
+        kind = _OUTSIDE.get(m.group(1)) if m else ("OutOfMemory" if "running low on memory" in text else None)
+        if kind is None:
+            continue
+        detail = " ".join((m.group(2) if m else text).split())
+        sentences = re.split(r"(?<=[.)])\s+(?=[A-Z])", detail)
+        return RootCause(f"{kind}: {' '.join(sentences[:2])}"[:400], detail)
+    return None

@@ -120,6 +120,10 @@ def explain(p: Plan, cause: str) -> str:
         return f"spec.model.source {src.uri}: no model at '{src.path}' in PersistentVolumeClaim {src.claim} ({cause})"
     if src.scheme == "hf" and ("huggingface.co" in cause or "LocalEntryNotFoundError" in cause):
         return f"spec.model.source {src.uri}: the pods could not download it from the Hugging Face Hub ({cause})"
+    if cause.startswith("OutOfMemory:"):
+        memory = p.svc.spec.ray.worker_resources.memory if p.svc.spec.ray.worker_resources else None
+        now = f" (now {memory})" if memory else ""
+        return f"spec.ray.workerResources.memory: the replica ran out of memory; raise it{now} ({cause})"
     return cause
 
 
