@@ -559,6 +559,35 @@ def test_cpu_ingress_deployment_without_direct_streaming(settings):
     )
 
 
+def test_at_zero_the_openai_ingress_stays_up(settings):
+    """Ray scales the OpenAI ingress to zero with the model (OpenAiIngress.get_deployment_options:
+    its autoscaling with min_replicas 0); one replica of it (no accelerator) stays, so a request
+    at zero waits only for the model replica. Ray deep-merges ours over its default."""
+    from ray.llm._internal.common.dict_utils import maybe_apply_llm_deployment_config_defaults
+
+    zero = {"min": 0, "max": 2, "initial": 1}
+    doc = with_spec(sample_doc("gemma-b200.yaml"), replicas=zero, routing={"directStreaming": False})
+    rs = render(parse(doc), settings).ray_service
+    ours = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]["ingress_deployment_config"]
+    assert ours == {"autoscaling_config": {"min_replicas": 1}}
+    ray_at_zero = {
+        "max_ongoing_requests": 1000,
+        "autoscaling_config": {"target_ongoing_requests": 1000, "min_replicas": 0},
+    }
+    merged = maybe_apply_llm_deployment_config_defaults(ray_at_zero, ours)
+    assert merged["autoscaling_config"] == {"target_ongoing_requests": 1000, "min_replicas": 1}
+    cpu = with_spec(sample_doc("cpu-tiny.yaml"), replicas=zero, routing={"directStreaming": False})
+    rs = render(parse(cpu), settings).ray_service
+    args = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]
+    assert args["ingress_deployment_config"] == {
+        "ray_actor_options": {"num_cpus": 0},
+        "autoscaling_config": {"min_replicas": 1},
+    }
+    with_direct = with_spec(sample_doc("cpu-tiny.yaml"), replicas=zero)
+    rs = render(parse(with_direct), settings).ray_service
+    assert "ingress_deployment_config" not in rs["spec"]["serveConfigV2"], "no such deployment with direct streaming"
+
+
 def test_cpu_node_pool(settings):
     six = {"cpu": "500m", "memory": "6Gi"}
     svc = _cpu(

@@ -51,11 +51,20 @@ def scenario(cluster: Cluster, story: Story) -> None:
         # Its head asks for more CPU than the node has left (it fits the machine type, not the
         # node now): nothing of it runs, as with a replica's pod on a full GPU pool.
         "no-room": serving.small_service(
-            NS, "no-room", ray__headResources={"cpu": "1900m", "memory": "2Gi"}, **NO_SIDECAR
+            NS,
+            "no-room",
+            ray__headResources={"cpu": "1900m", "memory": "2Gi"},
+            replicas={"min": 0, "max": 1, "initial": 0},
+            **NO_SIDECAR,
         ),
-        # vLLM refuses it when the engine starts, in the replica's log only.
+        # vLLM refuses it when the engine starts, in the replica's log only. With the sample's
+        # 4Gi: at 3Gi, with other engines starting beside it, vLLM refused the KV cache first.
         "bad-arg": serving.small_service(
-            NS, "bad-arg", engine__extraArgs={"dtype": "bfloat16", "block_size": 7}, **NO_SIDECAR
+            NS,
+            "bad-arg",
+            engine__extraArgs={"dtype": "bfloat16", "block_size": 7},
+            ray__workerResources={"cpu": "100m", "memory": "4Gi"},
+            **NO_SIDECAR,
         ),
         "no-model": serving.small_service(NS, "no-model", model__source="pvc://tiny-models/no-such-dir", **NO_SIDECAR),
     }

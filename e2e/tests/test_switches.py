@@ -5,11 +5,11 @@ the engine's context limit, and suspend. In the background from the session's st
 (conftest.switched), once the served sample is up; reconciled by the operator the chart
 installed.
 
-The service routes through Serve's proxy (routing.directStreaming: false) with one request at a
-time per replica (autoscaling.maxOngoingRequests 1): requests waiting for a replica are what
-Serve scales on (with direct streaming they wait in HAProxy, where Serve's autoscaler does not
-see them). The engine's threads stay on one core (VLLM_CPU_OMP_THREADS_BIND), so a pod that
-starts under load gets the other core of this 2-core machine."""
+Serve scales on the requests its replicas hold: with direct streaming (the default) a replica
+takes up to autoscaling.maxOngoingRequests (4 here) and HAProxy queues the rest, unseen by Serve,
+so the target (1) is below what one replica takes. The engine's threads stay on one core
+(VLLM_CPU_OMP_THREADS_BIND), so a pod that starts under load gets the other core of this 2-core
+machine."""
 
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ NAME = "switches"
 HOST = f"{NAME}.{NS}.svc"  # the name the served certificate is for
 STEPS = ["ready", "up", "affinity", "round-robin", "down", "zero", "from-zero", "zero-again", "suspended", "resumed"]
 DOWN = 150  # seconds before the second replica goes: the routing checks run with two replicas
-IDLE = 10  # seconds before the last replica goes, and an idle worker pod
+ZERO = 30  # seconds before the last replica goes
+IDLE = 10  # seconds before an idle worker pod goes
 CLIENTS = 3
 SESSIONS = [f"s{i}" for i in range(4)]
 _COUNT = """
@@ -131,6 +132,8 @@ class Streams:
             except (httpx.HTTPError, serving.ClusterError) as e:
                 outcome = f"{type(e).__name__}: {e}"[:200]
             self.results.append((t, outcome))
+            if outcome != "ok":
+                self._stop.wait(1)  # a failing endpoint is not hammered
 
     def __enter__(self) -> Streams:
         for t in self._threads:
@@ -166,13 +169,12 @@ def scenario(cluster: Cluster, story: Story) -> None:
     doc = serving.small_service(
         NS, NAME,
         replicas={"min": 0, "max": 2, "initial": 1},
-        autoscaling={"targetOngoingRequests": 1, "maxOngoingRequests": 1, "upscaleDelaySeconds": 5,
-                     "downscaleDelaySeconds": DOWN, "downscaleToZeroDelaySeconds": IDLE, "workerIdleSeconds": IDLE},
-        routing={"policy": "session-affinity", "directStreaming": False, "streamBatchingMs": 0},
+        autoscaling={"targetOngoingRequests": 1, "maxOngoingRequests": 4, "upscaleDelaySeconds": 5,
+                     "downscaleDelaySeconds": DOWN, "downscaleToZeroDelaySeconds": ZERO, "workerIdleSeconds": IDLE},
+        routing={"policy": "session-affinity", "streamBatchingMs": 0},
         engine__speculative={"method": "ngram", "numSpeculativeTokens": 3},
         ray__env={"VLLM_CPU_OMP_THREADS_BIND": "0"},
-        # ngram's drafter and the engine need the sample's 4Gi: at 3Gi Ray's memory monitor
-        # kills the replica while vLLM starts.
+        # The sample's 4Gi: at 3Gi Ray's memory monitor killed the ngram replica while vLLM started.
         ray__workerResources={"cpu": "100m", "memory": "4Gi"},
         ingress={"apiKeysSecret": serving.KEYS_SECRET, "tlsSecret": "switches-tls"},
     )  # fmt: skip
@@ -180,6 +182,10 @@ def scenario(cluster: Cluster, story: Story) -> None:
     cluster.apply([doc])
     status = serving.wait_ready(cluster, NS, NAME, timeout=900)
     ready = time.monotonic() - applied
+    # Ready as soon as the head's proxy can hold requests; the first replica starts meanwhile.
+    cluster.wait_for(
+        "the first replica serving", lambda: (_status(cluster).get("replicas") or {}).get("ready") == 1, 600
+    )
     ep = Endpoint(cluster, ca)
     _, pieces = ep.stream(16)
     # Over the sample's engine.maxModelLen (512): refused by the engine, in OpenAI's shape.
@@ -189,8 +195,8 @@ def scenario(cluster: Cluster, story: Story) -> None:
                apply_to_first_token=round(time.monotonic() - applied, 1), workers=len(_workers(cluster)),
                serve_config=rs["spec"]["serveConfigV2"], too_long=(long.status_code, long.text[:2000]))  # fmt: skip
 
-    # Load: CLIENTS streams at once, one at a time per replica: Serve wants two replicas, KubeRay
-    # adds the pod, the new replica serves.
+    # Load: CLIENTS streams at once on one replica, over the target of 1: Serve wants two
+    # replicas, KubeRay adds the pod, the new replica serves.
     marks = Marks()
     with Streams(ep, CLIENTS, max_tokens=200) as load:
 

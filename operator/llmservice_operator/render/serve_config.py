@@ -135,11 +135,20 @@ def application(p: Plan) -> dict[str, Any]:
         builder, args = "dp", {"llm_config": llm_config(p, roles["dp"], spec.replicas)}
     else:
         builder, args = "openai", {"llm_configs": [llm_config(p, roles["llm"])]}
+        # Ray refuses ingress_deployment_config with direct streaming, where no such deployment exists.
+        ingress: dict[str, Any] = {}
         if p.accelerator.is_cpu and not spec.routing.direct_streaming:
             # The OpenAI ingress deployment asks for 1 CPU by default: a CPU service has none
             # to spare (the head has num-cpus 0, workers' CPUs belong to their replica).
-            # Ray refuses this key with direct streaming, where no such deployment exists.
-            args["ingress_deployment_config"] = {"ray_actor_options": {"num_cpus": 0}}
+            ingress["ray_actor_options"] = {"num_cpus": 0}
+        if spec.replicas.min == 0 and not spec.routing.direct_streaming:
+            # Ray scales the ingress to zero with the model (measured on the real node: a first
+            # request then waited ~17 s for it before the model replica even started, and the
+            # model's scale-to-zero timer ran while no request could reach it). It holds no
+            # accelerator: one stays.
+            ingress["autoscaling_config"] = {"min_replicas": 1}
+        if ingress:
+            args["ingress_deployment_config"] = ingress
     return {"name": "llm", "route_prefix": "/", "import_path": BUILDERS[builder], "args": args}
 
 
