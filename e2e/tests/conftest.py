@@ -11,6 +11,7 @@ import concurrent.futures
 import contextlib
 import importlib
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -50,7 +51,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.write_line(f"{what:<60} {value}")
 
 
-_LAST = ("test_in_cluster_operator.py", "test_serving.py", "test_switches.py", "test_failures.py",
+_LAST = ("test_in_cluster_operator.py", "test_serving.py", "test_failures.py", "test_switches.py",
          "test_sidecar_off.py", "test_dataplane.py", "test_dataplane_vllm.py")  # fmt: skip
 
 
@@ -65,8 +66,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 # Real-pod scenarios that start with the session (in the background) when their tests will run.
 EARLY = {
     "test_serving.py": "cpu_service",
-    "test_switches.py": "switched",
     "test_failures.py": "failed",
+    "test_switches.py": "switched",
     "test_sidecar_off.py": "unsidecared",
 }
 
@@ -159,38 +160,61 @@ def _cleaned_after(cluster: Cluster, story: Story, step: str, namespace: str) ->
     return wait
 
 
-@pytest.fixture(scope="session")
-def switched(
-    request: pytest.FixtureRequest, cluster: Cluster, in_cluster: concurrent.futures.Future[incluster.InCluster]
-) -> Iterator[Story]:
-    """test_switches.py's service, from the session's start once the served sample (when its
-    tests run) is Ready: two vLLM engines starting at once take this machine's 2 cores."""
-    served = None
-    if any(i.path.name == "test_serving.py" for i in request.session.items):
-        served = request.getfixturevalue("cpu_service")
-    story = _background(cluster, in_cluster, "switches", "test_switches", after=lambda: served and served.result(1200))
-    yield story
-    story.join(5)
+# Set when test_serving.py's tests are done (its module fixture's teardown): its upgrade runs
+# two Ray clusters of the sample, and the node's 24 GiB do not hold another service's two.
+SERVED_DONE = threading.Event()
+
+
+def _serving_in(request: pytest.FixtureRequest) -> bool:
+    return any(i.path.name == "test_serving.py" for i in request.session.items)
 
 
 @pytest.fixture(scope="session")
 def failed(
-    cluster: Cluster, in_cluster: concurrent.futures.Future[incluster.InCluster], switched: Story
+    request: pytest.FixtureRequest, cluster: Cluster, in_cluster: concurrent.futures.Future[incluster.InCluster]
 ) -> Iterator[Story]:
-    """test_failures.py's services, once the switches scenario has scaled up under load (a pod
-    starting under load is the one most easily starved of CPU)."""
-    after = _cleaned_after(cluster, switched, "up", "serving-switches")
+    """test_failures.py's services, once the served sample (when its tests run) is Ready: two
+    vLLM engines starting at once take this machine's 2 cores, three starve."""
+    served = request.getfixturevalue("cpu_service") if _serving_in(request) else None
+
+    def after() -> None:
+        if served is not None:
+            served.result(1200)
+            serving.wait_ready(cluster, SERVED_NS, "tiny", timeout=1200)
+
     story = _background(cluster, in_cluster, "failures", "test_failures", after=after)
     yield story
     story.join(5)
 
 
 @pytest.fixture(scope="session")
-def unsidecared(
-    cluster: Cluster, in_cluster: concurrent.futures.Future[incluster.InCluster], failed: Story
+def switched(
+    request: pytest.FixtureRequest, cluster: Cluster, in_cluster: concurrent.futures.Future[incluster.InCluster]
 ) -> Iterator[Story]:
-    """test_sidecar_off.py's service, once the failure scenario has left the node."""
-    after = _cleaned_after(cluster, failed, "cleaned", "serving-fail")
+    """test_switches.py's service, once test_serving.py is done (when it runs): the sample's
+    upgrade and this service's second replica do not fit the node's memory at once."""
+    waits = _serving_in(request)
+    story = _background(
+        cluster, in_cluster, "switches", "test_switches", after=lambda: waits and SERVED_DONE.wait(3600)
+    )
+    yield story
+    story.join(5)
+
+
+@pytest.fixture(scope="session")
+def unsidecared(
+    cluster: Cluster, in_cluster: concurrent.futures.Future[incluster.InCluster], failed: Story, switched: Story
+) -> Iterator[Story]:
+    """test_sidecar_off.py's service, once the failure scenario has left the node and the
+    switches scenario's second pod started (a pod starting beside another starves)."""
+    failures_gone = _cleaned_after(cluster, failed, "cleaned", "serving-fail")
+    scaled_up = _cleaned_after(cluster, switched, "up", "serving-switches")
+
+    def after() -> None:
+        with contextlib.suppress(Exception):
+            failures_gone()
+        scaled_up()
+
     story = _background(cluster, in_cluster, "sidecar-off", "test_sidecar_off", after=after)
     yield story
     story.join(5)

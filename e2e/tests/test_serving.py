@@ -18,6 +18,7 @@ import json
 import random
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -30,9 +31,18 @@ from e2e.cluster import Cluster
 from llmservice_operator.render import edge
 from monitoring import queried_metrics
 
-from .conftest import MEASURED, SERVED_NS, Served, until
+from .conftest import MEASURED, SERVED_DONE, SERVED_NS, Served, until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.local_cluster]  # audit log, node, simulated nodes
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _done() -> Iterator[None]:
+    """Tells the real-pod stories that wait for it that this module's services are gone."""
+    yield
+    SERVED_DONE.set()
+
+
 NS = SERVED_NS
 NAME = serving.SERVICE
 MODEL = serving.MODEL
