@@ -8,7 +8,7 @@ STAMP := .venv-installed
 # links .venv to it and installs only itself (editable), instead of every dependency again.
 VENV_CACHE := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/llmservice-operator/venvs/dev-$(shell sha256sum pyproject.toml | cut -c1-16)
 
-.PHONY: venv test test-unit lint fmt crds dashboards kind-demo manifests bench-dataplane bench-controlplane render-samples e2e-bins node-deps images image-lock cluster-up cluster-down demo clean
+.PHONY: venv test test-unit test-stories lint fmt crds dashboards kind-demo manifests bench-dataplane bench-controlplane render-samples e2e-bins node-deps images image-lock cluster-up cluster-down demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV_CACHE)/bin/python || $(PY) -m venv $(VENV_CACHE)
@@ -37,7 +37,15 @@ test: venv e2e-bins images
 	export E2E_CLUSTER_STATE=$(TEST_CLUSTER)/state.json E2E_KUBECONFIG=$(TEST_CLUSTER)/kubeconfig; \
 	mkdir -p $(TEST_CLUSTER); $(BIN)/python -m e2e.cluster down >/dev/null; \
 	$(BIN)/python -m e2e.cluster up --images pause --kubeconfig-out $$E2E_KUBECONFIG > $(TEST_CLUSTER)/up.log 2>&1 & \
-	$(BIN)/pytest; rc=$$?; wait; $(BIN)/python -m e2e.cluster down; exit $$rc
+	$(BIN)/pytest -m "not story"; rc=$$?; wait; $(BIN)/python -m e2e.cluster down; exit $$rc
+
+## The real-pod stories (e2e/story.py: every switch, the failures, the sidecar switched off), one
+## service after another on the local cluster's real node: about 30 minutes on 2 cores.
+test-stories: venv e2e-bins images
+	export E2E_CLUSTER_STATE=$(TEST_CLUSTER)/state.json E2E_KUBECONFIG=$(TEST_CLUSTER)/kubeconfig; \
+	mkdir -p $(TEST_CLUSTER); $(BIN)/python -m e2e.cluster down >/dev/null; \
+	$(BIN)/python -m e2e.cluster up --images pause --kubeconfig-out $$E2E_KUBECONFIG > $(TEST_CLUSTER)/up.log 2>&1 && \
+	LLMSERVICE_TEST_BUDGETS=0 $(BIN)/pytest -m story e2e/tests; rc=$$?; $(BIN)/python -m e2e.cluster down; exit $$rc
 
 lint: venv
 	$(BIN)/ruff check .

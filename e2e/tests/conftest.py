@@ -165,8 +165,8 @@ def _cleaned_after(cluster: Cluster, story: Story, step: str, namespace: str) ->
 SERVED_DONE = threading.Event()
 
 
-def _serving_in(request: pytest.FixtureRequest) -> bool:
-    return any(i.path.name == "test_serving.py" for i in request.session.items)
+def _serving_in(request: pytest.FixtureRequest, module: str = "test_serving.py") -> bool:
+    return any(i.path.name == module for i in request.session.items)
 
 
 @pytest.fixture(scope="session")
@@ -194,26 +194,31 @@ def switched(
     """test_switches.py's service, once test_serving.py is done (when it runs): the sample's
     upgrade and this service's second replica do not fit the node's memory at once."""
     waits = _serving_in(request)
-    story = _background(
-        cluster, in_cluster, "switches", "test_switches", after=lambda: waits and SERVED_DONE.wait(3600)
+    failures = (
+        request.getfixturevalue("failed")
+        if any(i.path.name == "test_failures.py" for i in request.session.items)
+        else None
     )
+
+    def after() -> None:
+        if waits:
+            SERVED_DONE.wait(3600)
+        if failures is not None:  # one vLLM engine starting at a time
+            with contextlib.suppress(Exception):
+                _cleaned_after(cluster, failures, "cleaned", "serving-fail")()
+
+    story = _background(cluster, in_cluster, "switches", "test_switches", after=after)
     yield story
     story.join(5)
 
 
 @pytest.fixture(scope="session")
 def unsidecared(
-    cluster: Cluster, in_cluster: concurrent.futures.Future[incluster.InCluster], failed: Story, switched: Story
+    cluster: Cluster, in_cluster: concurrent.futures.Future[incluster.InCluster], switched: Story
 ) -> Iterator[Story]:
-    """test_sidecar_off.py's service, once the failure scenario has left the node and the
-    switches scenario's second pod started (a pod starting beside another starves)."""
-    failures_gone = _cleaned_after(cluster, failed, "cleaned", "serving-fail")
-    scaled_up = _cleaned_after(cluster, switched, "up", "serving-switches")
-
-    def after() -> None:
-        with contextlib.suppress(Exception):
-            failures_gone()
-        scaled_up()
+    """test_sidecar_off.py's service, once the switches scenario's second pod started (a pod
+    starting beside another starves)."""
+    after = _cleaned_after(cluster, switched, "up", "serving-switches")
 
     story = _background(cluster, in_cluster, "sidecar-off", "test_sidecar_off", after=after)
     yield story

@@ -18,7 +18,7 @@ from e2e.story import Story
 
 from .conftest import MEASURED
 
-pytestmark = [pytest.mark.e2e, pytest.mark.local_cluster]
+pytestmark = [pytest.mark.e2e, pytest.mark.local_cluster, pytest.mark.story]  # make test-stories
 NS = "serving-fail"
 STEPS = ["no-room", "bad-arg", "no-model", "cleaned"]
 NO_SIDECAR = {"ingress": {"sidecar": False}}

@@ -29,7 +29,7 @@ from e2e.story import Story
 
 from .conftest import MEASURED
 
-pytestmark = [pytest.mark.e2e, pytest.mark.local_cluster]
+pytestmark = [pytest.mark.e2e, pytest.mark.local_cluster, pytest.mark.story]  # make test-stories
 NS = "serving-switches"
 NAME = "switches"
 HOST = f"{NAME}.{NS}.svc"  # the name the served certificate is for
