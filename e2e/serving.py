@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -277,3 +278,36 @@ def stream(
                 first = first or time.monotonic() - start
                 pieces.append(text)
     return first, pieces
+
+
+class Clients:
+    """`clients` threads, each calling `send` (it returns "ok" or what went wrong) one request
+    after another, `pause` s apart and at least `backoff` s after a failure, until stopped;
+    every outcome with when it started."""
+
+    def __init__(self, send: Callable[[], str], clients: int = 1, pause: float = 0.0, backoff: float = 0.0):
+        self.send, self.pause, self.backoff = send, pause, backoff
+        self.results: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            t = time.monotonic()
+            outcome = self.send()
+            self.results.append((t, outcome))
+            self._stop.wait(self.pause if outcome == "ok" else max(self.pause, self.backoff))
+
+    def __enter__(self) -> Clients:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(320)
+
+    @property
+    def failures(self) -> list[tuple[float, str]]:
+        return [r for r in self.results if r[1] != "ok"]

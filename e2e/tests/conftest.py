@@ -194,18 +194,13 @@ def switched(
     """test_switches.py's service, once test_serving.py is done (when it runs): the sample's
     upgrade and this service's second replica do not fit the node's memory at once."""
     waits = _serving_in(request)
-    failures = (
-        request.getfixturevalue("failed")
-        if any(i.path.name == "test_failures.py" for i in request.session.items)
-        else None
-    )
+    failures = request.getfixturevalue("failed") if _serving_in(request, "test_failures.py") else None
 
     def after() -> None:
         if waits:
             SERVED_DONE.wait(3600)
         if failures is not None:  # one vLLM engine starting at a time
-            with contextlib.suppress(Exception):
-                _cleaned_after(cluster, failures, "cleaned", "serving-fail")()
+            _cleaned_after(cluster, failures, "cleaned", "serving-fail")()
 
     story = _background(cluster, in_cluster, "switches", "test_switches", after=after)
     yield story

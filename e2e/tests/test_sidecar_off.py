@@ -6,7 +6,6 @@ the failure scenario has left the node; reconciled by the operator the chart ins
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import httpx
@@ -30,36 +29,17 @@ def _post(url: str, key: str | None) -> int:
     return httpx.post(f"{url}/completions", json=body, headers=headers, timeout=120).status_code
 
 
-class Probe:
-    """One small request every `pause` s through the Service until stopped; every outcome."""
+def probe(url: str, pause: float = 0.5, key: str | None = serving.API_KEY) -> serving.Clients:
+    """One small request every `pause` s through the Service until stopped."""
 
-    def __init__(self, url: str, pause: float = 0.5, key: str | None = serving.API_KEY):
-        self.url, self.pause, self.key = url, pause, key
-        self.results: list[tuple[float, int | str]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+    def send() -> str:
+        try:
+            code = _post(url, key)
+        except httpx.HTTPError as e:
+            return f"{type(e).__name__}: {e}"[:150]
+        return "ok" if code == 200 else str(code)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            t = time.monotonic()
-            try:
-                code: int | str = _post(self.url, self.key)
-            except httpx.HTTPError as e:
-                code = f"{type(e).__name__}: {e}"[:150]
-            self.results.append((t, code))
-            self._stop.wait(self.pause)
-
-    def __enter__(self) -> Probe:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(150)
-
-    @property
-    def failures(self) -> list[tuple[float, int | str]]:
-        return [r for r in self.results if r[1] != 200]
+    return serving.Clients(send, pause=pause)
 
 
 def scenario(cluster: Cluster, story: Story) -> None:
@@ -72,7 +52,7 @@ def scenario(cluster: Cluster, story: Story) -> None:
 
     old = {p["metadata"]["name"] for p in cluster.get_json("pods", "-n", NS)["items"]}
     seen: dict[str, float] = {}
-    with Probe(url) as probe:
+    with probe(url) as probing:
         t = time.monotonic()
         ops = [{"op": "replace", "path": "/spec/ingress", "value": {"sidecar": False}}]
         cluster.kubectl("patch", "llmsvc", NAME, "-n", NS, "--type=json", "-p", json.dumps(ops))
@@ -88,7 +68,7 @@ def scenario(cluster: Cluster, story: Story) -> None:
 
         cluster.wait_for("the old cluster's pods and the edge config gone", settled, timeout=900)
     # Without the sidecar nothing checks keys: a request without one is served too.
-    story.done("sidecar-off", seen=seen, sent=len(probe.results), failures=probe.failures[:10],
+    story.done("sidecar-off", seen=seen, sent=len(probing.results), failures=probing.failures[:10],
                keyless=_post(url, None))  # fmt: skip
     cluster.kubectl("delete", "llmsvc", NAME, "-n", NS, "--wait=false")
 

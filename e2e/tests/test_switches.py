@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import json
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -113,40 +112,17 @@ def _spread(cluster: Cluster, ep: Endpoint, sessions: list[str | None], per: int
     return out
 
 
-class Streams:
-    """`clients` clients, each streaming one completion after another until stopped; every
-    outcome, with when it started."""
+def streams(ep: Endpoint, clients: int, max_tokens: int, pause: float = 0.0) -> serving.Clients:
+    """`clients` clients streaming one completion after another (a failing endpoint not hammered)."""
 
-    def __init__(self, ep: Endpoint, clients: int, max_tokens: int, pause: float = 0.0):
-        self.ep, self.max_tokens, self.pause = ep, max_tokens, pause
-        self.results: list[tuple[float, str]] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+    def send() -> str:
+        try:
+            _, pieces = ep.stream(max_tokens)
+        except (httpx.HTTPError, serving.ClusterError) as e:
+            return f"{type(e).__name__}: {e}"[:200]
+        return "ok" if pieces else "no tokens"
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            t = time.monotonic()
-            try:
-                _, pieces = self.ep.stream(self.max_tokens)
-                outcome = "ok" if pieces else "no tokens"
-            except (httpx.HTTPError, serving.ClusterError) as e:
-                outcome = f"{type(e).__name__}: {e}"[:200]
-            self.results.append((t, outcome))
-            self._stop.wait(self.pause if outcome == "ok" else max(self.pause, 1))  # failing: not hammered
-
-    def __enter__(self) -> Streams:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(320)
-
-    @property
-    def failures(self) -> list[tuple[float, str]]:
-        return [r for r in self.results if r[1] != "ok"]
+    return serving.Clients(send, clients, pause, backoff=1.0)
 
 
 class Marks:
@@ -208,14 +184,14 @@ def scenario(cluster: Cluster, story: Story) -> None:
         marks("pod running", len(_workers(cluster, running=True)) == 2)
         return marks("replica serving", (st.get("replicas") or {}).get("ready") == 2)
 
-    with Streams(ep, CLIENTS, max_tokens=200) as load:
+    with streams(ep, CLIENTS, max_tokens=200) as load:
         cluster.wait_for(
             "Serve asking for a second replica and KubeRay adding its pod",
             lambda: up() or "pod created" in marks.seen,
             timeout=300,
         )
     stopped = time.monotonic()
-    with Streams(ep, 1, max_tokens=8, pause=1.0) as trickle:
+    with streams(ep, 1, max_tokens=8, pause=1.0) as trickle:
         cluster.wait_for("the second replica serving", up, timeout=600)
         time.sleep(5)  # the new replica takes its share
     results = load.results + trickle.results
@@ -235,7 +211,7 @@ def scenario(cluster: Cluster, story: Story) -> None:
     # Load gone: the second replica and its pod go DOWN after it, while one client goes on.
     marks = Marks()
     marks.start = stopped
-    with Streams(ep, 1, max_tokens=8) as trickle:
+    with streams(ep, 1, max_tokens=8) as trickle:
 
         def down() -> bool:
             marks("desired 1", (_status(cluster).get("replicas") or {}).get("desired") == 1)
