@@ -26,7 +26,7 @@ ENV = {"TORCHDYNAMO_DISABLE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
 
 def _inputs() -> list[Path]:
     ctx = image.RAY_CPU.context
-    return [ctx / "requirements.txt", ctx / "cuda_stubs.py", Path(__file__)]
+    return [ctx / "requirements.txt", ctx / "cuda_stubs.py", ctx / "amx_permission.py", Path(__file__)]
 
 
 def path() -> Path:
@@ -55,6 +55,9 @@ def ensure() -> Path:
     )  # fmt: skip
     site = next((root / "lib").glob("python3.*/site-packages"))
     subprocess.run([str(root / "bin" / "python"), str(image.RAY_CPU.context / "cuda_stubs.py"), str(site)], check=True)
+    # As install.sh does in the image: every process asks for AMX first (amx_permission.py).
+    shutil.copy(image.RAY_CPU.context / "amx_permission.py", site / "llmservice_amx_permission.py")
+    (site / "llmservice_amx_permission.pth").write_text("import llmservice_amx_permission\n")
     for stale in root.parent.glob("ray-cpu-*"):
         if stale != root:
             shutil.rmtree(stale, ignore_errors=True)

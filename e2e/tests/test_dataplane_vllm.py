@@ -106,6 +106,23 @@ def _served(dp: DataPath) -> Counter[str]:
     return served
 
 
+def test_a_short_first_prompt_is_answered_by_every_fresh_replica(real: Real):
+    """First in the module, while both engines are fresh. On hosts with AMX (Sapphire Rapids
+    and later), vLLM's CPU worker ran an AMX kernel without asking Linux for the tile state
+    when its first prompt was short: "x = 1" killed the engine with SIGILL, and every later
+    request got a 500 (seen as a blue/green upgrade's failed requests). The image's
+    amx_permission.py asks in every process; the engine venv here has the same file."""
+    c = real.client()
+    answered = 0
+    for _ in range(8):  # prefix-aware routing without a match spreads by load: both get some
+        out = c.completions.create(model=MODEL, prompt="x = 1", max_tokens=4, temperature=0)
+        assert out.usage.completion_tokens > 0
+        answered += 1
+        if len(+_served(real.dp)) == REPLICAS:
+            break
+    assert len(+_served(real.dp)) == REPLICAS, (answered, _served(real.dp))
+
+
 @dataclass
 class PrefixTraffic:
     prefixes: dict[str, str]  # name -> a long prompt prefix
