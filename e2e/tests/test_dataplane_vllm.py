@@ -114,8 +114,10 @@ def test_a_short_first_prompt_is_answered_by_every_fresh_replica(real: Real):
     amx_permission.py asks in every process; the engine venv here has the same file."""
     c = real.client()
     answered = 0
-    for _ in range(8):  # prefix-aware routing without a match spreads by load: both get some
-        out = c.completions.create(model=MODEL, prompt="x = 1", max_tokens=4, temperature=0)
+    # Distinct prompts: without a prefix match the router picks the replica holding the fewest
+    # characters, so both get their first request (the same prompt would stay on one).
+    for name in "abcdefghijklmnop":
+        out = c.completions.create(model=MODEL, prompt=f"{name} = 1", max_tokens=4, temperature=0)
         assert out.usage.completion_tokens > 0
         answered += 1
         if len(+_served(real.dp)) == REPLICAS:
