@@ -54,10 +54,9 @@ def ensure() -> Path:
         check=True,
     )  # fmt: skip
     site = next((root / "lib").glob("python3.*/site-packages"))
-    subprocess.run([str(root / "bin" / "python"), str(image.RAY_CPU.context / "cuda_stubs.py"), str(site)], check=True)
-    # As install.sh does in the image: every process asks for AMX first (amx_permission.py).
-    shutil.copy(image.RAY_CPU.context / "amx_permission.py", site / "llmservice_amx_permission.py")
-    (site / "llmservice_amx_permission.pth").write_text("import llmservice_amx_permission\n")
+    # As install.sh does in the image: the CUDA stubs, and every process asking for AMX first.
+    for script in ("cuda_stubs.py", "amx_permission.py"):
+        subprocess.run([str(root / "bin" / "python"), str(image.RAY_CPU.context / script), str(site)], check=True)
     for stale in root.parent.glob("ray-cpu-*"):
         if stale != root:
             shutil.rmtree(stale, ignore_errors=True)

