@@ -26,6 +26,11 @@ venv: $(STAMP)
 
 CACHE_DIR := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/llmservice-operator
 TEST_CLUSTER := $(CACHE_DIR)/cluster-test
+# The tests' own local cluster, fresh: the environment the tests find it by, then its start
+# (the recipe runs it in the background, or waits for it).
+TEST_CLUSTER_UP = export E2E_CLUSTER_STATE=$(TEST_CLUSTER)/state.json E2E_KUBECONFIG=$(TEST_CLUSTER)/kubeconfig; \
+	mkdir -p $(TEST_CLUSTER); $(BIN)/python -m e2e.cluster down >/dev/null; \
+	$(BIN)/python -m e2e.cluster up --images pause --kubeconfig-out $$E2E_KUBECONFIG > $(TEST_CLUSTER)/up.log 2>&1
 
 ## Lint, build the local cluster's binaries and images (cached outside the repo), run all tests.
 ## The end-to-end tests run against a local cluster started beside them by `e2e.cluster up`, through
@@ -34,17 +39,13 @@ test: venv e2e-bins images
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	export E2E_CLUSTER_STATE=$(TEST_CLUSTER)/state.json E2E_KUBECONFIG=$(TEST_CLUSTER)/kubeconfig; \
-	mkdir -p $(TEST_CLUSTER); $(BIN)/python -m e2e.cluster down >/dev/null; \
-	$(BIN)/python -m e2e.cluster up --images pause --kubeconfig-out $$E2E_KUBECONFIG > $(TEST_CLUSTER)/up.log 2>&1 & \
+	$(TEST_CLUSTER_UP) & \
 	$(BIN)/pytest -m "not story"; rc=$$?; wait; $(BIN)/python -m e2e.cluster down; exit $$rc
 
 ## The real-pod stories (e2e/story.py: every switch, the failures, the sidecar switched off), one
 ## service after another on the local cluster's real node: about 30 minutes on 2 cores.
 test-stories: venv e2e-bins images
-	export E2E_CLUSTER_STATE=$(TEST_CLUSTER)/state.json E2E_KUBECONFIG=$(TEST_CLUSTER)/kubeconfig; \
-	mkdir -p $(TEST_CLUSTER); $(BIN)/python -m e2e.cluster down >/dev/null; \
-	$(BIN)/python -m e2e.cluster up --images pause --kubeconfig-out $$E2E_KUBECONFIG > $(TEST_CLUSTER)/up.log 2>&1 && \
+	$(TEST_CLUSTER_UP) && \
 	LLMSERVICE_TEST_BUDGETS=0 $(BIN)/pytest -m story e2e/tests; rc=$$?; $(BIN)/python -m e2e.cluster down; exit $$rc
 
 lint: venv

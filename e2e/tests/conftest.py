@@ -180,7 +180,7 @@ def failed(
     def after() -> None:
         if served is not None:
             served.result(1200)
-            serving.wait_ready(cluster, SERVED_NS, "tiny", timeout=1200)
+            serving.wait_ready(cluster, SERVED_NS, serving.SERVICE, timeout=1200)
 
     story = _background(cluster, in_cluster, "failures", "test_failures", after=after)
     yield story
@@ -214,7 +214,6 @@ def unsidecared(
     """test_sidecar_off.py's service, once the switches scenario's second pod started (a pod
     starting beside another starves)."""
     after = _cleaned_after(cluster, switched, "up", "serving-switches")
-
     story = _background(cluster, in_cluster, "sidecar-off", "test_sidecar_off", after=after)
     yield story
     story.join(5)
