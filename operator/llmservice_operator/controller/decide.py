@@ -23,6 +23,7 @@ from ..settings import OperatorSettings
 from . import preflight
 from .drift import bounds_patch, exposure_patch, merge_patch, up_to_date
 from .observe import Observed
+from .rootcause import RootCause
 
 FINALIZER = keys.FINALIZER  # only on services with managed node pools
 NO_GKE = (
@@ -240,12 +241,29 @@ def _status(
     return status_mod.status(rendered.plan, view, settings, previous, obs.now)
 
 
+EVENT_MESSAGE_LIMIT = 1024  # what the Event API keeps (kube.py cuts there)
+
+
+def start_failure_message(deployment: str, cause: RootCause) -> str:
+    """The cause first, then as many of the log lines before it as fit: cut at the limit, the
+    exception at the end of the log would be the part lost."""
+    head = f"{deployment}: {cause.line}\nreplica log:\n"
+    lines, room = cause.text.splitlines(), EVENT_MESSAGE_LIMIT - len(head)
+    kept: list[str] = []
+    for ln in reversed(lines):
+        if len(ln) + 1 > room:
+            break
+        kept.insert(0, ln)
+        room -= len(ln) + 1
+    return (head + "\n".join(kept))[:EVENT_MESSAGE_LIMIT]
+
+
 def _events(obs: Observed, new: LLMServiceStatus, previous: dict[str, Any]) -> list[Event]:
     out = []
     before = previous.get("message") or ""
     for deployment, cause in sorted(obs.root_causes.items()):
         if cause.line not in before:  # a cause not yet told: the whole text, once
-            out.append(Event("Warning", str(R.REPLICA_START_FAILED), f"{deployment}: {cause.text}"))
+            out.append(Event("Warning", str(R.REPLICA_START_FAILED), start_failure_message(deployment, cause)))
     if new.phase != previous.get("phase"):
         # The condition that explains the new phase becomes the Event.
         explains = {Phase.READY: Cond.READY, Phase.DEGRADED: Cond.DEGRADED}.get(
