@@ -175,6 +175,10 @@ def build_prometheus(c: Component, work: Path, out: Path) -> None:
     _run(["go", "build", "-tags", tags, "-ldflags", ldflags, "-o", str(out) + "/", *pkgs], work)
 
 
+def build_fake_gcs_server(c: Component, work: Path, out: Path) -> None:
+    _build_main(c, c.module, work, out / "fake-gcs-server")
+
+
 BUILDERS = {
     "kubernetes": build_kubernetes,
     "etcd": build_etcd,
@@ -184,6 +188,7 @@ BUILDERS = {
     "coredns": build_coredns,
     "prometheus": build_prometheus,
     "kube-router": build_kube_router,
+    "fake-gcs-server": build_fake_gcs_server,
 }
 
 

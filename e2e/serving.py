@@ -1,6 +1,6 @@
 """Serve the CPU sample for real on the local cluster's node: the model volume, API keys, the
-LoRA store, Redis for GCS fault tolerance, and OpenAI clients of the endpoint. Shared by the
-end-to-end tests and `make demo`."""
+model and LoRA stores (S3, GCS, the Hub), Redis for GCS fault tolerance, and OpenAI clients of
+the endpoint. Shared by the end-to-end tests and `make demo`."""
 
 from __future__ import annotations
 
@@ -18,10 +18,13 @@ import openai
 import yaml
 
 from llmservice_operator.settings import OperatorSettings
+from testkit.fake_hub import Repo
 
 from .build import image, model
 from .cluster import Cluster, ClusterError
-from .fake_s3 import FakeS3
+from .fake_gcs import FakeGCS
+from .fake_s3 import CREDENTIALS, FakeS3
+from .hub import FakeHub
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "manifests" / "samples" / "cpu-tiny.yaml"
@@ -84,23 +87,56 @@ def api_keys(cluster: Cluster, namespace: str, keys: dict[str, str] | None = Non
 
 
 S3_SECRET = "s3-credentials"
+HF_SECRET = "hf-token"
+HF_TOKEN = "hf_e2e_token"
+HUB_REPO = "acme/tiny-llama"  # the Hub stand-in's copy of the tiny model (gated)
 SERVICE_ACCOUNT = "llm-serving"
 
 
-def lora_store(cluster: Cluster, built: model.Built, namespace: str) -> tuple[str, dict[str, Any]]:
-    """Start the fake S3 in the node's network with the tiny LoRA in it; returns the
-    `model.lora.source` URI and the `spec.ray` env the Ray pods need to reach it: the
-    endpoint as plain env, the credentials from a Secret (as they would be for real S3)."""
+@dataclass(frozen=True)
+class Stores:
+    """Where the served sample's weights and adapters live, and the Hub stand-in."""
+
+    model_uri: str  # s3://
+    lora_uri: str  # gs://, the folder of adapter folders
+    s3: FakeS3
+    hub: FakeHub
+    hub_revision: str  # the stand-in's commit of HUB_REPO
+    model_spec: dict[str, Any]  # spec.model fields that reach all three
+
+
+def _secret(cluster: Cluster, namespace: str, name: str, data: dict[str, str]) -> None:
+    enc = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+    meta = {"name": name, "namespace": namespace}
+    cluster.apply([{"apiVersion": "v1", "kind": "Secret", "metadata": meta, "data": enc}])
+
+
+def stores(cluster: Cluster, built: model.Built, namespace: str) -> Stores:
+    """The tiny model in the fake S3 (moto) and in the Hugging Face Hub stand-in (gated), its
+    LoRA in the fake GCS, all three in the node's network; and the spec.model fields a user
+    would set to reach them: S3 credentials from a Secret, a public GCS bucket behind an
+    endpoint, a Hub mirror with a token."""
     assert cluster.node
     s3 = FakeS3(cluster.node).start()
-    uri = s3.upload(built.lora_dir, "loras", f"adapters/{built.lora_dir.name}")
-    env = s3.env()
-    secret = {k.lower().replace("_", "-"): env.pop(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-    data = {k: base64.b64encode(v.encode()).decode() for k, v in secret.items()}
-    meta = {"name": S3_SECRET, "namespace": namespace}
-    cluster.apply([{"apiVersion": "v1", "kind": "Secret", "metadata": meta, "data": data}])
-    secret_env = {k.upper().replace("-", "_"): {"name": S3_SECRET, "key": k} for k in secret}
-    return uri.rsplit("/", 1)[0], {"env": env, "secretEnv": secret_env}
+    model_uri = s3.upload(built.model_dir, "models", built.model_dir.name)
+    gcs = FakeGCS(cluster.node).start()
+    lora_uri = gcs.upload(built.lora_dir, "loras", f"adapters/{built.lora_dir.name}").rsplit("/", 1)[0]
+    hub = FakeHub(cluster.node, {HUB_REPO: built.model_dir}, gated={HUB_REPO: HF_TOKEN}).start()
+    _secret(cluster, namespace, S3_SECRET, {k: CREDENTIALS[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")})
+    _secret(cluster, namespace, HF_SECRET, {"token": HF_TOKEN})
+    spec = {
+        "storage": {
+            "s3": {
+                "endpoint": s3.endpoint,
+                "region": CREDENTIALS["AWS_DEFAULT_REGION"],
+                "credentialsSecret": S3_SECRET,
+            },
+            "gcs": {"endpoint": gcs.endpoint, "anonymous": True},
+        },
+        "hfEndpoint": hub.endpoint,
+        "hfTokenSecret": {"name": HF_SECRET},
+    }
+    return Stores(model_uri, lora_uri, s3, hub, Repo(HUB_REPO, built.model_dir).sha, spec)
 
 
 def redis(cluster: Cluster) -> str:
@@ -121,6 +157,7 @@ class Applied:
     namespace: str
     lora_model: str  # the adapter's model id: <model>:<adapter folder>
     applied: float  # time.monotonic() of the apply
+    stores: Stores
 
 
 def apply_cpu_service(
@@ -130,24 +167,25 @@ def apply_cpu_service(
     fake S3, GCS fault tolerance against Redis; applied, not waited for. `before_apply` runs
     once all that is set up (the suite waits there for the serving image)."""
     cluster.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}])
-    built = model_volume(cluster, namespace)
+    built = model.ensure()
     api_keys(cluster, namespace)
-    lora_uri, lora_env = lora_store(cluster, built, namespace)
+    st = stores(cluster, built, namespace)
     # The Ray pods run as their own ServiceAccount (on GKE: Workload Identity for gs:// models).
     cluster.apply(
         [{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": SERVICE_ACCOUNT, "namespace": namespace}}]
     )
     doc = sample(namespace)
     spec = doc["spec"]
-    spec["model"]["lora"] = {"source": lora_uri, "maxAdaptersPerReplica": 2}
-    spec["ray"] |= lora_env | {"serviceAccountName": SERVICE_ACCOUNT, "workerPods": {"labels": {"team": "e2e"}}}
+    lora = {"source": st.lora_uri, "maxAdaptersPerReplica": 2}
+    spec["model"] |= st.model_spec | {"source": st.model_uri, "lora": lora}
+    spec["ray"] |= {"serviceAccountName": SERVICE_ACCOUNT, "workerPods": {"labels": {"team": "e2e"}}}
     spec["faultTolerance"] = {"redisAddress": redis(cluster)}
     if drain_seconds is not None:
         spec["upgrade"] = {"drainSeconds": drain_seconds}
     if before_apply is not None:
         before_apply()
     cluster.apply([doc])
-    return Applied(namespace, f"{MODEL}:{built.lora_dir.name}", time.monotonic())
+    return Applied(namespace, f"{MODEL}:{built.lora_dir.name}", time.monotonic(), st)
 
 
 def service_ip(cluster: Cluster, namespace: str, name: str) -> str:

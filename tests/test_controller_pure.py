@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from llmservice_operator.api import parse
+from llmservice_operator.controller.decide import EVENT_MESSAGE_LIMIT, start_failure_message
 from llmservice_operator.controller.drift import contains, merge_patch, plan, up_to_date
 from llmservice_operator.controller.preflight import problems, referenced
+from llmservice_operator.controller.rootcause import RootCause
 
 from .conftest import sample_doc, with_spec
 
@@ -46,6 +48,21 @@ def test_preflight_names_missing_secrets_and_keys():
     objects[("Secret", "default", "llm-keys")] = {"data": {"api-keys.map": "x"}}
     objects[("PersistentVolumeClaim", "default", "weights")] = {}
     assert _problems(svc, objects) == []
+
+
+def test_preflight_names_the_s3_credential_keys_the_pods_read():
+    doc = with_spec(
+        sample_doc("cpu-tiny.yaml"),
+        model__source="s3://weights/tiny",
+        model__storage={"s3": {"credentialsSecret": "s3"}},
+    )
+    svc = parse(doc)
+    found = _problems(svc, {("Secret", "default", "s3"): {"data": {"AWS_ACCESS_KEY_ID": "x"}}})
+    assert (
+        "spec.model.storage.s3.credentialsSecret: Secret default/s3 has no key AWS_SECRET_ACCESS_KEY: add it" in found
+    )
+    both = {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"}
+    assert not [p for p in _problems(svc, {("Secret", "default", "s3"): {"data": both}}) if "s3" in p]
 
 
 def _cm(name: str, data: str, owner: str | None = None) -> dict:
@@ -105,3 +122,14 @@ def test_bounds_patch_carries_the_replica_bounds_to_a_running_ray_cluster():
 def _problems(svc, objects):
     found = {(k, n): objects.get((k, svc.metadata.namespace, n)) for k, n in referenced(svc)}
     return problems(svc, found)[0]
+
+
+def test_a_start_failure_event_leads_with_the_cause_and_keeps_it_under_the_event_limit():
+    """vLLM's worker traceback runs to kilobytes: cut at the Event API's limit from the front,
+    the exception at its end was the part lost ('No common block size for 7')."""
+    text = "\n".join(f"(Worker pid=808) ERROR 12-06 14:14:41 frame {i} " + "x" * 60 for i in range(40))
+    cause = RootCause("ValueError: No common block size for 7.", text + "\nValueError: No common block size for 7.")
+    msg = start_failure_message("LLMServer:tiny-llama", cause)
+    assert msg.startswith("LLMServer:tiny-llama: ValueError: No common block size for 7.\n")
+    assert len(msg) <= EVENT_MESSAGE_LIMIT
+    assert msg.endswith("\nValueError: No common block size for 7.")  # the log's own last lines

@@ -89,3 +89,79 @@ def test_incremental_upgrade_options_are_kuberays():
             "maxSurgePercent": 50, "stepSizePercent": 25, "intervalSeconds": 90, "gatewayClassName": "gke-l7"
         },
     }  # fmt: skip
+
+
+def _env(doc: dict[str, Any]) -> list[dict[str, dict[str, Any]]]:
+    """Each Ray container's environment, by name."""
+    return [{e["name"]: e for e in c.get("env", [])} for c in _containers(doc)]
+
+
+def test_hub_revision_endpoint_and_token_reach_vllm_and_huggingface_hub():
+    doc = with_spec(
+        sample_doc("cpu-tiny.yaml"),
+        model__source="acme/tiny-llama",
+        model__revision="v1.2",
+        model__hfEndpoint="https://hf-mirror.example.com",
+        model__hfTokenSecret={"name": "hf", "key": "token"},
+    )
+    conf = _llm_config(doc)
+    assert conf["model_loading_config"]["model_source"] == "acme/tiny-llama"
+    assert (conf["engine_kwargs"]["revision"], conf["engine_kwargs"]["tokenizer_revision"]) == ("v1.2", "v1.2")
+    for env in _env(doc):
+        assert env["HF_ENDPOINT"]["value"] == "https://hf-mirror.example.com"
+        assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "token"}
+
+
+def test_a_separate_tokenizer_keeps_its_own_revision():
+    doc = with_spec(
+        sample_doc("cpu-tiny.yaml"), model__source="acme/m", model__revision="v2", model__tokenizer="acme/t"
+    )
+    assert "tokenizer_revision" not in _llm_config(doc)["engine_kwargs"]
+
+
+def test_s3_endpoint_region_and_credentials_reach_boto3_and_the_streamer():
+    s3 = {"endpoint": "http://minio.storage:9000", "region": "eu-west-1", "credentialsSecret": "s3-creds"}
+    doc = with_spec(sample_doc("cpu-tiny.yaml"), model__source="s3://weights/tiny", model__storage={"s3": s3})
+    assert _llm_config(doc)["model_loading_config"]["model_source"] == {"bucket_uri": "s3://weights/tiny"}
+    for env in _env(doc):
+        assert env["AWS_ENDPOINT_URL_S3"]["value"] == env["RUNAI_STREAMER_S3_ENDPOINT"]["value"] == s3["endpoint"]
+        assert env["AWS_REGION"]["value"] == "eu-west-1"
+        refs = {k: env[k]["valueFrom"]["secretKeyRef"] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+        assert refs == {k: {"name": "s3-creds", "key": k} for k in refs}
+        assert env["AWS_SESSION_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"] is True
+
+
+def test_ray_secret_env_wins_over_the_storage_credentials():
+    doc = with_spec(
+        sample_doc("cpu-tiny.yaml"),
+        model__source="s3://weights/tiny",
+        model__storage={"s3": {"credentialsSecret": "s3-creds"}},
+        ray__secretEnv={"AWS_ACCESS_KEY_ID": {"name": "mine", "key": "id"}},
+    )
+    for env in _env(doc):
+        assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {"name": "mine", "key": "id"}
+
+
+@pytest.mark.parametrize(
+    ("load_format", "uri"), [("download", "gs://anonymous@public/tiny"), ("stream", "gs://public/tiny")]
+)
+def test_anonymous_gcs_is_said_in_the_uri_to_pyarrow_and_in_the_env_to_the_streamer(load_format: str, uri: str):
+    """pyarrow (Ray's downloader) reads anonymously only when the URI says so; the streamer
+    (vLLM, which gets the URI when streaming) only when its environment does."""
+    gcs = {"endpoint": "http://gcs.storage:4443", "anonymous": True}
+    doc = with_spec(
+        sample_doc("cpu-tiny.yaml"),
+        model__source="gs://public/tiny",
+        model__loadFormat=load_format,
+        model__storage={"gcs": gcs},
+        model__lora={"source": "gs://public/adapters"},
+    )
+    conf = _llm_config(doc)
+    assert conf["model_loading_config"]["model_source"] == {"bucket_uri": uri}
+    assert conf["lora_config"]["dynamic_lora_loading_path"] == "gs://anonymous@public/adapters"
+    assert ("load_format" in conf["engine_kwargs"]) == (load_format == "stream")
+    for env in _env(doc):
+        assert (
+            env["CLOUD_STORAGE_EMULATOR_ENDPOINT"]["value"] == env["STORAGE_EMULATOR_HOST"]["value"] == gcs["endpoint"]
+        )
+        assert env["RUNAI_STREAMER_GCS_USE_ANONYMOUS_CREDENTIALS"]["value"] == "true"

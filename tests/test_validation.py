@@ -72,6 +72,14 @@ CASES = [
         "two",
     ),
     (GPU, {"engine__speculative": {"method": "eagle"}}, "spec.engine.speculative.model", "eagle"),
+    (GPU, {"model__source": "gs://weights/gemma", "model__revision": "v2"}, "spec.model.revision", "Hugging Face"),
+    (GPU, {"model__loadFormat": "stream"}, "spec.model.loadFormat", "gs:// or s3://"),
+    (
+        GPU,
+        {"model__storage": {"gcs": {"endpoint": "http://gcs.storage:4443"}}},
+        "spec.model.storage.gcs.endpoint",
+        "anonymous: true",
+    ),
     (
         GPU,
         {"prefillDecode": {}, "routing": {"directStreaming": False}, "engine__dataParallelSize": 2},
@@ -152,6 +160,24 @@ POD_OVERRIDES = {
 }
 GOOD_CASES = [
     (CPU, {}),
+    (GPU, {"model__revision": "0123456789abcdef0123456789abcdef01234567", "model__hfEndpoint": "https://hf.corp:8443"}),
+    (
+        GPU,
+        {
+            "model__source": "gs://weights/gemma",
+            "model__loadFormat": "stream",
+            "model__storage": {"gcs": {"endpoint": "http://10.0.0.5:4443", "anonymous": True}},
+        },
+    ),
+    (
+        GPU,
+        {
+            "model__source": "s3://weights/gemma",
+            "model__storage": {
+                "s3": {"endpoint": "http://minio:9000", "region": "eu-west-1", "credentialsSecret": "s3"}
+            },
+        },
+    ),
     (GPU, {"ray__version": "2.51.1", "ray__auth": "disabled"}),
     (GPU, {"ray__version": "2.52.0"}),
     (GPU, {"ray__version": "3.0.0", "ray__networkPolicy": False}),
@@ -265,6 +291,8 @@ SCHEMA_CASES = [
     (GPU, {"replicas": {"min": -1, "max": 2}}, "spec.replicas.min", "must be >= 0 (got -1)"),
     (GPU, {"engine__tensorParalelSize": 2}, "spec.engine.tensorParalelSize", "unknown field"),
     (GPU, {"ingress": {"maxBodySize": "16MB"}}, "spec.ingress.maxBodySize", "does not match"),
+    (GPU, {"model__hfEndpoint": "hf-mirror.example.com"}, "spec.model.hfEndpoint", "does not match"),
+    (GPU, {"model__revision": "main branch"}, "spec.model.revision", "does not match"),
     (GPU, {"engine__gpuMemoryUtilization": 1.5}, "spec.engine.gpuMemoryUtilization", "must be <= 1 (got 1.5)"),
     (GPU, {"engine__gpuMemoryUtilization": 0}, "spec.engine.gpuMemoryUtilization", "must be > 0"),
     # What pydantic alone used to coerce or accept, and the API server refuses:

@@ -232,6 +232,7 @@ class Served:
     lora: str  # the adapter's model id: <model>:<adapter folder>
     operator: incluster.InCluster
     prometheus: Prometheus
+    stores: serving.Stores
     client: openai.OpenAI = field(init=False)
 
     def __post_init__(self) -> None:
@@ -266,7 +267,7 @@ def served(
     MEASURED["apply -> LLMService Ready, beside other tests (s)"] = round(time.monotonic() - applied.applied, 1)
     MEASURED["memory of the whole cluster, CPU service serving (GiB, PSS)"] = round(cluster.memory_pss() / 2**30, 1)
     url = f"http://{serving.service_ip(cluster, SERVED_NS, serving.SERVICE)}:8000/v1"
-    yield Served(cluster, url, applied.lora_model, in_cluster.result(), prometheus)
+    yield Served(cluster, url, applied.lora_model, in_cluster.result(), prometheus, applied.stores)
     cluster.kubectl(
         "delete", "llmsvc", serving.SERVICE, "-n", SERVED_NS, "--ignore-not-found", "--wait=false", check=False
     )

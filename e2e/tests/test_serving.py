@@ -2,8 +2,10 @@
 node ends with KubeRay itself reporting the RayService Ready, the LLMService Ready with its
 endpoint, and OpenAI clients answered by vLLM through the edge sidecar and Ray Serve's
 HAProxy ingress. Nothing is simulated here: real kubelet, containerd, KubeRay, Ray Serve LLM,
-vLLM on CPU, HAProxy, Redis (GCS fault tolerance); only the object store behind multi-LoRA is
-a fake (moto, the real S3 wire protocol, Ray's real boto3 client).
+vLLM on CPU, HAProxy, Redis (GCS fault tolerance). Only where the weights live is a stand-in,
+each speaking its service's real wire protocol to the real clients: the model in S3 (moto,
+boto3), the LoRA in GCS (fake-gcs-server, pyarrow), and after the upgrade the model on the
+Hugging Face Hub (testkit/fake_hub.py, huggingface_hub in vLLM).
 
 The tests share one service and run in order: serve, LoRA, head kill, upgrade, delete.
 Measurements land in MEASURED and are printed at the end of the run.
@@ -70,12 +72,15 @@ def test_kuberay_marks_it_ready_and_the_endpoint_streams_tokens(served: Served):
     assert svc["status"]["replicas"] == {"ready": 1, "desired": 1}
     # Every Ray pod runs on the real node, the image imported into its containerd.
     assert {p["spec"]["nodeName"] for p in served.pods()} == {cluster.node.name}
-    # ...as the ServiceAccount the spec names, with the S3 credentials from their Secret (the
-    # adapter test below downloads with them); the worker carries the label added to it.
+    # ...as the ServiceAccount the spec names, with the S3 credentials from their Secret; the
+    # worker carries the label added to it.
     for pod in served.pods():
         assert pod["spec"]["serviceAccountName"] == serving.SERVICE_ACCOUNT
         env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
         assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == serving.S3_SECRET
+    # The weights came from the S3 store (moto logs each request), with those credentials.
+    key = served.stores.model_uri.removeprefix("s3://")
+    assert f'GET /{key}/model.safetensors HTTP/1.1" 200' in served.stores.s3.log(), served.stores.s3.log()[-2000:]
     labels = [p["metadata"]["labels"] for p in served.pods()]
     assert [x.get("team") for x in labels if x.get("ray.io/node-type") == "worker"] == ["e2e"], labels
 
@@ -187,7 +192,8 @@ def _connect_from_another_pod(cluster: Cluster, targets: list[tuple[str, int]]) 
 
 
 def test_a_lora_request_is_answered_by_the_adapter(served: Served):
-    """The adapter is fetched from the object store on the first request that names it."""
+    """The adapter is fetched from the GCS bucket (anonymous reads behind an endpoint) on the
+    first request that names it."""
 
     def greedy(model_id: str) -> str:
         out = served.client.completions.create(model=model_id, prompt="def main():", max_tokens=16, temperature=0)
@@ -407,7 +413,9 @@ def _burst_over(pod_ips: list[str]) -> list[int]:
 
 def test_an_engine_change_upgrades_to_a_new_cluster_without_failing_requests(served: Served):
     """Blue/green: the new Ray cluster comes up beside the old one, KubeRay switches, the old
-    one goes; requests keep being answered throughout. The same change sets a rate limit: in
+    one goes; requests keep being answered throughout. The change moves the model from S3 to
+    the Hugging Face Hub (the stand-in, gated: the token from hfTokenSecret, pinned to a
+    commit), and the new engine loads it from there. The same change sets a rate limit: in
     the switch-over's drain, with the old cluster's and the new cluster's serving pods both
     up, a client bursting over both gets the service's limit, not twice it (the sidecars of
     both clusters are one service's peers)."""
@@ -417,7 +425,14 @@ def test_an_engine_change_upgrades_to_a_new_cluster_without_failing_requests(ser
     with Load(served.url, pause=3.0) as load:
         time.sleep(2)
         changed = time.monotonic()
-        patch = {"spec": {"engine": {"maxModelLen": 384}, "ingress": {"rateLimit": {"requestsPerMinute": RATE_LIMIT}}}}
+        hub = {"source": serving.HUB_REPO, "revision": served.stores.hub_revision}
+        patch = {
+            "spec": {
+                "model": hub,
+                "engine": {"maxModelLen": 384},
+                "ingress": {"rateLimit": {"requestsPerMinute": RATE_LIMIT}},
+            }
+        }
         cluster.kubectl("patch", "llmsvc", NAME, "-n", NS, "--type=merge", "-p", json.dumps(patch))
         switched: dict[str, float] = {}
 
@@ -454,6 +469,10 @@ def test_an_engine_change_upgrades_to_a_new_cluster_without_failing_requests(ser
     # The new engine runs with the new context length (Ray's model card says so).
     card = served.client.models.retrieve(MODEL)
     assert card.model_extra["metadata"]["max_request_context_length"] == 384, card
+    # ...and its weights came from the Hub stand-in, at the pinned commit, with the token (a
+    # gated repo answers 401 without it).
+    hub = served.stores.hub
+    assert hub.downloads(serving.HUB_REPO, "model.safetensors", served.stores.hub_revision) >= 1, hub.log()[-3000:]
 
 
 def test_every_metric_the_dashboards_and_alerts_query_is_scraped_from_the_real_pods(served: Served):

@@ -154,6 +154,9 @@ _RESERVED_ENGINE_ARGS = {
     "speculative_config": "engine.speculative",
     "kv_transfer_config": "prefillDecode.kvConnector",
     "enable_lora": "model.lora",
+    "revision": "model.revision",
+    "tokenizer_revision": "model.revision",
+    "load_format": "model.loadFormat",
 }
 
 
@@ -188,6 +191,8 @@ def _replica_rules(
     )
 
 
+_NOT_HF = r"^(gs|s3|pvc)://"
+_BUCKET = r"^(gs|s3)://"
 # Ray versions before 2.52, which has no token authentication.
 _NO_TOKEN_AUTH = r"^([01]\.|2\.([0-9]|[1-4][0-9]|5[01])\.)"
 
@@ -205,6 +210,32 @@ RULES: tuple[Rule, ...] = (
         "must be a Hugging Face id (org/name), gs://bucket/path, s3://bucket/path or pvc://claim/path",
         lambda s: re.fullmatch(SOURCE_PATTERN, s.model.source, re.ASCII) is None,
         f"self.model.source.matches(r'{SOURCE_PATTERN}')",  # raw string: CEL rejects the \\w escape
+    ),
+    Rule(
+        "model.revision",
+        "applies to Hugging Face sources only (a gs://, s3:// or pvc:// path is one copy of the "
+        "weights): remove it, or put the revision in the path",
+        lambda s: s.model.revision is not None and re.match(_NOT_HF, s.model.source) is not None,
+        f"!has(self.model.revision) || !self.model.source.matches(r'{_NOT_HF}')",
+    ),
+    Rule(
+        "model.loadFormat",
+        "stream reads from a bucket: it needs a gs:// or s3:// model.source (use download)",
+        lambda s: s.model.load_format == "stream" and re.match(_BUCKET, s.model.source) is None,
+        f"!has(self.model.loadFormat) || self.model.loadFormat != 'stream' || self.model.source.matches(r'{_BUCKET}')",
+    ),
+    Rule(
+        "model.storage.gcs.endpoint",
+        "needs model.storage.gcs.anonymous: true (the GCS clients send no credentials to a custom "
+        "endpoint); for private buckets on Google Cloud leave the endpoint unset and use Workload "
+        "Identity",
+        lambda s: (
+            s.model.storage.gcs is not None
+            and s.model.storage.gcs.endpoint is not None
+            and not s.model.storage.gcs.anonymous
+        ),
+        "!has(self.model.storage) || !has(self.model.storage.gcs) || !has(self.model.storage.gcs.endpoint) "
+        "|| (has(self.model.storage.gcs.anonymous) && self.model.storage.gcs.anonymous)",
     ),
     *_replica_rules("replicas", lambda s: s.replicas),
     Rule(

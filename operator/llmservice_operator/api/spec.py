@@ -57,6 +57,57 @@ class LoraSpec(Model):
     max_adapters_per_replica: int = Field(16, ge=1, description="Adapters kept loaded per replica.")
 
 
+URL_PATTERN = r"^https?://[^\s/]+(/\S*)?$"
+# A Hugging Face branch, tag or commit.
+REVISION_PATTERN = r"^[A-Za-z0-9][-\w./]{0,127}$"
+
+
+class S3Storage(Model):
+    """How the Ray pods reach s3:// models and adapters."""
+
+    endpoint: str | None = Field(
+        None,
+        pattern=URL_PATTERN,
+        max_length=512,
+        description="An S3-compatible store instead of AWS (MinIO, Ceph, Cloudflare R2), e.g. "
+        "http://minio.storage:9000. Set as AWS_ENDPOINT_URL_S3 and RUNAI_STREAMER_S3_ENDPOINT.",
+    )
+    region: str | None = Field(None, pattern=r"^[a-z0-9-]{1,32}$", description="Bucket region (AWS_REGION).")
+    credentials_secret: str | None = Field(
+        None,
+        pattern=K8S_NAME,
+        max_length=253,
+        description="Secret in the namespace with the keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+        "(and AWS_SESSION_TOKEN if it has one), given to every Ray container. Unset: the pods' "
+        "own identity (EKS Pod Identity or IRSA through ray.serviceAccountName).",
+    )
+
+
+class GcsStorage(Model):
+    """How the Ray pods reach gs:// models and adapters."""
+
+    endpoint: str | None = Field(
+        None,
+        pattern=URL_PATTERN,
+        max_length=512,
+        description="A GCS-compatible endpoint (an emulator or a proxy), e.g. "
+        "http://gcs-proxy.storage:4443. The GCS clients (pyarrow, the Run:ai streamer) send no "
+        "credentials to it, so it needs anonymous: true.",
+    )
+    anonymous: bool = Field(
+        False,
+        description="Read without credentials: public buckets. Default: the pods' Workload Identity "
+        "(ray.serviceAccountName, docs/gke.md).",
+    )
+
+
+class StorageSpec(Model):
+    """Access to the object stores that model.source and model.lora.source name."""
+
+    s3: S3Storage | None = Field(None, description="s3:// access: endpoint, region, credentials.")
+    gcs: GcsStorage | None = Field(None, description="gs:// access: endpoint, anonymous reads.")
+
+
 class ModelSpec(Model):
     """Which model to serve and where its weights come from."""
 
@@ -71,8 +122,32 @@ class ModelSpec(Model):
         "s3://bucket/path or pvc://claim/path (a PersistentVolumeClaim in the namespace).",
     )
     tokenizer: str | None = Field(None, description="Hugging Face id of a different tokenizer.")
+    revision: str | None = Field(
+        None,
+        pattern=REVISION_PATTERN,
+        description="Hugging Face sources only: the branch, tag or commit to load (default main). "
+        "Pin a commit so every replica, and every later one, loads the same weights.",
+    )
     hf_token_secret: SecretKeyRef | None = Field(
-        None, description="Secret with a Hugging Face token, exposed to Ray pods as HF_TOKEN."
+        None,
+        description="Secret with a Hugging Face token, exposed to Ray pods as HF_TOKEN: gated and "
+        "private models need one.",
+    )
+    hf_endpoint: str | None = Field(
+        None,
+        pattern=URL_PATTERN,
+        max_length=512,
+        description="The Hub's address for Hugging Face sources, e.g. a company mirror "
+        "(HF_ENDPOINT); default https://huggingface.co.",
+    )
+    storage: StorageSpec = Field(
+        default_factory=StorageSpec, description="Access to s3:// and gs:// sources (model and adapters)."
+    )
+    load_format: Literal["download", "stream"] = Field(
+        "download",
+        description="download: the weights are copied to the pod's disk, then loaded. stream "
+        "(gs:// and s3:// only): vLLM's Run:ai model streamer reads the safetensors from the "
+        "bucket straight into memory, with no copy on disk.",
     )
     lora: LoraSpec | None = Field(None, description="Serve LoRA adapters on top of the base model.")
 

@@ -11,6 +11,7 @@ from typing import Any
 from ..api.resource import LLMService
 from ..render.edge import API_KEYS_FILE
 from ..render.plan import parse_source
+from ..render.storage import S3_KEYS
 
 Getter = Callable[[str, str, str], dict[str, Any] | None]  # (kind, namespace, name) -> object or None
 Forget = Callable[[str, str, str], None]
@@ -64,6 +65,8 @@ def _wanted_secrets(svc: LLMService) -> list[tuple[str, str, set[str]]]:
     wanted: list[tuple[str, str, set[str]]] = []
     if s.model.hf_token_secret:
         wanted.append(("spec.model.hfTokenSecret", s.model.hf_token_secret.name, {s.model.hf_token_secret.key}))
+    if s.model.storage.s3 and s.model.storage.s3.credentials_secret:
+        wanted.append(("spec.model.storage.s3.credentialsSecret", s.model.storage.s3.credentials_secret, set(S3_KEYS)))
     if s.ingress.api_keys_secret:
         wanted.append(("spec.ingress.apiKeysSecret", s.ingress.api_keys_secret, {API_KEYS_FILE}))
     if s.ingress.tls_secret:

@@ -17,6 +17,7 @@ from . import edge, names, scheduling
 from .plan import MODELS_MOUNT, Plan
 from .serve_config import SERVE_PORT, engine_digest, serve_config
 from .shape import Shape, WorkerBounds
+from .storage import storage_env, storage_secret_env
 
 RAY_CONTAINER = "ray"
 # HAProxy's choice among a node's ingress replicas (or routers). The replica that serves is the
@@ -70,6 +71,7 @@ def ray_env(p: Plan, engine_env: dict[str, str] | None = None) -> list[dict[str,
         # On CPU Ray Serve LLM runs vLLM's multiprocessing executor, never the Ray one.
         env["VLLM_USE_RAY_V2_EXECUTOR_BACKEND"] = "1"
     env.update(engine_env or {})
+    env.update(storage_env(spec))
     if spec.routing.direct_streaming:
         env["RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"] = "1"
         if spec.model.lora:
@@ -84,6 +86,8 @@ def ray_env(p: Plan, engine_env: dict[str, str] | None = None) -> list[dict[str,
         secrets["HF_TOKEN"] = (spec.model.hf_token_secret.name, spec.model.hf_token_secret.key)
     for name, (secret, key) in sorted(secrets.items()):
         out.append({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
+    # spec.ray.env and secretEnv win over the storage credentials too.
+    out += [e for e in storage_secret_env(spec) if e["name"] not in spec.ray.env and e["name"] not in secrets]
     if spec.ray.auth == "token":  # what spec.ray.env or secretEnv set wins, as above
         out += [e for e in auth_env(p.name) if e["name"] not in spec.ray.env and e["name"] not in secrets]
     return out

@@ -9,6 +9,7 @@ from typing import Any
 from ..api.spec import LLMServiceSpec, ReplicaSpec, engine_arg
 from .plan import Plan
 from .shape import WorkerBounds
+from .storage import bucket_uri, loading_kwargs
 
 SERVE_PORT = 8000
 PREFIX_ROUTER = "ray.serve.llm.request_router:PrefixCacheAffinityRouter"
@@ -59,6 +60,7 @@ def engine_kwargs(p: Plan, tensor_parallel_size: int | None = None) -> dict[str,
         kwargs["enable_lora"] = True
     if spec.prefill_decode:
         kwargs["kv_transfer_config"] = {"kv_connector": spec.prefill_decode.kv_connector, "kv_role": "kv_both"}
+    kwargs.update(loading_kwargs(spec, p.source.scheme == "hf"))
     if p.accelerator.is_cpu:
         # torch.compile on CPU needs a C++ compiler in the image; eager mode does not.
         kwargs["enforce_eager"] = True
@@ -87,7 +89,10 @@ def llm_config(p: Plan, group: WorkerBounds, replicas: ReplicaSpec | None = None
     the Serve deployment of one worker group (`replicas`: its own unless given)."""
     spec, sh = p.spec, group.shape
     replicas = replicas or group.replicas
-    loading: dict[str, Any] = {"model_id": spec.model.name, "model_source": p.source.serve_source}
+    source = p.source.serve_source
+    if isinstance(source, dict):  # a bucket
+        source = {"bucket_uri": bucket_uri(spec, source["bucket_uri"], streamed=spec.model.load_format == "stream")}
+    loading: dict[str, Any] = {"model_id": spec.model.name, "model_source": source}
     if spec.model.tokenizer:
         loading["tokenizer_source"] = spec.model.tokenizer
     deployment: dict[str, Any] = {
@@ -117,7 +122,7 @@ def llm_config(p: Plan, group: WorkerBounds, replicas: ReplicaSpec | None = None
         conf["accelerator_config"] = {"kind": "tpu", "topology": sh.tpu.topology}
     if spec.model.lora:
         conf["lora_config"] = {
-            "dynamic_lora_loading_path": spec.model.lora.source,
+            "dynamic_lora_loading_path": bucket_uri(spec, spec.model.lora.source),
             "max_num_adapters_per_replica": spec.model.lora.max_adapters_per_replica,
         }
     return conf

@@ -1,0 +1,79 @@
+"""How the Ray pods reach the model's weights and adapters: the Hub, S3 and GCS settings of
+spec.model, as the environment their real clients read (huggingface_hub, boto3 and pyarrow in
+Ray Serve LLM's loader, the Run:ai streamer in vLLM), and the URIs Ray is given.
+
+Every value comes from a spec field a user sets for real (a mirror, MinIO, a public bucket), so
+the tests' stand-ins are reached through the same fields.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..api.spec import LLMServiceSpec
+
+# Keys of model.storage.s3.credentialsSecret: the names boto3 and the streamer read.
+S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+S3_OPTIONAL_KEYS = ("AWS_SESSION_TOKEN",)
+STREAMER_FORMAT = "runai_streamer"
+
+
+def storage_env(spec: LLMServiceSpec) -> dict[str, str]:
+    """Plain environment for every Ray container."""
+    m = spec.model
+    env: dict[str, str] = {}
+    if m.hf_endpoint:
+        env["HF_ENDPOINT"] = m.hf_endpoint
+    if s3 := m.storage.s3:
+        if s3.endpoint:
+            # boto3 and Ray's pyarrow S3 read the first; the Run:ai streamer the second.
+            env["AWS_ENDPOINT_URL_S3"] = s3.endpoint
+            env["RUNAI_STREAMER_S3_ENDPOINT"] = s3.endpoint
+        if s3.region:
+            env["AWS_REGION"] = env["AWS_DEFAULT_REGION"] = s3.region
+    if gcs := m.storage.gcs:
+        if gcs.endpoint:
+            # pyarrow's GcsFileSystem and the streamer (google-cloud-cpp) read the first, the
+            # google-cloud-storage library the second.
+            env["CLOUD_STORAGE_EMULATOR_ENDPOINT"] = gcs.endpoint
+            env["STORAGE_EMULATOR_HOST"] = gcs.endpoint
+        if gcs.anonymous:
+            env["RUNAI_STREAMER_GCS_USE_ANONYMOUS_CREDENTIALS"] = "true"
+    return env
+
+
+def storage_secret_env(spec: LLMServiceSpec) -> list[dict[str, Any]]:
+    """Environment from model.storage.s3.credentialsSecret."""
+    s3 = spec.model.storage.s3
+    if not s3 or not s3.credentials_secret:
+        return []
+    out = []
+    for key in (*S3_KEYS, *S3_OPTIONAL_KEYS):
+        ref: dict[str, Any] = {"name": s3.credentials_secret, "key": key}
+        if key in S3_OPTIONAL_KEYS:
+            ref["optional"] = True
+        out.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
+    return out
+
+
+def bucket_uri(spec: LLMServiceSpec, uri: str, *, streamed: bool = False) -> str:
+    """`uri` as Ray's loader reads it: pyarrow reads a gs:// bucket without credentials only when
+    told so in the URI (gs://anonymous@bucket/...). The streamer is told by its environment
+    instead, and takes the plain URI."""
+    gcs = spec.model.storage.gcs
+    if uri.startswith("gs://") and gcs and gcs.anonymous and not streamed:
+        return "gs://anonymous@" + uri.removeprefix("gs://")
+    return uri
+
+
+def loading_kwargs(spec: LLMServiceSpec, hf_source: bool) -> dict[str, Any]:
+    """vLLM engine arguments for where the weights come from."""
+    m = spec.model
+    kwargs: dict[str, Any] = {}
+    if m.load_format == "stream":
+        kwargs["load_format"] = STREAMER_FORMAT
+    if m.revision and hf_source:
+        kwargs["revision"] = m.revision
+        if not m.tokenizer:  # the tokenizer is the model's own: the same commit
+            kwargs["tokenizer_revision"] = m.revision
+    return kwargs
