@@ -150,7 +150,7 @@ def test_anonymous_gcs_is_said_in_the_uri_to_pyarrow_and_in_the_env_to_the_strea
     (vLLM, which gets the URI when streaming) only when its environment does."""
     gcs = {"endpoint": "http://gcs.storage:4443", "anonymous": True}
     doc = with_spec(
-        sample_doc("cpu-tiny.yaml"),
+        sample_doc("gemma-b200.yaml"),
         model__source="gs://public/tiny",
         model__loadFormat=load_format,
         model__storage={"gcs": gcs},

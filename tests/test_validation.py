@@ -74,6 +74,7 @@ CASES = [
     (GPU, {"engine__speculative": {"method": "eagle"}}, "spec.engine.speculative.model", "eagle"),
     (GPU, {"model__source": "gs://weights/gemma", "model__revision": "v2"}, "spec.model.revision", "Hugging Face"),
     (GPU, {"model__loadFormat": "stream"}, "spec.model.loadFormat", "gs:// or s3://"),
+    (CPU, {"model__source": "gs://weights/tiny", "model__loadFormat": "stream"}, "spec.model.loadFormat", "runai"),
     (
         GPU,
         {"model__storage": {"gcs": {"endpoint": "http://gcs.storage:4443"}}},
@@ -160,6 +161,7 @@ POD_OVERRIDES = {
 }
 GOOD_CASES = [
     (CPU, {}),
+    (CPU, {"model__source": "gs://weights/tiny", "model__loadFormat": "stream", "ray__image": "ray-llm:runai"}),
     (GPU, {"model__revision": "0123456789abcdef0123456789abcdef01234567", "model__hfEndpoint": "https://hf.corp:8443"}),
     (
         GPU,

@@ -225,6 +225,13 @@ RULES: tuple[Rule, ...] = (
         f"!has(self.model.loadFormat) || self.model.loadFormat != 'stream' || self.model.source.matches(r'{_BUCKET}')",
     ),
     Rule(
+        "model.loadFormat",
+        "stream needs the Run:ai model streamer in the Ray image, and the operator's CPU serving "
+        "image has none yet: use download, or set ray.image to an image with runai-model-streamer",
+        lambda s: s.model.load_format == "stream" and _is_cpu(s) and s.ray.image is None,
+        f"!has(self.model.loadFormat) || self.model.loadFormat != 'stream' || !{_IS_CPU} || has(self.ray.image)",
+    ),
+    Rule(
         "model.storage.gcs.endpoint",
         "needs model.storage.gcs.anonymous: true (the GCS clients send no credentials to a custom "
         "endpoint); for private buckets on Google Cloud leave the endpoint unset and use Workload "
