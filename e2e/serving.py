@@ -77,13 +77,16 @@ def model_volume(cluster: Cluster, namespace: str) -> model.Built:
     return built
 
 
+def secret(cluster: Cluster, namespace: str, name: str, data: dict[str, str], type_: str = "Opaque") -> None:
+    enc = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+    meta = {"name": name, "namespace": namespace}
+    cluster.apply([{"apiVersion": "v1", "kind": "Secret", "type": type_, "metadata": meta, "data": enc}])
+
+
 def api_keys(cluster: Cluster, namespace: str, keys: dict[str, str] | None = None) -> None:
     """The Secret the edge sidecar reads: `<api-key> <client-name>` per line."""
     keys = keys or {API_KEY: "local-demo"}
-    text = "".join(f"{k} {client}\n" for k, client in keys.items())
-    data = {"api-keys.map": base64.b64encode(text.encode()).decode()}
-    meta = {"name": KEYS_SECRET, "namespace": namespace}
-    cluster.apply([{"apiVersion": "v1", "kind": "Secret", "metadata": meta, "data": data}])
+    secret(cluster, namespace, KEYS_SECRET, {"api-keys.map": "".join(f"{k} {c}\n" for k, c in keys.items())})
 
 
 S3_SECRET = "s3-credentials"
@@ -105,12 +108,6 @@ class Stores:
     model_spec: dict[str, Any]  # spec.model fields that reach all three
 
 
-def _secret(cluster: Cluster, namespace: str, name: str, data: dict[str, str]) -> None:
-    enc = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
-    meta = {"name": name, "namespace": namespace}
-    cluster.apply([{"apiVersion": "v1", "kind": "Secret", "metadata": meta, "data": enc}])
-
-
 def stores(cluster: Cluster, built: model.Built, namespace: str) -> Stores:
     """The tiny model in the fake S3 (moto) and in the Hugging Face Hub stand-in (gated), its
     LoRA in the fake GCS, all three in the node's network; and the spec.model fields a user
@@ -122,8 +119,8 @@ def stores(cluster: Cluster, built: model.Built, namespace: str) -> Stores:
     gcs = FakeGCS(cluster.node).start()
     lora_uri = gcs.upload(built.lora_dir, "loras", f"adapters/{built.lora_dir.name}").rsplit("/", 1)[0]
     hub = FakeHub(cluster.node, {HUB_REPO: built.model_dir}, gated={HUB_REPO: HF_TOKEN}).start()
-    _secret(cluster, namespace, S3_SECRET, {k: CREDENTIALS[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")})
-    _secret(cluster, namespace, HF_SECRET, {"token": HF_TOKEN})
+    secret(cluster, namespace, S3_SECRET, {k: CREDENTIALS[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")})
+    secret(cluster, namespace, HF_SECRET, {"token": HF_TOKEN})
     spec = {
         "storage": {
             "s3": {
@@ -276,12 +273,7 @@ def tls_secret(cluster: Cluster, namespace: str, name: str, host: str) -> Path:
 
     pki = PKI(cluster.workdir / "serving-tls")
     crt, key = pki.issue(f"{namespace}-{name}", host, server=True, dns=(host,))
-    data = {
-        "tls.crt": base64.b64encode(crt.read_bytes()).decode(),
-        "tls.key": base64.b64encode(key.read_bytes()).decode(),
-    }
-    meta = {"name": name, "namespace": namespace}
-    cluster.apply([{"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls", "metadata": meta, "data": data}])
+    secret(cluster, namespace, name, {"tls.crt": crt.read_text(), "tls.key": key.read_text()}, "kubernetes.io/tls")
     return pki.ca
 
 

@@ -86,10 +86,9 @@ def ray_env(p: Plan, engine_env: dict[str, str] | None = None) -> list[dict[str,
         secrets["HF_TOKEN"] = (spec.model.hf_token_secret.name, spec.model.hf_token_secret.key)
     for name, (secret, key) in sorted(secrets.items()):
         out.append({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
-    # spec.ray.env and secretEnv win over the storage credentials too.
-    out += [e for e in storage_secret_env(spec) if e["name"] not in spec.ray.env and e["name"] not in secrets]
-    if spec.ray.auth == "token":  # what spec.ray.env or secretEnv set wins, as above
-        out += [e for e in auth_env(p.name) if e["name"] not in spec.ray.env and e["name"] not in secrets]
+    # The storage credentials and Ray's token: what spec.ray.env or secretEnv set wins.
+    defaults = storage_secret_env(spec) + (auth_env(p.name) if spec.ray.auth == "token" else [])
+    out += [e for e in defaults if e["name"] not in spec.ray.env and e["name"] not in secrets]
     return out
 
 

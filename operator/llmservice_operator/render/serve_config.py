@@ -90,8 +90,8 @@ def llm_config(p: Plan, group: WorkerBounds, replicas: ReplicaSpec | None = None
     spec, sh = p.spec, group.shape
     replicas = replicas or group.replicas
     source = p.source.serve_source
-    if isinstance(source, dict):  # a bucket
-        source = {"bucket_uri": bucket_uri(spec, source["bucket_uri"], streamed=spec.model.load_format == "stream")}
+    if p.source.scheme in ("gs", "s3"):  # the bucket as the loader must read it
+        source = {"bucket_uri": bucket_uri(spec, p.source.uri, streamed=spec.model.load_format == "stream")}
     loading: dict[str, Any] = {"model_id": spec.model.name, "model_source": source}
     if spec.model.tokenizer:
         loading["tokenizer_source"] = spec.model.tokenizer
