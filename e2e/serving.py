@@ -1,5 +1,5 @@
 """Serve the CPU sample for real on the local cluster's node: the model volume, API keys, the
-model and LoRA stores (S3, GCS, the Hub), Redis for GCS fault tolerance, and OpenAI clients of
+model and LoRA stores (S3, GCS), Redis for GCS fault tolerance, and OpenAI clients of
 the endpoint. Shared by the end-to-end tests and `make demo`."""
 
 from __future__ import annotations
@@ -18,13 +18,11 @@ import openai
 import yaml
 
 from llmservice_operator.settings import OperatorSettings
-from testkit.fake_hub import Repo
 
 from .build import image, model
 from .cluster import Cluster, ClusterError
 from .fake_gcs import FakeGCS
 from .fake_s3 import CREDENTIALS, FakeS3
-from .hub import FakeHub
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "manifests" / "samples" / "cpu-tiny.yaml"
@@ -90,37 +88,29 @@ def api_keys(cluster: Cluster, namespace: str, keys: dict[str, str] | None = Non
 
 
 S3_SECRET = "s3-credentials"
-HF_SECRET = "hf-token"
-HF_TOKEN = "hf_e2e_token"
-HUB_REPO = "acme/tiny-llama"  # the Hub stand-in's copy of the tiny model (gated)
 SERVICE_ACCOUNT = "llm-serving"
 
 
 @dataclass(frozen=True)
 class Stores:
-    """Where the served sample's weights and adapters live, and the Hub stand-in."""
+    """Where the served sample's weights and adapters live."""
 
     model_uri: str  # s3://
     lora_uri: str  # gs://, the folder of adapter folders
     s3: FakeS3
-    hub: FakeHub
-    hub_revision: str  # the stand-in's commit of HUB_REPO
-    model_spec: dict[str, Any]  # spec.model fields that reach all three
+    model_spec: dict[str, Any]  # spec.model fields that reach both
 
 
 def stores(cluster: Cluster, built: model.Built, namespace: str) -> Stores:
-    """The tiny model in the fake S3 (moto) and in the Hugging Face Hub stand-in (gated), its
-    LoRA in the fake GCS, all three in the node's network; and the spec.model fields a user
-    would set to reach them: S3 credentials from a Secret, a public GCS bucket behind an
-    endpoint, a Hub mirror with a token."""
+    """The tiny model in the fake S3 (moto), its LoRA in the fake GCS, both in the node's
+    network; and the spec.model fields a user would set to reach them: S3 credentials from a
+    Secret, a public GCS bucket behind an endpoint."""
     assert cluster.node
     s3 = FakeS3(cluster.node).start()
     model_uri = s3.upload(built.model_dir, "models", built.model_dir.name)
     gcs = FakeGCS(cluster.node).start()
     lora_uri = gcs.upload(built.lora_dir, "loras", f"adapters/{built.lora_dir.name}").rsplit("/", 1)[0]
-    hub = FakeHub(cluster.node, {HUB_REPO: built.model_dir}, gated={HUB_REPO: HF_TOKEN}).start()
     secret(cluster, namespace, S3_SECRET, {k: CREDENTIALS[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")})
-    secret(cluster, namespace, HF_SECRET, {"token": HF_TOKEN})
     spec = {
         "storage": {
             "s3": {
@@ -130,10 +120,8 @@ def stores(cluster: Cluster, built: model.Built, namespace: str) -> Stores:
             },
             "gcs": {"endpoint": gcs.endpoint, "anonymous": True},
         },
-        "hfEndpoint": hub.endpoint,
-        "hfTokenSecret": {"name": HF_SECRET},
     }
-    return Stores(model_uri, lora_uri, s3, hub, Repo(HUB_REPO, built.model_dir).sha, spec)
+    return Stores(model_uri, lora_uri, s3, spec)
 
 
 def redis(cluster: Cluster) -> str:

@@ -4,8 +4,7 @@ endpoint, and OpenAI clients answered by vLLM through the edge sidecar and Ray S
 HAProxy ingress. Nothing is simulated here: real kubelet, containerd, KubeRay, Ray Serve LLM,
 vLLM on CPU, HAProxy, Redis (GCS fault tolerance). Only where the weights live is a stand-in,
 each speaking its service's real wire protocol to the real clients: the model in S3 (moto,
-boto3), the LoRA in GCS (fake-gcs-server, pyarrow), and after the upgrade the model on the
-Hugging Face Hub (testkit/fake_hub.py, huggingface_hub in vLLM).
+boto3) and the LoRA in GCS (fake-gcs-server, pyarrow).
 
 The tests share one service and run in order: serve, LoRA, head kill, upgrade, delete.
 Measurements land in MEASURED and are printed at the end of the run.
@@ -413,9 +412,7 @@ def _burst_over(pod_ips: list[str]) -> list[int]:
 
 def test_an_engine_change_upgrades_to_a_new_cluster_without_failing_requests(served: Served):
     """Blue/green: the new Ray cluster comes up beside the old one, KubeRay switches, the old
-    one goes; requests keep being answered throughout. The change moves the model from S3 to
-    the Hugging Face Hub (the stand-in, gated: the token from hfTokenSecret, pinned to a
-    commit), and the new engine loads it from there. The same change sets a rate limit: in
+    one goes; requests keep being answered throughout. The same change sets a rate limit: in
     the switch-over's drain, with the old cluster's and the new cluster's serving pods both
     up, a client bursting over both gets the service's limit, not twice it (the sidecars of
     both clusters are one service's peers)."""
@@ -425,14 +422,7 @@ def test_an_engine_change_upgrades_to_a_new_cluster_without_failing_requests(ser
     with Load(served.url, pause=3.0) as load:
         time.sleep(2)
         changed = time.monotonic()
-        hub = {"source": serving.HUB_REPO, "revision": served.stores.hub_revision}
-        patch = {
-            "spec": {
-                "model": hub,
-                "engine": {"maxModelLen": 384},
-                "ingress": {"rateLimit": {"requestsPerMinute": RATE_LIMIT}},
-            }
-        }
+        patch = {"spec": {"engine": {"maxModelLen": 384}, "ingress": {"rateLimit": {"requestsPerMinute": RATE_LIMIT}}}}
         cluster.kubectl("patch", "llmsvc", NAME, "-n", NS, "--type=merge", "-p", json.dumps(patch))
         switched: dict[str, float] = {}
 
@@ -469,10 +459,6 @@ def test_an_engine_change_upgrades_to_a_new_cluster_without_failing_requests(ser
     # The new engine runs with the new context length (Ray's model card says so).
     card = served.client.models.retrieve(MODEL)
     assert card.model_extra["metadata"]["max_request_context_length"] == 384, card
-    # ...and its weights came from the Hub stand-in, at the pinned commit, with the token (a
-    # gated repo answers 401 without it).
-    hub = served.stores.hub
-    assert hub.downloads(serving.HUB_REPO, "model.safetensors", served.stores.hub_revision) >= 1, hub.log()[-3000:]
 
 
 def test_every_metric_the_dashboards_and_alerts_query_is_scraped_from_the_real_pods(served: Served):
