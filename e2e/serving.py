@@ -209,6 +209,27 @@ def wait_ready(cluster: Cluster, namespace: str, name: str, timeout: float = 600
     return found
 
 
+# Run in a Ray container: each Serve LLM replica's process (Ray titles an actor's process
+# with its class), as pid:start time, so a restarted replica shows as a new entry.
+_REPLICAS = """
+import os
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+        start = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[19]
+    except OSError:
+        continue
+    if b"ServeReplica:" in cmd and b"LLMServer" in cmd:
+        print(f"{pid}:{start}")
+"""
+
+
+def replica_processes(cluster: Cluster, namespace: str, pod: str) -> set[str]:
+    """The Serve LLM replicas running in `pod`, each as its process id and start time."""
+    out = cluster.kubectl("exec", "-n", namespace, pod, "-c", "ray", "--", "python3", "-c", _REPLICAS).stdout
+    return set(out.split())
+
+
 def first_token(c: openai.OpenAI, model_id: str, prompt: str = "def main():") -> tuple[float, list[str]]:
     """Seconds to the first streamed token, and the streamed pieces."""
     start = time.monotonic()

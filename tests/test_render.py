@@ -16,11 +16,13 @@ from google.cloud import container_v1
 from ray.llm._internal.common.placement import PlacementGroupConfig
 from ray.llm._internal.serve.core.configs.llm_config import LLMConfig
 from ray.serve._private.config import ReplicaConfig
+from ray.serve.schema import ServeDeploySchema
 
 from llmservice_operator.api import parse
 from llmservice_operator.api.quantity import cpu_cores
 from llmservice_operator.render import edge, nodepools, render
 from llmservice_operator.render.plan import plan
+from llmservice_operator.render.serve_config import llm_deployment_name
 from llmservice_operator.render.shape import worker_bounds
 from llmservice_operator.yamlio import dump_all
 
@@ -65,14 +67,39 @@ def _router_class_exists(path: str) -> bool:
 
 
 def test_llm_configs_validate_against_ray(sample, settings):
-    for conf in _llm_configs(render(sample, settings).ray_service):
+    rs = render(sample, settings).ray_service
+    conf_v2 = ServeDeploySchema.model_validate(yaml.safe_load(rs["spec"]["serveConfigV2"]))
+    [app] = conf_v2.applications
+    overrides = {d.name: d for d in app.deployments}
+    for conf in _llm_configs(rs):
         conf = copy.deepcopy(conf)
         router = conf["deployment_config"].pop("request_router_config", None)
         if router:
             assert _router_class_exists(router["request_router_class"])
         parsed = LLMConfig.model_validate(conf)
-        auto = parsed.deployment_config["autoscaling_config"]
+        # The Serve config's options for the deployment (by the name Ray Serve LLM gives it,
+        # checked against Ray's builder in e2e/tests/test_ray_dp_bounds.py), or the llm_config's own.
+        name = llm_deployment_name(parsed.model_id)
+        own = parsed.deployment_config.get("autoscaling_config")
+        auto = overrides[name].autoscaling_config if name in overrides else own
         assert auto["target_ongoing_requests"] < 1e9, "Ray LLM's default never scales"
+
+
+def test_scaling_changes_leave_the_application_args_and_so_the_replicas_alone(settings):
+    """Serve restarts every replica, reloading its weights, when an application's args change
+    (they are in its code version); replicas, delays and concurrency are per-deployment
+    options instead, which it changes on the running replicas."""
+
+    def app(**changes):
+        rs = render(parse(with_spec(sample_doc("cpu-tiny.yaml"), **changes)), settings).ray_service
+        return yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]
+
+    base = app()
+    changed = app(replicas={"min": 1, "max": 3}, autoscaling={"downscaleDelaySeconds": 30, "maxOngoingRequests": 8})
+    assert changed["args"] == base["args"]
+    [options] = changed["deployments"]
+    assert options["autoscaling_config"]["max_replicas"] == 3 and options["max_ongoing_requests"] == 8
+    assert app(routing={"policy": "round-robin"})["args"] != base["args"]  # a new router: replicas restart
 
 
 def test_engine_args_in_cli_spelling_render_as_engine_args_fields(settings):

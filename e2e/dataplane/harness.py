@@ -229,10 +229,12 @@ class DataPath:
         if self.engine == "standin":
             return 4
         app = serve_config(plan(self.svc))["applications"][0]
+        # An llm_config's own deployment options, or the Serve config's for its deployment.
+        overrides = [d.get("autoscaling_config") for d in app.get("deployments", [])]
         need = 0.0
-        for llm in _llm_configs(app["args"]):
+        for llm, override in zip(_llm_configs(app["args"]), overrides or [None] * 3, strict=False):
             bundles = (llm.get("placement_group_config") or {}).get("bundles", [{"CPU": 1}])
-            replicas = llm["deployment_config"]["autoscaling_config"]["max_replicas"]
+            replicas = (override or llm["deployment_config"]["autoscaling_config"])["max_replicas"]
             need += replicas * sum(b.get("CPU", 0) for b in bundles)
         return math.ceil(need)
 

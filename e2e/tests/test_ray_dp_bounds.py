@@ -1,13 +1,16 @@
-"""Serve bounds, worker pods and node pools agree for data parallelism, checked against Ray's
-own DPServer code. Not an end-to-end test (no cluster), but it runs in the end-to-end phase,
+"""The rendered Serve configs checked against Ray's own code: the deployments Ray Serve LLM's
+builders make, and for data parallelism, Serve bounds, worker pods and node pools agree with
+DPServer's arithmetic. Not an end-to-end test (no cluster), but it runs in the end-to-end phase,
 beside the CPU service's deploy: importing DPServer imports vLLM, 10-35 s on 2 cores, from
 the engine venv that `make images` builds."""
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import subprocess
+from typing import Any
 
 import yaml
 
@@ -17,7 +20,7 @@ from llmservice_operator.render.nodepools import node_pools
 from llmservice_operator.render.plan import plan
 from llmservice_operator.render.shape import worker_bounds
 from llmservice_operator.settings import OperatorSettings
-from tests.conftest import sample_doc, with_spec
+from tests.conftest import SAMPLES, sample_doc, with_spec
 
 # Ray's DPServer arithmetic, from Ray's own code in the CPU image's packages (importing it
 # needs vLLM). Only DPServer's part: its base class would resolve the model (a download).
@@ -74,3 +77,52 @@ def test_data_parallel_ranks_ray_runs_match_the_worker_pods():
         assert (group["minReplicas"] * hosts, group["maxReplicas"] * hosts) == (lo * per_rank, hi * per_rank)
         [pool] = node_pools(plan(svc))
         assert pool["autoscaling"]["total_max_node_count"] == wb.shape.nodes(hi)
+
+
+# The deployments Ray Serve LLM's real builder makes of each app (names sorted).
+_RAY_BUILDS = """
+import copy, importlib, json, sys
+from ray.llm._internal.serve.core.server.llm_server import LLMServer
+LLMServer.get_deployment_options = classmethod(lambda cls, c: copy.deepcopy(c.deployment_config))
+from ray.serve._private.build_app import build_app
+out = []
+for app in json.load(sys.stdin):
+    module, fn = app["import_path"].split(":")
+    built = build_app(getattr(importlib.import_module(module), fn)(app["args"]), name=app["name"])
+    out.append(sorted(d.name for d in built.deployments))
+print(json.dumps(out))
+"""
+# The pod env Ray's builders read (HAProxy in front, direct streaming: LLMServer is the ingress).
+_BUILD_ENV = ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING")
+
+
+def test_the_serve_configs_per_deployment_options_name_deployments_ray_builds():
+    """The scaling options live in the Serve config's `deployments` (so a change reaches the
+    running replicas without restarting them); Serve refuses the whole config when one names a
+    deployment the app does not have, so each sample's names are checked against what Ray's
+    builder makes of its args, with the env its pods have."""
+    from e2e.build import engine
+
+    settings = OperatorSettings()
+    groups: dict[tuple[tuple[str, str], ...], list[tuple[str, dict[str, Any]]]] = collections.defaultdict(list)
+    docs = [yaml.safe_load(path.read_text()) for path in SAMPLES]
+    docs.append(with_spec(sample_doc("cpu-tiny.yaml"), model__name="acme/tiny-1.5b"))  # '/' and '.' in the id
+    for doc in docs:
+        rs = render(parse(doc), settings).ray_service
+        app = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]
+        head = rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in head["env"]}
+        groups[tuple((k, env[k]) for k in _BUILD_ENV if env.get(k))].append((doc["metadata"]["name"], app))
+    checked = 0
+    for env, apps in groups.items():
+        res = subprocess.run(
+            [str(engine.ensure() / "bin" / "python"), "-c", _RAY_BUILDS],
+            input=json.dumps([app for _, app in apps]), capture_output=True, text=True, timeout=300,
+            env={**os.environ, **engine.ENV, **dict(env), "HF_HUB_OFFLINE": "1"},
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr[-2000:]
+        for (name, app), built in zip(apps, json.loads(res.stdout.splitlines()[-1]), strict=True):
+            named = [d["name"] for d in app.get("deployments", [])]
+            assert set(named) <= set(built), (name, named, built)
+            checked += len(named)
+    assert checked >= 7, "the openai samples carry their scaling options per deployment"

@@ -288,8 +288,13 @@ def test_changed_replica_bounds_reach_the_running_ray_cluster(served: Served):
     """KubeRay never carries a RayService's worker min/max replicas over to its running
     RayCluster (they are out of the hash that decides an update): the operator does, or a
     raised replicas.max would leave Serve wanting replicas the cluster may not add workers for
-    (seen here: a scale to 2 stuck Deploying). No replica is added: min stays 1, no load."""
+    (seen here: a scale to 2 stuck Deploying). No replica is added: min stays 1, no load. And
+    the running replica is not restarted: Serve changes the scaling options in place (in the
+    application's args they restarted it, reloading its weights)."""
     cluster = served.cluster
+    [worker] = served.pods(f"llmservice.dev/name={NAME},ray.io/node-type=worker")
+    replicas = serving.replica_processes(cluster, NS, worker["metadata"]["name"])
+    assert len(replicas) == 1, replicas
 
     def bounds() -> tuple[int, int]:
         name = served.rayservice()["status"]["activeServiceStatus"]["rayClusterName"]
@@ -309,6 +314,13 @@ def test_changed_replica_bounds_reach_the_running_ray_cluster(served: Served):
     # Serve applies each autoscaling change as a config update: done before the next test
     # kills the head (a head killed mid-update stalled requests for 35 s).
     serving.wait_ready(cluster, NS, NAME, timeout=180)
+    # A restart would stop the old replica within Serve's graceful shutdown (seconds): watch
+    # it for 20 s after the update.
+    watched = time.monotonic()
+    while time.monotonic() - watched < 20:
+        assert serving.replica_processes(cluster, NS, worker["metadata"]["name"]) == replicas, "the replica restarted"
+        time.sleep(2)
+    assert served.client.models.list().data
 
 
 class Load:

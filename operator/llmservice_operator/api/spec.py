@@ -292,7 +292,8 @@ class RoutingSpec(Model):
         "(Serve's power of two choices). round-robin: each replica in turn. prefix-aware: requests "
         "sharing a prompt prefix go to the replica that has it cached (needs engine.enablePrefixCaching "
         "and directStreaming: false). session-affinity: the same X-Session-Id header, the same replica "
-        "(consistent hashing: adding a replica moves few sessions).",
+        "(consistent hashing: adding a replica moves few sessions). Changing it restarts the replicas "
+        "one at a time on the same Ray cluster.",
     )
     direct_streaming: bool = Field(
         True,

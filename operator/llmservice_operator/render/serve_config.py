@@ -84,9 +84,25 @@ def autoscaling_config(spec: LLMServiceSpec, replicas: ReplicaSpec) -> dict[str,
     return conf
 
 
-def llm_config(p: Plan, group: WorkerBounds, replicas: ReplicaSpec | None = None) -> dict[str, Any]:
+def scaling_options(spec: LLMServiceSpec, replicas: ReplicaSpec) -> dict[str, Any]:
+    """The deployment options Serve changes on the running replicas (autoscaling, concurrency)."""
+    return {
+        "autoscaling_config": autoscaling_config(spec, replicas),
+        "max_ongoing_requests": spec.autoscaling.max_ongoing_requests or 4 * spec.autoscaling.target_ongoing_requests,
+    }
+
+
+def llm_deployment_name(model_id: str) -> str:
+    """The name Ray Serve LLM gives a model's LLMServer deployment (core/server/builder.py)."""
+    return "LLMServer:" + model_id.replace("/", "--").replace(".", "_")
+
+
+def llm_config(
+    p: Plan, group: WorkerBounds, replicas: ReplicaSpec | None = None, scaling: bool = True
+) -> dict[str, Any]:
     """One entry of Ray Serve LLM's `llm_configs` (validated in tests against Ray's LLMConfig):
-    the Serve deployment of one worker group (`replicas`: its own unless given)."""
+    the Serve deployment of one worker group (`replicas`: its own unless given). `scaling`
+    False leaves the autoscaling and concurrency options to the Serve config's `deployments`."""
     spec, sh = p.spec, group.shape
     replicas = replicas or group.replicas
     source = p.source.serve_source
@@ -95,10 +111,7 @@ def llm_config(p: Plan, group: WorkerBounds, replicas: ReplicaSpec | None = None
     loading: dict[str, Any] = {"model_id": spec.model.name, "model_source": source}
     if spec.model.tokenizer:
         loading["tokenizer_source"] = spec.model.tokenizer
-    deployment: dict[str, Any] = {
-        "autoscaling_config": autoscaling_config(spec, replicas),
-        "max_ongoing_requests": spec.autoscaling.max_ongoing_requests or 4 * spec.autoscaling.target_ongoing_requests,
-    }
+    deployment: dict[str, Any] = scaling_options(spec, replicas) if scaling else {}
     if spec.routing.policy in ROUTERS:
         deployment["request_router_config"] = {"request_router_class": ROUTERS[spec.routing.policy]}
     conf: dict[str, Any] = {"model_loading_config": loading}
@@ -132,6 +145,7 @@ def application(p: Plan) -> dict[str, Any]:
     spec = p.spec
     roles = {g.role: g for g in p.groups}
     args: dict[str, Any]
+    overrides: list[dict[str, Any]] = []
     if spec.prefill_decode:
         builder = "pd"
         args = {role + "_config": llm_config(p, roles[role]) for role in ("prefill", "decode")}
@@ -139,7 +153,14 @@ def application(p: Plan) -> dict[str, Any]:
         # Ray's DPServer counts DP groups here and multiplies by data_parallel_size itself.
         builder, args = "dp", {"llm_config": llm_config(p, roles["dp"], spec.replicas)}
     else:
-        builder, args = "openai", {"llm_configs": [llm_config(p, roles["llm"])]}
+        # Serve restarts every replica (reloading its weights) when an application's args change:
+        # they are in its code version. So what Serve changes on running replicas goes in the
+        # config's per-deployment options instead, and a changed replicas.max or delay reaches
+        # the running engines in place. (The DP and PD builders derive their deployments'
+        # options from the llm_config: DPServer multiplies the bounds by the DP size.)
+        builder, args = "openai", {"llm_configs": [llm_config(p, roles["llm"], scaling=False)]}
+        name = llm_deployment_name(spec.model.name)
+        overrides = [{"name": name, **scaling_options(spec, roles["llm"].replicas)}]
         # Ray refuses ingress_deployment_config with direct streaming, where no such deployment exists.
         ingress: dict[str, Any] = {}
         if p.accelerator.is_cpu and not spec.routing.direct_streaming:
@@ -154,7 +175,10 @@ def application(p: Plan) -> dict[str, Any]:
             ingress["autoscaling_config"] = {"min_replicas": 1}
         if ingress:
             args["ingress_deployment_config"] = ingress
-    return {"name": "llm", "route_prefix": "/", "import_path": BUILDERS[builder], "args": args}
+    app: dict[str, Any] = {"name": "llm", "route_prefix": "/", "import_path": BUILDERS[builder], "args": args}
+    if overrides:
+        app["deployments"] = overrides
+    return app
 
 
 def serve_config(p: Plan) -> dict[str, Any]:
@@ -167,7 +191,9 @@ def serve_config(p: Plan) -> dict[str, Any]:
 
 def engine_digest(conf: dict[str, Any]) -> str:
     """A digest of what each replica's engine loads: every llm_config of the app except its
-    deployment_config (autoscaling, routing, concurrency), which Serve changes in place."""
+    deployment_config (autoscaling, routing, concurrency), which Serve changes on the same Ray
+    cluster (a routing change restarts the replicas one by one: the router is in Serve's code
+    version)."""
     args = conf["applications"][0]["args"]
     configs = args.get("llm_configs") or [
         args[k] for k in ("llm_config", "prefill_config", "decode_config") if k in args
