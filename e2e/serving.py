@@ -209,17 +209,18 @@ def wait_ready(cluster: Cluster, namespace: str, name: str, timeout: float = 600
     return found
 
 
-# Run in a Ray container: each Serve LLM replica's process (Ray titles an actor's process
-# with its class), as pid:start time, so a restarted replica shows as a new entry.
+# Run in a Ray container: each Serve LLM replica's process, by the title Ray gives an actor's
+# process (HAProxy's command line names replicas too), as pid:start time, so a restarted replica
+# shows as a new entry.
 _REPLICAS = """
 import os
 for pid in filter(str.isdigit, os.listdir("/proc")):
     try:
-        cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+        title = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\\0")[0]
         start = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[19]
     except OSError:
         continue
-    if b"ServeReplica:" in cmd and b"LLMServer" in cmd:
+    if title.startswith(b"ray::ServeReplica:") and b":LLMServer:" in title:
         print(f"{pid}:{start}")
 """
 

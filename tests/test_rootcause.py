@@ -11,7 +11,7 @@ from typing import Any
 from llmservice_operator.api import parse
 from llmservice_operator.controller.rootcause import RootCauses, cause_in, death_cause
 from llmservice_operator.render.plan import plan
-from llmservice_operator.render.status import explain
+from llmservice_operator.render.status import exception_line, explain
 
 from .conftest import sample_doc, with_spec
 
@@ -103,3 +103,24 @@ def test_dead_replicas_are_read_once_and_ray_says_why_when_their_log_does_not():
     asked = len(dash.asked)
     assert causes._causes("http://head:8265", None, read) == {}
     assert len(dash.asked) == asked + 2, "the second look reads no log again"
+
+
+def test_a_validation_error_keeps_its_first_detail_line():
+    """pydantic's "1 validation error for ModelConfig" says nothing by itself; vLLM's reason is
+    the line after it (here as vLLM raised it for a model id it could not resolve)."""
+    log = (
+        "Traceback (most recent call last):\n"
+        '  File "vllm/engine/arg_utils.py", line 1402, in create_model_config\n'
+        "pydantic_core._pydantic_core.ValidationError: 1 validation error for ModelConfig\n"
+        "  Value error, Invalid repository ID or local directory specified: 'acme/x'.\n"
+        "Please verify the following requirements:\n"
+    )
+    cause = cause_in(log)
+    assert cause is not None
+    assert cause.line == (
+        "pydantic_core._pydantic_core.ValidationError: 1 validation error for ModelConfig: "
+        "Value error, Invalid repository ID or local directory specified: 'acme/x'."
+    )
+    assert exception_line(log) == cause.line
+    said = explain(plan(parse(with_spec(sample_doc("cpu-tiny.yaml"), model__source="acme/x"))), cause.line)
+    assert said.startswith("spec.model.source: the Hugging Face Hub has no acme/x (a private repo needs"), said

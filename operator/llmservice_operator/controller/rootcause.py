@@ -28,6 +28,7 @@ import urllib3
 from .. import labels as keys
 from ..api.resource import LLMService
 from ..render import names
+from ..render.status import with_detail
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,8 @@ def cause_in(log_text: str) -> RootCause | None:
         if not any(t < i for t in traced):  # an exception logged in passing, not one that stopped it
             continue
         start = max(0, i - EVENT_LINES + 1)
-        return RootCause(m.group(1).strip(), "\n".join(ln.rstrip() for ln in lines[start : i + 1]))
+        line = with_detail([m.group(1), *lines[i + 1 : i + 3]], 0)
+        return RootCause(line, "\n".join(ln.rstrip() for ln in lines[start : i + 1]))
     return None
 
 

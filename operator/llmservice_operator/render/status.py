@@ -66,7 +66,23 @@ def exception_line(message: str) -> str:
     """The exception line of a Python traceback (the last line that names an exception), or
     the message's last line."""
     lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
-    return next((ln for ln in reversed(lines) if _EXCEPTION.match(ln)), lines[-1] if lines else "")
+    found = next((i for i in range(len(lines) - 1, -1, -1) if _EXCEPTION.match(lines[i])), None)
+    return with_detail(lines, found) if found is not None else (lines[-1] if lines else "")
+
+
+# pydantic's "1 validation error for ModelConfig" says what failed on the lines after it (vLLM
+# refuses a model it cannot find that way; Ray Serve LLM re-raises the text as a RuntimeError).
+_VALIDATION = re.compile(r"\d+ validation errors? for \w+$")
+
+
+def with_detail(lines: list[str], i: int) -> str:
+    """Line i of `lines`, an exception line, with its first detail line when it only counts
+    validation errors."""
+    line = lines[i].strip()
+    if _VALIDATION.search(line):
+        detail = next((ln.strip() for ln in lines[i + 1 :] if ln.strip()), "")
+        return f"{line}: {detail}" if detail else line
+    return line
 
 
 # "ValueError: ...", "vllm.x.EngineError: ...", "ray.exceptions.RayTaskError(ValueError): ..."
@@ -118,6 +134,10 @@ def explain(p: Plan, cause: str) -> str:
     src = p.source
     if src.scheme == "pvc" and str(src.serve_source) in cause:
         return f"spec.model.source {src.uri}: no model at '{src.path}' in PersistentVolumeClaim {src.claim} ({cause})"
+    if src.scheme == "hf":
+        hub_said = _hub_refusal(p, cause)
+        if hub_said:
+            return f"{hub_said} ({cause})"
     if src.scheme == "hf" and ("huggingface.co" in cause or "LocalEntryNotFoundError" in cause):
         return f"spec.model.source {src.uri}: the pods could not download it from the Hugging Face Hub ({cause})"
     if cause.startswith("OutOfMemory:"):
@@ -125,6 +145,26 @@ def explain(p: Plan, cause: str) -> str:
         now = f" (now {memory})" if memory else ""
         return f"spec.ray.workerResources.memory: the replica ran out of memory; raise it{now} ({cause})"
     return cause
+
+
+def _hub_refusal(p: Plan, cause: str) -> str | None:
+    """The field to fix when the Hub refused the model, from transformers' words (which vLLM and
+    Ray Serve LLM pass on): a gated repo, a repo or a revision it does not have."""
+    m, repo = p.svc.spec.model, p.source.uri
+    hub = f"the Hub at {m.hf_endpoint}" if m.hf_endpoint else "the Hugging Face Hub"
+    if "gated repo" in cause:
+        if m.hf_token_secret:
+            return (
+                f"spec.model.hfTokenSecret: {repo} is gated and the token in Secret {m.hf_token_secret.name} "
+                "has no access to it; use one of an account the repo granted access"
+            )
+        return f"spec.model.hfTokenSecret: {repo} is gated; set it to a Secret with a token that has access"
+    if "is not a valid git identifier" in cause:
+        return f"spec.model.revision: {hub} has no revision {m.revision or 'main'} of {repo}"
+    if "not a valid model identifier" in cause or "Invalid repository ID" in cause:
+        private = "" if m.hf_token_secret else " (a private repo needs spec.model.hfTokenSecret)"
+        return f"spec.model.source: {hub} has no {repo}{private}"
+    return None
 
 
 def _failures(p: Plan, rs: dict[str, Any], root_causes: Mapping[str, str]) -> tuple[list[str], list[str]]:
