@@ -209,26 +209,29 @@ def wait_ready(cluster: Cluster, namespace: str, name: str, timeout: float = 600
     return found
 
 
-# Run in a Ray container: each Serve LLM replica's process, by the title Ray gives an actor's
-# process (HAProxy's command line names replicas too), as pid:start time, so a restarted replica
-# shows as a new entry.
-_REPLICAS = """
-import os
-for pid in filter(str.isdigit, os.listdir("/proc")):
-    try:
-        title = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\\0")[0]
-        start = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[19]
-    except OSError:
-        continue
-    if title.startswith(b"ray::ServeReplica:") and b":LLMServer:" in title:
-        print(f"{pid}:{start}")
+# Run in a Ray head container: Serve's own view of the application (Ray's dashboard API, with
+# the cluster's token from the container's env).
+_SERVE_DETAILS = """
+import os, urllib.request
+headers = {"Authorization": "Bearer " + os.environ["RAY_AUTH_TOKEN"]} if os.environ.get("RAY_AUTH_TOKEN") else {}
+req = urllib.request.Request("http://127.0.0.1:8265/api/serve/applications/", headers=headers)
+print(urllib.request.urlopen(req, timeout=10).read().decode())
 """
 
 
-def replica_processes(cluster: Cluster, namespace: str, pod: str) -> set[str]:
-    """The Serve LLM replicas running in `pod`, each as its process id and start time."""
-    out = cluster.kubectl("exec", "-n", namespace, pod, "-c", "ray", "--", "python3", "-c", _REPLICAS).stdout
-    return set(out.split())
+def serve_deployment(cluster: Cluster, namespace: str, name: str, deployment: str) -> dict[str, Any]:
+    """Serve's view of one deployment of the LLMService's app, from its running head pod:
+    `deployment_config` as Serve applies it and `replicas` (replica_id, state, pid)."""
+    heads = cluster.get_json("pods", "-n", namespace, "-l", f"llmservice.dev/name={name},ray.io/node-type=head")
+    [head] = [p for p in heads["items"] if p["status"].get("phase") == "Running"]
+    out = cluster.kubectl("exec", "-n", namespace, head["metadata"]["name"], "-c", "ray", "--",
+                          "python3", "-c", _SERVE_DETAILS).stdout  # fmt: skip
+    # Absent while Serve rebuilds the app (a change of its args).
+    return json.loads(out)["applications"]["llm"]["deployments"].get(deployment, {})
+
+
+def running_replicas(details: dict[str, Any]) -> set[str]:
+    return {r["replica_id"] for r in details.get("replicas", []) if r.get("state") == "RUNNING"}
 
 
 def first_token(c: openai.OpenAI, model_id: str, prompt: str = "def main():") -> tuple[float, list[str]]:

@@ -48,6 +48,7 @@ SERVING_MODULES = {
     "test_failures.py",
     "test_switches.py",
     "test_sidecar_off.py",
+    "test_hub_model.py",
 }
 RESULTS = Path(os.environ.get("LLMSERVICE_TEST_RESULTS", ".test-results"))
 

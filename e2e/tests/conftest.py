@@ -52,7 +52,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 _LAST = ("test_in_cluster_operator.py", "test_serving.py", "test_failures.py", "test_switches.py",
-         "test_sidecar_off.py", "test_dataplane.py", "test_dataplane_vllm.py")  # fmt: skip
+         "test_sidecar_off.py", "test_hub_model.py", "test_dataplane.py", "test_dataplane_vllm.py")  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -69,6 +69,7 @@ EARLY = {
     "test_failures.py": "failed",
     "test_switches.py": "switched",
     "test_sidecar_off.py": "unsidecared",
+    "test_hub_model.py": "hubbed",
 }
 
 
@@ -216,6 +217,19 @@ def unsidecared(
     memory at once (vLLM then found 0.67 GiB free for a 1 GiB KV cache)."""
     after = _cleaned_after(cluster, switched, "down", "serving-switches")
     story = _background(cluster, in_cluster, "sidecar-off", "test_sidecar_off", after=after)
+    yield story
+    story.join(5)
+
+
+@pytest.fixture(scope="session")
+def hubbed(
+    request: pytest.FixtureRequest, cluster: Cluster, in_cluster: concurrent.futures.Future[incluster.InCluster]
+) -> Iterator[Story]:
+    """test_hub_model.py's service, once the sidecar-off story is done (when it runs): its two
+    Ray clusters while the fix rolls out need the memory that story's switch holds."""
+    before = request.getfixturevalue("unsidecared") if _serving_in(request, "test_sidecar_off.py") else None
+    after = _cleaned_after(cluster, before, "sidecar-off", "serving-plain") if before else (lambda: None)
+    story = _background(cluster, in_cluster, "hub", "test_hub_model", after=after)
     yield story
     story.join(5)
 

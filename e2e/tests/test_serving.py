@@ -30,6 +30,7 @@ from e2e import serving
 from e2e.build import image
 from e2e.cluster import Cluster
 from llmservice_operator.render import edge
+from llmservice_operator.render.serve_config import llm_deployment_name
 from monitoring import queried_metrics
 
 from .conftest import MEASURED, SERVED_DONE, SERVED_NS, Served, until
@@ -47,6 +48,7 @@ def _done() -> Iterator[None]:
 NS = SERVED_NS
 NAME = serving.SERVICE
 MODEL = serving.MODEL
+DEPLOYMENT = llm_deployment_name(MODEL)  # Serve's name for the model's deployment
 
 
 def _condition(obj: dict[str, Any], ctype: str) -> dict[str, Any]:
@@ -288,38 +290,46 @@ def test_changed_replica_bounds_reach_the_running_ray_cluster(served: Served):
     """KubeRay never carries a RayService's worker min/max replicas over to its running
     RayCluster (they are out of the hash that decides an update): the operator does, or a
     raised replicas.max would leave Serve wanting replicas the cluster may not add workers for
-    (seen here: a scale to 2 stuck Deploying). No replica is added: min stays 1, no load. And
-    the running replica is not restarted: Serve changes the scaling options in place (in the
-    application's args they restarted it, reloading its weights)."""
+    (seen here: a scale to 2 stuck Deploying). No replica is added: min stays 1, no load. Serve
+    applies the new bounds to the running replica without restarting it (in the application's
+    args they would restart it, reloading its weights: the args are in Serve's code version)."""
     cluster = served.cluster
-    [worker] = served.pods(f"llmservice.dev/name={NAME},ray.io/node-type=worker")
-    replicas = serving.replica_processes(cluster, NS, worker["metadata"]["name"])
-    assert len(replicas) == 1, replicas
 
     def bounds() -> tuple[int, int]:
         name = served.rayservice()["status"]["activeServiceStatus"]["rayClusterName"]
         [group] = cluster.get_json("raycluster", name, "-n", NS)["spec"]["workerGroupSpecs"]
         return group["minReplicas"], group["maxReplicas"]
 
-    assert bounds() == (1, 1)
+    def serve_max() -> int | None:
+        conf = serving.serve_deployment(cluster, NS, NAME, DEPLOYMENT).get("deployment_config") or {}
+        return (conf.get("autoscaling_config") or {}).get("max_replicas")
+
+    def same_replica(seconds: float) -> None:
+        """The replica Serve ran before is the one it runs, for `seconds` (a restart stops it
+        within Serve's graceful shutdown)."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            now = serving.running_replicas(serving.serve_deployment(cluster, NS, NAME, DEPLOYMENT))
+            assert now == replicas, f"the replica restarted: {replicas} -> {now}"
+            time.sleep(2)
+
+    replicas = serving.running_replicas(serving.serve_deployment(cluster, NS, NAME, DEPLOYMENT))
+    assert bounds() == (1, 1) and len(replicas) == 1 and serve_max() == 1, replicas
     patch = {"spec": {"replicas": {"min": 1, "max": 2}}}
     cluster.kubectl("patch", "llmsvc", NAME, "-n", NS, "--type=merge", "-p", json.dumps(patch))
     try:
         took = until("the running cluster's max replicas 2", lambda: bounds() == (1, 2), 60, 0.5)
         MEASURED["replicas.max 1 -> 2: on the running RayCluster (s)"] = round(took, 1)
+        took = until("Serve's max replicas 2", lambda: serve_max() == 2, 120, 1)
+        MEASURED["replicas.max 1 -> 2: in Serve (s)"] = round(took, 1)
+        same_replica(20)
     finally:
         undo = {"spec": {"replicas": {"min": 1, "max": 1}}}
         cluster.kubectl("patch", "llmsvc", NAME, "-n", NS, "--type=merge", "-p", json.dumps(undo))
-    until("the bounds back", lambda: bounds() == (1, 1), 60, 0.5)
-    # Serve applies each autoscaling change as a config update: done before the next test
-    # kills the head (a head killed mid-update stalled requests for 35 s).
+    until("the bounds back", lambda: bounds() == (1, 1) and serve_max() == 1, 120, 1)
+    # Done before the next test kills the head (a head killed mid-update stalled requests for 35 s).
     serving.wait_ready(cluster, NS, NAME, timeout=180)
-    # A restart would stop the old replica within Serve's graceful shutdown (seconds): watch
-    # it for 20 s after the update.
-    watched = time.monotonic()
-    while time.monotonic() - watched < 20:
-        assert serving.replica_processes(cluster, NS, worker["metadata"]["name"]) == replicas, "the replica restarted"
-        time.sleep(2)
+    same_replica(10)
     assert served.client.models.list().data
 
 

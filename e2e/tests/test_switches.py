@@ -26,6 +26,7 @@ import pytest
 from e2e import serving
 from e2e.cluster import Cluster
 from e2e.story import Story
+from llmservice_operator.render.serve_config import llm_deployment_name
 
 from .conftest import MEASURED
 
@@ -64,12 +65,8 @@ def _pods(cluster: Cluster) -> list[dict[str, Any]]:
 
 
 def _replicas(cluster: Cluster) -> set[str]:
-    """Every running worker pod's Serve LLM replica processes (pod/pid:start time)."""
-    out: set[str] = set()
-    for p in _workers(cluster, running=True):
-        name = p["metadata"]["name"]
-        out |= {f"{name}/{r}" for r in serving.replica_processes(cluster, NS, name)}
-    return out
+    """The model replicas Serve runs (its replica ids)."""
+    return serving.running_replicas(serving.serve_deployment(cluster, NS, NAME, llm_deployment_name(serving.MODEL)))
 
 
 def served_by_pod(cluster: Cluster) -> dict[str, float]:

@@ -1,0 +1,89 @@
+"""A model by its Hugging Face id, from a gated repo on the Hub stand-in (testkit/fake_hub.py,
+reached through spec.model.hfEndpoint as a company mirror would be), at a pinned commit, on the
+real node: without a token the status names spec.model.hfTokenSecret, and once the user sets it
+the service becomes Ready and answers with the weights of that commit. In the background
+(conftest.hubbed), once the sidecar-off story is done; reconciled by the operator the chart
+installed."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from e2e import serving
+from e2e.build import model
+from e2e.cluster import Cluster
+from e2e.hub import FakeHub
+from e2e.story import Story
+from testkit.fake_hub import Repo
+
+from .conftest import MEASURED
+
+pytestmark = [pytest.mark.e2e, pytest.mark.local_cluster, pytest.mark.story]  # make test-stories
+NS = "serving-hub"
+NAME = "hub"
+REPO = "acme/tiny-llama"
+TOKEN_SECRET = "hf-token"
+TOKEN = "hf_e2e_token"
+STEPS = ["gated", "served", "cleaned"]
+
+
+def _status(cluster: Cluster) -> dict[str, Any]:
+    return cluster.get_json("llmsvc", NAME, "-n", NS).get("status") or {}
+
+
+def scenario(cluster: Cluster, story: Story) -> None:
+    assert cluster.node
+    serving.prepare(cluster, NS)
+    built = model.ensure()
+    hub = FakeHub(cluster.node, {REPO: built.model_dir}, gated={REPO: TOKEN}).start()
+    try:
+        commit = Repo(REPO, built.model_dir).sha
+        doc = serving.small_service(
+            NS, NAME, model__source=REPO, model__revision=commit, model__hfEndpoint=hub.endpoint
+        )
+        applied = time.monotonic()
+        cluster.apply([doc])
+        said: dict[str, Any] = {}
+
+        def named() -> bool:
+            said.update(_status(cluster))
+            return "spec.model.hfTokenSecret" in (said.get("message") or "")
+
+        cluster.wait_for("the status naming spec.model.hfTokenSecret", named, timeout=600)
+        story.done("gated", status=dict(said), after=round(time.monotonic() - applied, 1))
+
+        serving.secret(cluster, NS, TOKEN_SECRET, {"token": TOKEN})
+        patch = {"spec": {"model": {"hfTokenSecret": {"name": TOKEN_SECRET}}}}
+        t = time.monotonic()
+        cluster.kubectl("patch", "llmsvc", NAME, "-n", NS, "--type=merge", "-p", json.dumps(patch))
+        serving.wait_ready(cluster, NS, NAME, timeout=900)
+        ready = time.monotonic() - t
+        url = f"http://{serving.service_ip(cluster, NS, NAME)}:8000/v1"
+        ttft, pieces = serving.first_token(serving.client(url, retries=3), serving.MODEL)
+        weights = hub.downloads(REPO, "model.safetensors", commit)
+        story.done("served", fix_to_ready=round(ready, 1), ttft=round(ttft, 3), pieces=pieces, weights=weights)
+        cluster.kubectl("delete", "llmsvc", NAME, "-n", NS, "--wait=false")
+        cluster.wait_for("the hub service's pods gone", lambda: not cluster.get_json("pods", "-n", NS)["items"], 300)
+        story.done("cleaned")
+    finally:
+        hub.stop()
+
+
+def test_a_gated_model_without_a_token_names_the_token_field(hubbed: Story):
+    res = hubbed.result("gated")
+    st = res["status"]
+    assert f"spec.model.hfTokenSecret: {REPO} is gated; set it to a Secret" in st["message"], st["message"]
+    assert st["phase"] != "Ready", st
+    MEASURED["gated Hub model without a token: apply -> status names hfTokenSecret (s)"] = res["after"]
+
+
+def test_with_the_token_it_serves_the_pinned_commit_from_the_hub(hubbed: Story):
+    res = hubbed.result("served")
+    assert res["pieces"], res
+    assert res["weights"] >= 1, "the weights came from the Hub stand-in at the pinned commit"
+    MEASURED["gated Hub model: token set -> Ready (s)"] = res["fix_to_ready"]
+    hubbed.result("cleaned")
