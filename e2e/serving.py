@@ -226,8 +226,9 @@ def serve_deployment(cluster: Cluster, namespace: str, name: str, deployment: st
     [head] = [p for p in heads["items"] if p["status"].get("phase") == "Running"]
     out = cluster.kubectl("exec", "-n", namespace, head["metadata"]["name"], "-c", "ray", "--",
                           "python3", "-c", _SERVE_DETAILS).stdout  # fmt: skip
-    # Absent while Serve rebuilds the app (a change of its args).
-    return json.loads(out)["applications"]["llm"]["deployments"].get(deployment, {})
+    # The app and the deployment are absent while Serve (re)builds the app.
+    app = json.loads(out).get("applications", {}).get("llm") or {}
+    return (app.get("deployments") or {}).get(deployment, {})
 
 
 def running_replicas(details: dict[str, Any]) -> set[str]:

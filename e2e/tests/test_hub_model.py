@@ -43,7 +43,12 @@ def scenario(cluster: Cluster, story: Story) -> None:
     try:
         commit = Repo(REPO, built.model_dir).sha
         doc = serving.small_service(
-            NS, NAME, model__source=REPO, model__revision=commit, model__hfEndpoint=hub.endpoint
+            NS,
+            NAME,
+            model__source=REPO,
+            model__revision=commit,
+            model__hfEndpoint=hub.endpoint,
+            ray__workerResources={"cpu": "100m", "memory": "4Gi"},  # at 3Gi vLLM refused its KV cache
         )
         applied = time.monotonic()
         cluster.apply([doc])

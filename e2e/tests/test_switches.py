@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from e2e import serving
-from e2e.cluster import Cluster
+from e2e.cluster import Cluster, ClusterError
 from e2e.story import Story
 from llmservice_operator.render.serve_config import llm_deployment_name
 
@@ -217,7 +217,10 @@ def scenario(cluster: Cluster, story: Story) -> None:
         cluster.kubectl("patch", "llmsvc", NAME, "-n", NS, "--type=merge", "-p", json.dumps(patch))
 
         def restarted() -> bool:
-            now = _replicas(cluster)
+            try:
+                now = _replicas(cluster)
+            except ClusterError:  # the dashboard busy while Serve rebuilds the app: ask again
+                return False
             return len(now) == 2 and not now & before and (_status(cluster).get("replicas") or {}).get("ready") == 2
 
         cluster.wait_for("both replicas restarted with the new router", restarted, timeout=900)
