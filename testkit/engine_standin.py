@@ -1,9 +1,9 @@
 """A CPU stand-in for the model engine: an OpenAI-compatible Ray Serve app that "generates"
 tokens with a configurable time to first token and inter-token delay.
 
-It takes the rendered `llm_configs` (model id, stream batching) and is named as Ray Serve LLM
-names the model's deployment, so the rendered per-deployment options (autoscaling, max ongoing
-requests) apply: the Serve side runs as the operator configured it; only vLLM is replaced.
+It takes the rendered `llm_configs` (model id, stream batching) and the name of the rendered
+per-deployment options (autoscaling, max ongoing requests), so they apply to it: the Serve side
+runs as the operator configured it; only vLLM is replaced.
 Streamed tokens go through Ray Serve LLM's own `Batcher` at the llm_config's
 `stream_batching_interval_ms` (Ray's default 50 ms) and each batch is one write, as in
 Ray Serve LLM's server: the proxies see as many chunks as they would in front of vLLM.
@@ -114,14 +114,11 @@ class StandInLLM:
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
-    """Serve builder taking the rendered `llm_configs` plus the stand-in's timing."""
+    """Serve builder taking the rendered `llm_configs` plus the stand-in's timing and the name
+    the Serve config's per-deployment options are for."""
     [conf] = args["llm_configs"]
-    model_id = conf["model_loading_config"]["model_id"]
-    # Named as Ray Serve LLM names the model's deployment, so the Serve config's per-deployment
-    # options (autoscaling, max ongoing requests) apply to the stand-in as they would to vLLM.
-    name = "LLMServer:" + model_id.replace("/", "--").replace(".", "_")
-    return StandInLLM.options(name=name, ray_actor_options={"num_cpus": 0.1}).bind(
-        model_id,
+    return StandInLLM.options(name=args["deployment_name"], ray_actor_options={"num_cpus": 0.1}).bind(
+        conf["model_loading_config"]["model_id"],
         float(args.get("ttft_ms", 20)),
         float(args.get("itl_ms", 5)),
         int(args.get("max_tokens", 256)),

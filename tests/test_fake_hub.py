@@ -4,9 +4,6 @@ drift here would show on the real node only as a model that fails to load)."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,7 +110,6 @@ def test_a_hub_model_that_cannot_be_read_names_the_field_to_fix(tmp_path: Path):
     server = serve("127.0.0.1", 0, Hub([repo], token="sekret"))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     endpoint = f"http://127.0.0.1:{server.server_port}"
-    env = {**os.environ, **engine.ENV, "HF_ENDPOINT": endpoint, "HF_HOME": str(tmp_path / "hf")}
     cases = [
         (repo.id, repo.sha, None),
         ("acme/no-such-model", "main", "sekret"),
@@ -121,14 +117,10 @@ def test_a_hub_model_that_cannot_be_read_names_the_field_to_fix(tmp_path: Path):
         (repo.id, repo.sha, "sekret"),
     ]
     try:
-        res = subprocess.run(
-            [str(engine.ensure() / "bin" / "python"), "-c", _ENGINE_CONFIG],
-            input=json.dumps(cases), capture_output=True, text=True, timeout=300, env=env,
-        )  # fmt: skip
+        env = {"HF_ENDPOINT": endpoint, "HF_HOME": str(tmp_path / "hf")}
+        gated, missing, no_revision, ok = engine.run_json(_ENGINE_CONFIG, cases, env=env)
     finally:
         server.shutdown()
-    assert res.returncode == 0, res.stderr[-2000:]
-    gated, missing, no_revision, ok = json.loads(res.stdout.splitlines()[-1])
     assert ok == "ok", ok[-2000:]
 
     def said(log: str, **model: Any) -> str:

@@ -9,11 +9,14 @@ so the harness runs real vLLM through `build_openai_app` without a container.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from e2e.bins import cache_root
 
@@ -62,6 +65,18 @@ def ensure() -> Path:
             shutil.rmtree(stale, ignore_errors=True)
     (root / STAMP).write_text("")
     return root
+
+
+def run_json(script: str, payload: Any, env: dict[str, str] | None = None, timeout: float = 300) -> Any:
+    """Run `script` (Python source) in the engine venv with `payload` as JSON on stdin; what it
+    printed last, as JSON. Raises with the stderr tail when it fails."""
+    res = subprocess.run(
+        [str(ensure() / "bin" / "python"), "-c", script], input=json.dumps(payload), capture_output=True,
+        text=True, timeout=timeout, env={**os.environ, **ENV, **(env or {})},
+    )  # fmt: skip
+    if res.returncode != 0:
+        raise RuntimeError(f"engine venv script exited {res.returncode}:\n{res.stderr[-2000:]}")
+    return json.loads(res.stdout.splitlines()[-1])
 
 
 def main() -> None:

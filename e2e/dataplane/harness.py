@@ -40,7 +40,7 @@ from e2e.cluster import free_port
 from llmservice_operator.api.resource import LLMService
 from llmservice_operator.render.plan import MODELS_MOUNT, plan
 from llmservice_operator.render.rayservice import RAY_CONTAINER, ray_env, ray_service
-from llmservice_operator.render.serve_config import serve_config
+from llmservice_operator.render.serve_config import llm_deployment_name, serve_config
 from llmservice_operator.settings import OperatorSettings
 
 from .sidecars import Sidecars
@@ -212,7 +212,9 @@ class DataPath:
         app = conf["applications"][0]
         if self.engine == "standin":
             app["import_path"] = STANDIN
-            app["args"] = {**app["args"], "ttft_ms": self.ttft_ms, "itl_ms": self.itl_ms, "max_tokens": 4096}
+            [options] = app["deployments"]  # the stand-in takes the rendered options' name
+            timing = {"ttft_ms": self.ttft_ms, "itl_ms": self.itl_ms, "max_tokens": 4096}
+            app["args"] = {**app["args"], **timing, "deployment_name": options["name"]}
             return conf
         assert self.models_dir
         for llm in _llm_configs(app["args"]):
@@ -229,12 +231,13 @@ class DataPath:
         if self.engine == "standin":
             return 4
         app = serve_config(plan(self.svc))["applications"][0]
-        # An llm_config's own deployment options, or the Serve config's for its deployment.
-        overrides = [d.get("autoscaling_config") for d in app.get("deployments", [])]
+        # The Serve config's options for a model's deployment, else its llm_config's own.
+        options = {d["name"]: d for d in app.get("deployments", [])}
         need = 0.0
-        for llm, override in zip(_llm_configs(app["args"]), overrides or [None] * 3, strict=False):
+        for llm in _llm_configs(app["args"]):
             bundles = (llm.get("placement_group_config") or {}).get("bundles", [{"CPU": 1}])
-            replicas = (override or llm["deployment_config"]["autoscaling_config"])["max_replicas"]
+            own = options.get(llm_deployment_name(llm["model_loading_config"]["model_id"]), llm["deployment_config"])
+            replicas = own["autoscaling_config"]["max_replicas"]
             need += replicas * sum(b.get("CPU", 0) for b in bundles)
         return math.ceil(need)
 

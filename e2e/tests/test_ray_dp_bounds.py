@@ -7,9 +7,6 @@ the engine venv that `make images` builds."""
 from __future__ import annotations
 
 import collections
-import json
-import os
-import subprocess
 from typing import Any
 
 import yaml
@@ -61,13 +58,10 @@ def test_data_parallel_ranks_ray_runs_match_the_worker_pods():
         ),
     ]
     confs = [yaml.safe_load(render(s, settings).ray_service["spec"]["serveConfigV2"]) for s in svcs]
-    res = subprocess.run(
-        [str(engine.ensure() / "bin" / "python"), "-c", _RAY_DP_RANKS],
-        input=json.dumps([c["applications"][0]["args"]["llm_config"] for c in confs]),
-        capture_output=True, text=True, timeout=300, env={**os.environ, **engine.ENV, "HF_HUB_OFFLINE": "1"},
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr[-2000:]
-    for svc, (lo, hi, initial) in zip(svcs, json.loads(res.stdout.splitlines()[-1]), strict=True):
+    ranks = engine.run_json(
+        _RAY_DP_RANKS, [c["applications"][0]["args"]["llm_config"] for c in confs], env={"HF_HUB_OFFLINE": "1"}
+    )
+    for svc, (lo, hi, initial) in zip(svcs, ranks, strict=True):
         dp = svc.spec.engine.data_parallel_size
         assert (lo, hi, initial) == (svc.spec.replicas.min * dp, svc.spec.replicas.max * dp, svc.spec.replicas.min * dp)
         [group] = render(svc, settings).ray_service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
@@ -115,13 +109,8 @@ def test_the_serve_configs_per_deployment_options_name_deployments_ray_builds():
         groups[tuple((k, env[k]) for k in _BUILD_ENV if env.get(k))].append((doc["metadata"]["name"], app))
     checked = 0
     for env, apps in groups.items():
-        res = subprocess.run(
-            [str(engine.ensure() / "bin" / "python"), "-c", _RAY_BUILDS],
-            input=json.dumps([app for _, app in apps]), capture_output=True, text=True, timeout=300,
-            env={**os.environ, **engine.ENV, **dict(env), "HF_HUB_OFFLINE": "1"},
-        )  # fmt: skip
-        assert res.returncode == 0, res.stderr[-2000:]
-        for (name, app), built in zip(apps, json.loads(res.stdout.splitlines()[-1]), strict=True):
+        builds = engine.run_json(_RAY_BUILDS, [app for _, app in apps], env={**dict(env), "HF_HUB_OFFLINE": "1"})
+        for (name, app), built in zip(apps, builds, strict=True):
             named = [d["name"] for d in app.get("deployments", [])]
             assert set(named) <= set(built), (name, named, built)
             checked += len(named)

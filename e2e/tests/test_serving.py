@@ -300,8 +300,11 @@ def test_changed_replica_bounds_reach_the_running_ray_cluster(served: Served):
         [group] = cluster.get_json("raycluster", name, "-n", NS)["spec"]["workerGroupSpecs"]
         return group["minReplicas"], group["maxReplicas"]
 
+    def serve_view() -> dict[str, Any]:
+        return serving.serve_deployment(cluster, NS, NAME, DEPLOYMENT)
+
     def serve_max() -> int | None:
-        conf = serving.serve_deployment(cluster, NS, NAME, DEPLOYMENT).get("deployment_config") or {}
+        conf = serve_view().get("deployment_config") or {}
         return (conf.get("autoscaling_config") or {}).get("max_replicas")
 
     def same_replica(seconds: float) -> None:
@@ -309,11 +312,11 @@ def test_changed_replica_bounds_reach_the_running_ray_cluster(served: Served):
         within Serve's graceful shutdown)."""
         end = time.monotonic() + seconds
         while time.monotonic() < end:
-            now = serving.running_replicas(serving.serve_deployment(cluster, NS, NAME, DEPLOYMENT))
+            now = serving.running_replicas(serve_view())
             assert now == replicas, f"the replica restarted: {replicas} -> {now}"
             time.sleep(2)
 
-    replicas = serving.running_replicas(serving.serve_deployment(cluster, NS, NAME, DEPLOYMENT))
+    replicas = serving.running_replicas(serve_view())
     assert bounds() == (1, 1) and len(replicas) == 1 and serve_max() == 1, replicas
     patch = {"spec": {"replicas": {"min": 1, "max": 2}}}
     cluster.kubectl("patch", "llmsvc", NAME, "-n", NS, "--type=merge", "-p", json.dumps(patch))

@@ -138,8 +138,8 @@ def explain(p: Plan, cause: str) -> str:
         hub_said = _hub_refusal(p, cause)
         if hub_said:
             return f"{hub_said} ({cause})"
-    if src.scheme == "hf" and ("huggingface.co" in cause or "LocalEntryNotFoundError" in cause):
-        return f"spec.model.source {src.uri}: the pods could not download it from the Hugging Face Hub ({cause})"
+        if "huggingface.co" in cause or "LocalEntryNotFoundError" in cause:
+            return f"spec.model.source {src.uri}: the pods could not download it from the Hugging Face Hub ({cause})"
     if cause.startswith("OutOfMemory:"):
         memory = p.svc.spec.ray.worker_resources.memory if p.svc.spec.ray.worker_resources else None
         now = f" (now {memory})" if memory else ""
