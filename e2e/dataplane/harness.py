@@ -280,7 +280,8 @@ class DataPath:
     def driver(self, code: str, timeout: float = 120, **names: Any) -> str:
         """Run Python `code` as a Ray driver connected to this data path's Ray (with the
         Python Ray runs on), `names` bound as globals (repr'd); returns its stdout."""
-        head = f"import ray\nray.init(address={self.gcs_address!r}, logging_level='ERROR')\n"
+        # Not the replicas' logs: Ray streams them to a driver's stdout, after what the code prints.
+        head = f"import ray\nray.init(address={self.gcs_address!r}, logging_level='ERROR', log_to_driver=False)\n"
         head += "".join(f"{k} = {v!r}\n" for k, v in names.items())
         out = subprocess.run(
             [str(self.bin / "python"), "-c", head + code],

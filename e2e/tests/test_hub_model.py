@@ -52,14 +52,17 @@ def scenario(cluster: Cluster, story: Story) -> None:
         )
         applied = time.monotonic()
         cluster.apply([doc])
-        said: dict[str, Any] = {}
+        seen: list[dict[str, Any]] = []  # each status the user could have read, in turn
 
         def named() -> bool:
-            said.update(_status(cluster))
-            return "spec.model.hfTokenSecret" in (said.get("message") or "")
+            st = {k: v for k, v in _status(cluster).items() if k in ("phase", "reason", "message")}
+            if st and (not seen or seen[-1] != st):
+                seen.append(st)
+                story.note(f"status {st}")
+            return bool(seen) and "spec.model.hfTokenSecret" in (seen[-1].get("message") or "")
 
         cluster.wait_for("the status naming spec.model.hfTokenSecret", named, timeout=600)
-        story.done("gated", status=dict(said), after=round(time.monotonic() - applied, 1))
+        story.done("gated", status=seen[-1], history=seen, after=round(time.monotonic() - applied, 1))
 
         serving.secret(cluster, NS, TOKEN_SECRET, {"token": TOKEN})
         patch = {"spec": {"model": {"hfTokenSecret": {"name": TOKEN_SECRET}}}}
