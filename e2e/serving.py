@@ -249,7 +249,7 @@ def first_token(c: openai.OpenAI, model_id: str, prompt: str = "def main():") ->
 # Test-sized CPU services beside the served sample on the 2-core node: the node's 2 CPUs of
 # requests hold the sample (and its upgrade's second cluster), the operator's pods and these.
 SMALL_RAY = {
-    "headResources": {"cpu": "100m", "memory": "2Gi"},
+    "headResources": {"cpu": "100m", "memory": "3Gi"},  # the least the API takes
     "workerResources": {"cpu": "100m", "memory": "3Gi"},
 }
 

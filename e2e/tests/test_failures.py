@@ -53,7 +53,7 @@ def scenario(cluster: Cluster, story: Story) -> None:
         "no-room": serving.small_service(
             NS,
             "no-room",
-            ray__headResources={"cpu": "1900m", "memory": "2Gi"},
+            ray__headResources={"cpu": "1900m", "memory": "3Gi"},
             replicas={"min": 0, "max": 1, "initial": 0},
             **NO_SIDECAR,
         ),

@@ -26,6 +26,10 @@ from .quantity import GIB, cpu_cores, memory_bytes, ray_cpus
 from .rule import FieldError, Rule
 from .spec import DEFAULT_CPU_WORKER, SOURCE_PATTERN, LLMServiceSpec, ReplicaSpec, Resources, engine_arg
 
+# The head's smallest memory: measured on the local node, a CPU service's head used 1.9 GiB
+# (GCS, dashboard, Serve controller, HAProxy, Ray Serve LLM's router and telemetry actors), and
+# at a 2Gi limit Ray's memory monitor killed the Serve controller during a scale-down.
+HEAD_MIN_GIB = 3
 MAX_NAME_LENGTH = 40  # leaves room for KubeRay's cluster/pod suffixes within 63 characters
 # The name becomes Service and Ray cluster names: DNS-1035 labels (no dots, a letter first).
 NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
@@ -336,6 +340,14 @@ RULES: tuple[Rule, ...] = (
         "reservations and system pods): set accelerator.machineType or ask for less",
         lambda s: _is_cpu(s) and s.node_pool.managed and s.accelerator.machine_type is None and _no_machine_for_pool(s),
         f"!{_IS_CPU} || !self.nodePool.managed || has({_MT}) || ({_FITS_LARGEST_CEL})",
+    ),
+    Rule(
+        "ray.headResources.memory",
+        f"must be at least {HEAD_MIN_GIB}Gi: the head runs Ray's GCS and dashboard, the Serve controller, "
+        "its HAProxy and the request router (about 2 GiB together), and above 95% of its memory Ray's "
+        "memory monitor kills the Serve controller, which can leave every pod unready",
+        lambda s: memory_bytes(s.ray.head_resources.memory) < HEAD_MIN_GIB * GIB,
+        f"quantity(self.ray.headResources.memory).asApproximateFloat() >= {float(HEAD_MIN_GIB * GIB)!r}",
     ),
     Rule(
         "accelerator.perReplica",

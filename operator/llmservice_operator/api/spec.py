@@ -443,7 +443,8 @@ class RaySpec(Model):
     image: str | None = Field(None, description="Ray image with vLLM (default: the operator's setting).")
     head_resources: Resources = Field(
         default_factory=lambda: Resources(cpu="4", memory="16Gi"),
-        description="Head pod resources, request and limit (the head runs no model; for "
+        description="Head pod resources, request and limit (the head runs no model, but Ray's "
+        "control processes, the Serve controller and the request router: memory at least 3Gi; for "
         "accelerator.type cpu the CPU is a request only, so a small head can burst).",
     )
     worker_resources: Resources | None = Field(
