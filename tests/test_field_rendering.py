@@ -165,3 +165,41 @@ def test_anonymous_gcs_is_said_in_the_uri_to_pyarrow_and_in_the_env_to_the_strea
             env["CLOUD_STORAGE_EMULATOR_ENDPOINT"]["value"] == env["STORAGE_EMULATOR_HOST"]["value"] == gcs["endpoint"]
         )
         assert env["RUNAI_STREAMER_GCS_USE_ANONYMOUS_CREDENTIALS"]["value"] == "true"
+
+
+DISK = "projects/my-proj/global/images/vllm-image-cache"
+
+
+def test_image_cache_disk_is_every_managed_pools_secondary_boot_disk():
+    """GKE's container image cache: the disk on every new node of every pool (spot and
+    on-demand), with image streaming, which the cache mode reads through; accepted by the
+    google-cloud-container message the GKE layer sends. A new disk is new hardware (a new
+    pool); pools without one keep their names."""
+    from google.cloud import container_v1
+
+    doc = sample_doc("l4-spot-fallback.yaml")
+    doc["spec"]["nodePool"].pop("imageCacheDisk", None)
+    without = node_pools(plan(parse(doc)))
+    pools = node_pools(plan(parse(with_spec(doc, nodePool__imageCacheDisk=DISK))))
+    assert len(pools) == 2
+    for pool in pools:
+        assert pool["config"]["secondary_boot_disks"] == [{"disk_image": DISK, "mode": "CONTAINER_IMAGE_CACHE"}]
+        assert pool["config"]["gcfs_config"] == {"enabled": True}
+        msg = container_v1.NodePool(pool)
+        assert msg.config.secondary_boot_disks[0].mode == container_v1.SecondaryBootDisk.Mode.CONTAINER_IMAGE_CACHE
+    assert {p["name"] for p in pools}.isdisjoint(p["name"] for p in without)
+    assert all("secondary_boot_disks" not in p["config"] for p in without)
+
+
+def _worker_selector(doc: dict[str, Any]) -> dict[str, str]:
+    return _rs(doc)["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"].get("nodeSelector", {})
+
+
+def test_image_cache_disk_without_managed_pools_selects_nodes_that_have_it():
+    """On pools the operator does not create (Autopilot, node auto-provisioning), the worker
+    pods ask for the disk with the node selector GKE documents; a managed pool needs none."""
+    doc = with_spec(sample_doc("gemma-b200.yaml"), nodePool__imageCacheDisk=DISK)
+    key = "cloud.google.com.node-restriction.kubernetes.io/gke-secondary-boot-disk-vllm-image-cache"
+    assert _worker_selector(doc)[key] == "CONTAINER_IMAGE_CACHE.my-proj"
+    managed = with_spec(doc, nodePool__managed=True)
+    assert key not in _worker_selector(managed)

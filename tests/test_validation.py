@@ -301,6 +301,7 @@ SCHEMA_CASES = [
     (GPU, {"engine__tensorParalelSize": 2}, "spec.engine.tensorParalelSize", "unknown field"),
     (GPU, {"ingress": {"maxBodySize": "16MB"}}, "spec.ingress.maxBodySize", "does not match"),
     (GPU, {"model__hfEndpoint": "hf-mirror.example.com"}, "spec.model.hfEndpoint", "does not match"),
+    (GPU, {"nodePool__imageCacheDisk": "global/images/vllm"}, "spec.nodePool.imageCacheDisk", "does not match"),
     (GPU, {"model__revision": "main branch"}, "spec.model.revision", "does not match"),
     (GPU, {"engine__gpuMemoryUtilization": 1.5}, "spec.engine.gpuMemoryUtilization", "must be <= 1 (got 1.5)"),
     (GPU, {"engine__gpuMemoryUtilization": 0}, "spec.engine.gpuMemoryUtilization", "must be > 0"),

@@ -382,6 +382,16 @@ class NodePoolSpec(Model):
     )
     service_account: str | None = Field(None, description="Node service account email.")
     labels: dict[str, str] = Field(default_factory=dict, description="Extra node labels.")
+    image_cache_disk: str | None = Field(
+        None,
+        # The image name ends a node label key (63 characters, 24 taken): at most 39 here.
+        pattern=r"^projects/[a-z][-a-z0-9]{4,28}[a-z0-9]/global/images/[a-z]([-a-z0-9]{0,37}[a-z0-9])?$",
+        description="A Compute Engine disk image that holds the Ray serving image (built with "
+        "gke-disk-image-builder), as projects/PROJECT/global/images/NAME. GKE attaches it to every "
+        "new node as a secondary boot disk in CONTAINER_IMAGE_CACHE mode, so the image starts "
+        "without a pull. Managed pools get it, with image streaming on; otherwise the worker pods "
+        "ask for nodes that have it (node selector), as Autopilot and node auto-provisioning need.",
+    )
 
 
 # A label value is at most 63 characters; bounded here, CEL's checks of the values stay cheap.

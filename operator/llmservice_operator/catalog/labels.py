@@ -14,6 +14,11 @@ SPOT = "cloud.google.com/gke-spot"
 FLEX_START = "cloud.google.com/gke-flex-start"
 PROVISIONING = "cloud.google.com/gke-provisioning"
 RESERVATION_NAME = "cloud.google.com/reservation-name"
+# A node with a secondary boot disk from image NAME of project P, as a container image cache:
+# <prefix>NAME=CONTAINER_IMAGE_CACHE.P (GKE, "Use secondary boot disks to preload data or
+# container images"; the node selector Autopilot and node auto-provisioning act on).
+SECONDARY_BOOT_DISK_PREFIX = "cloud.google.com.node-restriction.kubernetes.io/gke-secondary-boot-disk-"
+IMAGE_CACHE_MODE = "CONTAINER_IMAGE_CACHE"
 QUEUED_TAINT = "cloud.google.com/gke-queued"
 ARCH = "kubernetes.io/arch"  # GKE taints Arm nodes (A4X: GB200) ARCH=arm64:NoSchedule
 

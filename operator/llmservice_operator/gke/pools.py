@@ -80,6 +80,7 @@ def _hardware(pool: container_v1.NodePool) -> dict[str, str]:
         "placement": "/".join(p for p in placement if p) or "none",
         "zones": ",".join(sorted(pool.locations)),
         "service account": c.service_account,
+        "image cache disk": ",".join(d.disk_image for d in c.secondary_boot_disks) or "none",
     }
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from .. import labels as keys
 from ..api.resource import LLMService
 from ..catalog import boot_disk_type
+from ..catalog.labels import IMAGE_CACHE_MODE
 from . import names
 from .plan import Plan
 from .shape import WorkerBounds
@@ -29,6 +30,9 @@ POLICY_NAME_LIMIT = 63  # Compute Engine resource names (RFC 1035)
 HARDWARE_CONFIG: tuple[str, ...] = ("machine_type", "disk_size_gb", "disk_type", "accelerators", "spot", "flex_start")
 HARDWARE_CONFIG += ("reservation_affinity", "service_account")
 HARDWARE_POOL = ("placement_policy", "locations")
+# Hardware fields added later: in the digest only when set, so that pools without them keep
+# their names (a new digest would replace every existing pool when the operator is upgraded).
+HARDWARE_CONFIG_IF_SET = ("secondary_boot_disks",)
 
 
 def _taint(key: str) -> dict[str, Any]:
@@ -50,6 +54,7 @@ def hardware_digest(pool: dict[str, Any]) -> str:
     """Five hex digits that change whenever a field GKE cannot update in place changes."""
     config = pool["config"]
     hw = {k: config.get(k) for k in HARDWARE_CONFIG} | {k: pool.get(k) for k in HARDWARE_POOL}
+    hw |= {k: config[k] for k in HARDWARE_CONFIG_IF_SET if k in config}
     hw["accelerators"] = [[a["accelerator_type"], a["accelerator_count"]] for a in config.get("accelerators", [])]
     return hashlib.sha256(json.dumps(hw, sort_keys=True).encode()).hexdigest()[:5]
 
@@ -84,6 +89,10 @@ def _pool(svc: LLMService, wb: WorkerBounds, suffix: str, spot: bool) -> dict[st
         ]
     if spec.node_pool.service_account:
         config["service_account"] = spec.node_pool.service_account
+    if spec.node_pool.image_cache_disk:
+        # The image cache mode reads the disk through image streaming's containerd plugin.
+        config["secondary_boot_disks"] = [{"disk_image": spec.node_pool.image_cache_disk, "mode": IMAGE_CACHE_MODE}]
+        config["gcfs_config"] = {"enabled": True}
     provisioning = spec.accelerator.provisioning
     if spot:
         config["spot"] = True

@@ -40,6 +40,12 @@ def node_selector(spec: LLMServiceSpec, sh: Shape) -> dict[str, str]:
     elif provisioning == "reservation":
         assert spec.accelerator.reservation
         sel[labels.RESERVATION_NAME] = spec.accelerator.reservation
+    disk = spec.node_pool.image_cache_disk
+    if disk and not spec.node_pool.managed:
+        # Pools the operator does not create: ask for nodes with the image cache (a managed
+        # pool has it on every node, and its pods already select the pool's hardware).
+        project, name = disk.split("/")[1], disk.rsplit("/", 1)[1]
+        sel[labels.SECONDARY_BOOT_DISK_PREFIX + name] = f"{labels.IMAGE_CACHE_MODE}.{project}"
     return dict(sorted(sel.items()))
 
 
