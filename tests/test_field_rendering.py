@@ -203,3 +203,36 @@ def test_image_cache_disk_without_managed_pools_selects_nodes_that_have_it():
     assert _worker_selector(doc)[key] == "CONTAINER_IMAGE_CACHE.my-proj"
     managed = with_spec(doc, nodePool__managed=True)
     assert key not in _worker_selector(managed)
+
+
+def test_mount_load_format_mounts_the_bucket_folder_in_the_worker_pods_only():
+    """loadFormat mount: the Cloud Storage FUSE CSI driver's inline volume of the model's folder,
+    read-only at the path vLLM is given, with the annotation that injects the driver's sidecar
+    (user annotations win, for Autopilot's limits); the head reads no weights and gets none."""
+    doc = with_spec(
+        sample_doc("gemma-b200.yaml"),
+        model__source="gs://team-models/gemma/4-e2b",
+        model__loadFormat="mount",
+        ray__workerPods={"annotations": {"gke-gcsfuse/memory-limit": "8Gi"}},
+    )
+    cluster = _rs(doc)["spec"]["rayClusterConfig"]
+    worker = cluster["workerGroupSpecs"][0]["template"]
+    [volume] = [v for v in worker["spec"]["volumes"] if v["name"] == "models"]
+    assert volume["csi"] == {
+        "driver": "gcsfuse.csi.storage.gke.io",
+        "readOnly": True,
+        "volumeAttributes": {
+            "bucketName": "team-models",
+            "mountOptions": "implicit-dirs,file-cache:enable-parallel-downloads:true,only-dir=gemma/4-e2b",
+            "fileCacheCapacity": "-1",
+        },
+    }
+    ray = worker["spec"]["containers"][0]
+    assert {"name": "models", "mountPath": "/mnt/models", "readOnly": True} in ray["volumeMounts"]
+    notes = worker["metadata"]["annotations"]
+    assert notes["gke-gcsfuse/volumes"] == "true" and notes["gke-gcsfuse/memory-limit"] == "8Gi"
+    head = cluster["headGroupSpec"]["template"]
+    assert all(v["name"] != "models" for v in head["spec"]["volumes"])
+    assert "gke-gcsfuse/volumes" not in head["metadata"].get("annotations", {})
+    assert _llm_config(doc)["model_loading_config"]["model_source"] == "/mnt/models"
+    assert "load_format" not in _llm_config(doc)["engine_kwargs"]  # vLLM reads local files

@@ -136,6 +136,12 @@ def test_rayservice_matches_kuberay_crd(sample, settings, rayservice_schema):
     assert check(render(sample, settings).ray_service, rayservice_schema) == []
 
 
+def test_a_bucket_mounted_through_gcs_fuse_matches_kuberays_crd(rayservice_schema, settings):
+    """model.loadFormat mount: the inline CSI volume, its mount and the sidecar annotations."""
+    doc = with_spec(sample_doc("gemma-b200.yaml"), model__source="gs://team-models/gemma", model__loadFormat="mount")
+    assert check(render(parse(doc), settings).ray_service, rayservice_schema) == []
+
+
 def test_schema_check_catches_typos(rayservice_schema, settings):
     """The check above must be able to fail: a misspelt field is reported, not pruned."""
     rs = render(parse(sample_doc("gemma-b200.yaml")), settings).ray_service

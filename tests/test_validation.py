@@ -121,6 +121,12 @@ CASES = [
     (CPU, {"engine__dataParallelSize": 2}, "spec.engine.dataParallelSize", "scale a CPU service with replicas"),
     (CPU, {"engine__gpuMemoryUtilization": 0.9}, "spec.engine.gpuMemoryUtilization", "VLLM_CPU_KVCACHE_SPACE"),
     (
+        GPU,
+        {"model__source": "s3://models/gemma", "model__loadFormat": "mount"},
+        "spec.model.loadFormat",
+        "needs a gs:// model.source",
+    ),
+    (
         CPU,
         {"ray__headResources": {"cpu": "100m", "memory": "2Gi"}},
         "spec.ray.headResources.memory",
@@ -167,6 +173,7 @@ POD_OVERRIDES = {
 }
 GOOD_CASES = [
     (CPU, {}),
+    (GPU, {"model__source": "gs://models/gemma", "model__loadFormat": "mount"}),
     (CPU, {"ray__headResources": {"cpu": "100m", "memory": "3072Mi"}}),  # the smallest head
     (CPU, {"model__source": "gs://weights/tiny", "model__loadFormat": "stream", "ray__image": "ray-llm:runai"}),
     (GPU, {"model__revision": "0123456789abcdef0123456789abcdef01234567", "model__hfEndpoint": "https://hf.corp:8443"}),

@@ -236,6 +236,13 @@ RULES: tuple[Rule, ...] = (
         f"!has(self.model.loadFormat) || self.model.loadFormat != 'stream' || !{_IS_CPU} || has(self.ray.image)",
     ),
     Rule(
+        "model.loadFormat",
+        "mount goes through the Cloud Storage FUSE CSI driver: it needs a gs:// model.source "
+        "(use download or stream for s3://)",
+        lambda s: s.model.load_format == "mount" and not s.model.source.startswith("gs://"),
+        "!has(self.model.loadFormat) || self.model.loadFormat != 'mount' || self.model.source.startsWith('gs://')",
+    ),
+    Rule(
         "model.storage.gcs.endpoint",
         "needs model.storage.gcs.anonymous: true (the GCS clients send no credentials to a custom "
         "endpoint); for private buckets on Google Cloud leave the endpoint unset and use Workload "

@@ -143,11 +143,13 @@ class ModelSpec(Model):
     storage: StorageSpec = Field(
         default_factory=StorageSpec, description="Access to s3:// and gs:// sources (model and adapters)."
     )
-    load_format: Literal["download", "stream"] = Field(
+    load_format: Literal["download", "stream", "mount"] = Field(
         "download",
         description="download: the weights are copied to the pod's disk, then loaded. stream "
         "(gs:// and s3:// only): vLLM's Run:ai model streamer reads the safetensors from the "
-        "bucket straight into memory, with no copy on disk.",
+        "bucket straight into memory, with no copy on disk. mount (gs:// only, GKE with the "
+        "Cloud Storage FUSE CSI driver): the worker pods mount the bucket folder read-only, with "
+        "a file cache filled by parallel downloads, and vLLM reads it as local files.",
     )
     lora: LoraSpec | None = Field(None, description="Serve LoRA adapters on top of the base model.")
 

@@ -17,7 +17,7 @@ from . import edge, names, scheduling
 from .plan import MODELS_MOUNT, Plan
 from .serve_config import SERVE_PORT, engine_digest, serve_config
 from .shape import Shape, WorkerBounds
-from .storage import storage_env, storage_secret_env
+from .storage import GCSFUSE_ANNOTATIONS, gcsfuse_volume, storage_env, storage_secret_env
 
 RAY_CONTAINER = "ray"
 # HAProxy's choice among a node's ingress replicas (or routers). The replica that serves is the
@@ -110,11 +110,14 @@ def _image(spec: LLMServiceSpec, settings: OperatorSettings, acc: Accelerator, w
     return by_family[acc.family]
 
 
-def _volumes(p: Plan) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _volumes(p: Plan, worker: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     vols: list[dict[str, Any]] = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
     mounts: list[dict[str, Any]] = [{"name": "dshm", "mountPath": "/dev/shm"}]
     if p.source.claim:
         vols.append({"name": "models", "persistentVolumeClaim": {"claimName": p.source.claim, "readOnly": True}})
+        mounts.append({"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True})
+    elif worker and p.spec.model.load_format == "mount":  # the replicas read the weights; the head does not
+        vols.append({"name": "models", "csi": gcsfuse_volume(p.source.uri)})
         mounts.append({"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True})
     return vols, mounts
 
@@ -131,7 +134,7 @@ def _pod(
 ) -> dict[str, Any]:
     """`serves`: the pod is behind the Service, so it gets the edge sidecar."""
     svc = p.svc
-    vols, mounts = _volumes(p)
+    vols, mounts = _volumes(p, worker)
     ray_container = {
         **ray_container,
         "image": _image(svc.spec, settings, p.accelerator, worker),
@@ -153,9 +156,11 @@ def _pod(
     }
     if svc.spec.ray.service_account_name:
         pod_spec["serviceAccountName"] = svc.spec.ray.service_account_name
+    meta: dict[str, Any] = {"labels": names.labels(svc.metadata.name)}
+    if worker and svc.spec.model.load_format == "mount":
+        meta["annotations"] = dict(GCSFUSE_ANNOTATIONS)
     return _with_overrides(
-        {"metadata": {"labels": names.labels(svc.metadata.name)}, "spec": pod_spec},
-        svc.spec.ray.worker_pods if worker else svc.spec.ray.head_pod,
+        {"metadata": meta, "spec": pod_spec}, svc.spec.ray.worker_pods if worker else svc.spec.ray.head_pod
     )
 
 
@@ -164,8 +169,8 @@ def _with_overrides(template: dict[str, Any], add: PodOverrides) -> dict[str, An
     meta, spec = template["metadata"], template["spec"]
     if add.labels:
         meta["labels"] = {**add.labels, **meta["labels"]}
-    if add.annotations:
-        meta["annotations"] = dict(sorted(add.annotations.items()))
+    if add.annotations or meta.get("annotations"):
+        meta["annotations"] = dict(sorted({**meta.get("annotations", {}), **add.annotations}.items()))
     if add.node_selector:
         spec["nodeSelector"] = dict(sorted({**add.node_selector, **spec.get("nodeSelector", {})}.items()))
     if add.tolerations:

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from ..api.spec import LLMServiceSpec, ReplicaSpec, engine_arg
-from .plan import Plan
+from .plan import MODELS_MOUNT, Plan
 from .shape import WorkerBounds
 from .storage import bucket_uri, loading_kwargs
 
@@ -106,7 +106,9 @@ def llm_config(
     spec, sh = p.spec, group.shape
     replicas = replicas or group.replicas
     source = p.source.serve_source
-    if p.source.scheme in ("gs", "s3"):  # the bucket as the loader must read it
+    if spec.model.load_format == "mount":  # the bucket folder, mounted in the worker pods
+        source = MODELS_MOUNT
+    elif p.source.scheme in ("gs", "s3"):  # the bucket as the loader must read it
         source = {"bucket_uri": bucket_uri(spec, p.source.uri, streamed=spec.model.load_format == "stream")}
     loading: dict[str, Any] = {"model_id": spec.model.name, "model_source": source}
     if spec.model.tokenizer:

@@ -77,3 +77,26 @@ def loading_kwargs(spec: LLMServiceSpec, hf_source: bool) -> dict[str, Any]:
         if not m.tokenizer:  # the tokenizer is the model's own: the same commit
             kwargs["tokenizer_revision"] = m.revision
     return kwargs
+
+
+# GKE's Cloud Storage FUSE CSI driver (GoogleCloudPlatform/gcs-fuse-csi-driver): the pod
+# annotation that injects its sidecar, and the sidecar's limits, "0" for none (GKE Standard;
+# Autopilot needs values: set them in ray.workerPods.annotations, which win).
+GCSFUSE_DRIVER = "gcsfuse.csi.storage.gke.io"
+GCSFUSE_ANNOTATIONS = {
+    "gke-gcsfuse/volumes": "true",
+    "gke-gcsfuse/cpu-limit": "0",
+    "gke-gcsfuse/memory-limit": "0",
+    "gke-gcsfuse/ephemeral-storage-limit": "0",
+}
+# Reads of whole safetensors files: listed folders without placeholder objects, a file cache as
+# large as its volume (the sidecar's emptyDir on the node's disk), filled by parallel downloads.
+GCSFUSE_MOUNT_OPTIONS = ("implicit-dirs", "file-cache:enable-parallel-downloads:true")
+
+
+def gcsfuse_volume(uri: str) -> dict[str, Any]:
+    """A read-only inline CSI volume of the gs:// folder `uri` (only that folder is mounted)."""
+    bucket, _, folder = uri.removeprefix("gs://").partition("/")
+    options = list(GCSFUSE_MOUNT_OPTIONS) + ([f"only-dir={folder.strip('/')}"] if folder.strip("/") else [])
+    attributes = {"bucketName": bucket, "mountOptions": ",".join(options), "fileCacheCapacity": "-1"}
+    return {"driver": GCSFUSE_DRIVER, "readOnly": True, "volumeAttributes": attributes}
