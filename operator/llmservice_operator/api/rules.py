@@ -354,6 +354,8 @@ RULES: tuple[Rule, ...] = (
         "its HAProxy and the request router (about 2 GiB together), and above 95% of its memory Ray's "
         "memory monitor kills the Serve controller, which can leave every pod unready",
         lambda s: memory_bytes(s.ray.head_resources.memory) < HEAD_MIN_GIB * GIB,
+        # Unset, the default (16Gi) holds: the API server leaves the default out of CEL's view.
+        "!has(self.ray) || !has(self.ray.headResources) || "
         f"quantity(self.ray.headResources.memory).asApproximateFloat() >= {float(HEAD_MIN_GIB * GIB)!r}",
     ),
     Rule(
