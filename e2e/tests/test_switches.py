@@ -101,6 +101,32 @@ class Endpoint:
         return self.post({"model": serving.MODEL, "prompt": "x = ", "max_tokens": 2}, session).status_code
 
 
+# Each pod's view of the replicas from Ray's HAProxy: its servers (use-server rules name the
+# replica the request router picked) and their state (a DOWN server's use-server is ignored).
+_HAPROXY = """
+import glob, socket
+d = glob.glob("/tmp/haproxy-serve/*/")[0]
+print("".join(l for l in open(d + "haproxy.cfg") if l.strip().startswith("server ")))
+s = socket.socket(socket.AF_UNIX)
+s.connect(d + "admin.sock")
+s.sendall(b"show servers state\\n")
+s.settimeout(5)
+out = b""
+while chunk := s.recv(65536):
+    out += chunk
+print(out.decode())
+"""
+
+
+def haproxy_views(cluster: Cluster) -> dict[str, str]:
+    out = {}
+    for p in _pods(cluster):
+        name = p["metadata"]["name"]
+        res = cluster.kubectl("exec", "-n", NS, name, "-c", "ray", "--", "python3", "-c", _HAPROXY, check=False)
+        out[name] = (res.stdout or res.stderr)[-3000:]
+    return out
+
+
 def _spread(cluster: Cluster, ep: Endpoint, sessions: list[str | None], per: int) -> dict[str | None, dict[str, float]]:
     """Per session: how many of its `per` requests each pod served (the engines' counters
     settle within Ray's metrics export interval)."""
@@ -205,7 +231,7 @@ def scenario(cluster: Cluster, story: Story) -> None:
     story.done("up", marks=marks.seen, sent=len(results), failures=(load.failures + trickle.failures)[:10])
 
     # Two replicas (HOLD) for the routing checks, one request at a time.
-    story.done("affinity", spread=_spread(cluster, ep, list(SESSIONS), 2))
+    story.done("affinity", spread=_spread(cluster, ep, list(SESSIONS), 2), haproxy=haproxy_views(cluster))
 
     # A new request router is in Serve's code version: every replica restarts, one at a time,
     # on the same Ray cluster, while a client goes on.
@@ -318,12 +344,14 @@ def test_load_adds_a_replica_and_its_pod_and_no_request_fails(switched: Story):
 
 
 def test_the_same_session_goes_to_the_same_replica(switched: Story):
-    spread = switched.result("affinity")["spread"]
+    res = switched.result("affinity")
+    spread = res["spread"]
     for session, pods in spread.items():
         assert len(pods) == 1, (session, pods)
     used = collections.Counter(next(iter(p)) for p in spread.values())
     MEASURED["session affinity: sessions per replica"] = dict(used)
-    assert len(used) == 2, f"{len(SESSIONS)} sessions hashed onto one replica: {spread}"
+    views = "\n".join(f"== {pod}\n{view}" for pod, view in res["haproxy"].items())
+    assert len(used) == 2, f"{len(SESSIONS)} sessions hashed onto one replica: {spread}\n{views}"
 
 
 def test_round_robin_alternates_after_a_rolling_restart_on_the_same_cluster(switched: Story):
