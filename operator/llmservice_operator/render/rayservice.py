@@ -110,14 +110,21 @@ def _image(spec: LLMServiceSpec, settings: OperatorSettings, acc: Accelerator, w
     return by_family[acc.family]
 
 
+def _mounts_bucket(p: Plan, worker: bool) -> bool:
+    """model.loadFormat mount: the replicas read the weights from the mounted bucket; the head does not."""
+    return worker and p.spec.model.load_format == "mount"
+
+
 def _volumes(p: Plan, worker: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     vols: list[dict[str, Any]] = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
     mounts: list[dict[str, Any]] = [{"name": "dshm", "mountPath": "/dev/shm"}]
+    models: dict[str, Any] | None = None
     if p.source.claim:
-        vols.append({"name": "models", "persistentVolumeClaim": {"claimName": p.source.claim, "readOnly": True}})
-        mounts.append({"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True})
-    elif worker and p.spec.model.load_format == "mount":  # the replicas read the weights; the head does not
-        vols.append({"name": "models", "csi": gcsfuse_volume(p.source.uri)})
+        models = {"persistentVolumeClaim": {"claimName": p.source.claim, "readOnly": True}}
+    elif _mounts_bucket(p, worker):
+        models = {"csi": gcsfuse_volume(p.source.uri)}
+    if models:
+        vols.append({"name": "models", **models})
         mounts.append({"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True})
     return vols, mounts
 
@@ -157,7 +164,7 @@ def _pod(
     if svc.spec.ray.service_account_name:
         pod_spec["serviceAccountName"] = svc.spec.ray.service_account_name
     meta: dict[str, Any] = {"labels": names.labels(svc.metadata.name)}
-    if worker and svc.spec.model.load_format == "mount":
+    if _mounts_bucket(p, worker):
         meta["annotations"] = dict(GCSFUSE_ANNOTATIONS)
     return _with_overrides(
         {"metadata": meta, "spec": pod_spec}, svc.spec.ray.worker_pods if worker else svc.spec.ray.head_pod
