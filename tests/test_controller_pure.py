@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import yaml
+
 from llmservice_operator.api import parse
-from llmservice_operator.controller.decide import EVENT_MESSAGE_LIMIT, start_failure_message
+from llmservice_operator.controller.decide import EVENT_MESSAGE_LIMIT, decide, start_failure_message
 from llmservice_operator.controller.drift import contains, merge_patch, plan, up_to_date
+from llmservice_operator.controller.observe import Observed
 from llmservice_operator.controller.preflight import problems, referenced
 from llmservice_operator.controller.rootcause import RootCause
+from llmservice_operator.render.serve_config import initial_replicas
+from llmservice_operator.settings import OperatorSettings
 
 from .conftest import sample_doc, with_spec
 
@@ -133,3 +138,49 @@ def test_a_start_failure_event_leads_with_the_cause_and_keeps_it_under_the_event
     assert msg.startswith("LLMServer:tiny-llama: ValueError: No common block size for 7.\n")
     assert len(msg) <= EVENT_MESSAGE_LIMIT
     assert msg.endswith("\nValueError: No common block size for 7.")  # the log's own last lines
+
+
+def _decided_rayservice(doc: dict, live: dict | None, desired_workers: int) -> dict | None:
+    """The RayService decide() applies for `doc` over a `live` one whose active cluster has
+    `desired_workers` worker pods (the Ray autoscaler's count); None: no write."""
+    body = {**doc, "metadata": {**doc["metadata"], "namespace": "default", "uid": "u1", "generation": 2}}
+    if live is not None:
+        live = {**live, "status": {"activeServiceStatus": {"rayClusterName": "c1"}}}
+    clusters = {"c1": {"status": {"desiredWorkerReplicas": desired_workers}}} if live is not None else {}
+    svc = parse(body)
+    present = {"data": {"api-keys.map": "x"}, "status": {"phase": "Bound"}}  # the key file; a bound PVC
+    obs = Observed(
+        namespace="default",
+        name=body["metadata"]["name"],
+        body=body,
+        svc=svc,
+        references={ref: present for ref in referenced(svc)},
+        ray_service=live,
+        clusters=clusters,
+        children={("RayService", body["metadata"]["name"]): live},
+    )
+    return next((o for o in decide(obs, OperatorSettings()).apply if o["kind"] == "RayService"), None)
+
+
+def _initial(rs: dict) -> int | None:
+    return initial_replicas(yaml.safe_load(rs["spec"]["serveConfigV2"]))
+
+
+def test_a_running_service_keeps_its_replica_count_through_a_serve_config_change():
+    """Ray sets an autoscaling deployment back to initial_replicas on any change of its
+    config. A service Serve scaled to 3 replicas gets a new replicas.max: its config carries
+    the 3 running (not the spec's 1), and no later reconcile writes it back; a change of
+    replicas.initial alone rewrites nothing (it counts when Serve starts the model)."""
+    doc = with_spec(sample_doc("cpu-tiny.yaml"), replicas={"min": 1, "max": 4})
+    first = _decided_rayservice(doc, None, 0)
+    assert first is not None and _initial(first) == 1
+    assert _decided_rayservice(doc, first, 3) is None, "in sync"
+    wider = with_spec(doc, replicas={"min": 1, "max": 6})
+    changed = _decided_rayservice(wider, first, 3)
+    assert changed is not None and _initial(changed) == 3
+    assert _decided_rayservice(wider, changed, 1) is None, "the carried count stays as Serve scales"
+    assert _decided_rayservice(with_spec(wider, replicas={"min": 1, "max": 6, "initial": 2}), changed, 1) is None
+    narrower = _decided_rayservice(with_spec(doc, replicas={"min": 1, "max": 2}), changed, 3)
+    assert narrower is not None and _initial(narrower) == 2, "within the new bounds"
+    to_zero = _decided_rayservice(with_spec(doc, replicas={"min": 0, "max": 4, "initial": 1}), first, 0)
+    assert to_zero is not None and _initial(to_zero) == 0, "a service at zero stays at zero"

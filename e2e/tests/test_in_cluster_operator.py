@@ -44,6 +44,10 @@ def _at(ev: dict[str, Any]) -> float:
     return datetime.fromisoformat(ev["stageTimestamp"].replace("Z", "+00:00")).timestamp()
 
 
+def _in_peering(served: Served, pod: str) -> bool:
+    return any(ident.split("/")[0] == pod for ident in served.operator.peering(SERVED_NS))
+
+
 def _body_limit(served: Served) -> str:
     """What the edge ConfigMap the operator renders says the body limit is."""
     cm = served.cluster.get_json("configmap", f"{NAME}-edge", "-n", SERVED_NS)
@@ -91,6 +95,9 @@ def test_deleting_the_leading_pod_hands_over_to_the_other(served: Served):
     before = _body_limit(served)
     served.cluster.kubectl("delete", "pod", leader, "-n", incluster.NAMESPACE, "--wait=false")
     deleted = time.monotonic()
+    # Change only once the old leader has left the peering: a change made before its SIGTERM
+    # lands is still applied by it (CI saw that: 0.1 s, written by the deleted pod).
+    until("the deleted leader to leave the peering", lambda: not _in_peering(served, leader), 60, 0.2)
     _set_body_limit(served, "3Mi")
     try:
         took = until("the other replica to apply the change", lambda: _body_limit(served) != before, 90, 0.2)

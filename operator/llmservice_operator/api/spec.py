@@ -259,7 +259,13 @@ class ReplicaSpec(Model):
 
     min: int = Field(1, ge=0, le=1000, description="Minimum replicas; 0 scales to zero when idle.")
     max: int = Field(1, ge=1, le=1000, description="Maximum replicas.")
-    initial: int | None = Field(None, ge=0, le=1000, description="Replicas at start (default: min).")
+    initial: int | None = Field(
+        None,
+        ge=0,
+        le=1000,
+        description="Replicas when Serve first starts the model (default: min); a running service keeps its count"
+        " through later changes.",
+    )
 
 
 class AutoscalingSpec(Model):

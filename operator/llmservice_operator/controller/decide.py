@@ -12,11 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import yaml
+
 from .. import labels as keys
+from ..api import LLMService
 from ..api.status import ConditionType as Cond
 from ..api.status import LLMServiceStatus, Phase
 from ..api.status import Reason as R
-from ..render import Inputs, Rendered, edge, names, render
+from ..render import Inputs, Rendered, edge, names, render, serve_config
 from ..render import status as status_mod
 from ..render.rayservice import exposure
 from ..settings import OperatorSettings
@@ -119,6 +122,38 @@ def _switching(ray_service: dict[str, Any] | None) -> bool:
     old one runs on must stay until traffic has moved."""
     pending = ((ray_service or {}).get("status") or {}).get("pendingServiceStatus") or {}
     return bool(pending.get("rayClusterName"))
+
+
+def _serve_config(ray_service: dict[str, Any] | None) -> dict[str, Any] | None:
+    text = ((ray_service or {}).get("spec") or {}).get("serveConfigV2")
+    return yaml.safe_load(text) if text else None
+
+
+def _carried_initial(obs: Observed, svc: LLMService, rendered: Rendered) -> int | None:
+    """The initial_replicas a running service's Serve config carries. Ray (2.60) sets an
+    autoscaling deployment's target back to initial_replicas on ANY change of its config (a
+    new replicas.max, delay or routing policy), so a loaded service would drop to
+    replicas.initial. Instead: while nothing else in the config changes, the live value (no
+    write); when something does, the replicas running now, within the new bounds. None: no
+    service runs yet (the spec's replicas.initial, as rendered)."""
+    live = _serve_config(obs.ray_service)
+    have = serve_config.initial_replicas(live)
+    active = obs.cluster("activeServiceStatus")
+    if live is None or have is None or active is None:
+        return None
+    wanted = _serve_config(rendered.ray_service)
+    if wanted is None or serve_config.initial_replicas(wanted) is None:
+        return None
+    bounds = svc.spec.replicas
+    if serve_config.without_initial(live) == serve_config.without_initial(wanted):
+        return min(max(have, bounds.min), bounds.max)
+    running = status_mod.replicas(rendered.plan, obs.ray_service, active).desired
+    return min(max(running, bounds.min), bounds.max)
+
+
+def _with_initial(svc: LLMService, initial: int) -> LLMService:
+    replicas = svc.spec.replicas.model_copy(update={"initial": initial})
+    return svc.model_copy(update={"spec": svc.spec.model_copy(update={"replicas": replicas})})
 
 
 def _finalize(obs: Observed) -> Actions:
@@ -292,7 +327,11 @@ def decide(obs: Observed, settings: OperatorSettings, gke: bool = False) -> Acti
         secrets = {
             n: ((obs.references.get(("Secret", n)) or {}).get("metadata") or {}).get("resourceVersion") for n in used
         }
-        rendered = render(svc, settings, Inputs(owner=owner_ref(obs.body), secret_versions=secrets))
+        inputs = Inputs(owner=owner_ref(obs.body), secret_versions=secrets)
+        rendered = render(svc, settings, inputs)
+        carried = _carried_initial(obs, svc, rendered)
+        if carried is not None and carried != serve_config.initial_replicas(_serve_config(rendered.ray_service)):
+            rendered = render(_with_initial(svc, carried), settings, inputs)
     apply: list[dict[str, Any]] = []
     delete: list[tuple[str, str, str]] = []
     create: list[dict[str, Any]] = []

@@ -202,3 +202,24 @@ def engine_digest(conf: dict[str, Any]) -> str:
     ]
     engines = [{k: v for k, v in c.items() if k != "deployment_config"} for c in configs]
     return hashlib.sha256(json.dumps(engines, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def initial_replicas(conf: dict[str, Any] | None) -> int | None:
+    """The model deployment's initial_replicas in the config's per-deployment options (the
+    OpenAI builder's, changed in place); None for the DP and PD builders (in their args, so
+    any change restarts every replica anyway)."""
+    for app in (conf or {}).get("applications") or []:
+        for d in app.get("deployments") or []:
+            found = (d.get("autoscaling_config") or {}).get("initial_replicas")
+            if found is not None:
+                return int(found)
+    return None
+
+
+def without_initial(conf: dict[str, Any]) -> dict[str, Any]:
+    """The config with every per-deployment initial_replicas left out (to compare the rest)."""
+    out = json.loads(json.dumps(conf))
+    for app in out.get("applications") or []:
+        for d in app.get("deployments") or []:
+            (d.get("autoscaling_config") or {}).pop("initial_replicas", None)
+    return out
