@@ -124,3 +124,56 @@ def test_a_validation_error_keeps_its_first_detail_line():
     assert exception_line(log) == cause.line
     said = explain(plan(parse(with_spec(sample_doc("cpu-tiny.yaml"), model__source="acme/x"))), cause.line)
     assert said.startswith("spec.model.source: the Hugging Face Hub has no acme/x (a private repo needs"), said
+
+
+class _NoSecrets:
+    def get(self, *args: str) -> None:
+        return None
+
+
+def test_the_engine_start_is_read_once_from_the_first_running_replica_once_the_app_runs():
+    """status.startup's engine steps: the log of the model replica Serve started first (not
+    the ingress's), read once per Ray cluster, and only once its app runs."""
+    log = (
+        "(EngineCore pid=3) INFO 12-07 10:00:42 [core.py:123] Initializing a V1 LLM engine (v0.29.0) with config\n"
+        "(Worker pid=4) INFO 12-07 10:00:51 [default_loader.py:430] Loading weights took 0.80 seconds\n"
+    )
+    replicas = [
+        {"actor_id": "late", "state": "RUNNING", "start_time_s": 200.0},
+        {"actor_id": "first", "state": "RUNNING", "start_time_s": 100.0},
+    ]
+    apps = {
+        "llm": {
+            "deployments": {
+                "OpenAiIngress": {"replicas": [{"actor_id": "ingress", "state": "RUNNING", "start_time_s": 1.0}]},
+                "LLMServer:tiny-llama": {"replicas": replicas},
+            }
+        }
+    }
+    asked: list[str] = []
+
+    def fetch(url: str, token: str | None) -> bytes | None:
+        asked.append(url)
+        if url.endswith("/api/serve/applications/"):
+            return json.dumps({"applications": apps}).encode()
+        q = dict(urllib.parse.parse_qsl(url.partition("?")[2]))
+        return log.encode() if q.get("actor_id") == "first" and q.get("suffix") == "out" else b""
+
+    svc = parse(sample_doc("cpu-tiny.yaml"))
+    head = {"metadata": {"labels": {"ray.io/cluster": "c1", "ray.io/node-type": "head"}}, "status": {"podIP": "h"}}
+    rs = {
+        "metadata": {"creationTimestamp": "2026-12-07T09:59:00Z"},
+        "status": {
+            "pendingServiceStatus": {"rayClusterName": "c1", "applicationStatuses": {"llm": {"status": "DEPLOYING"}}}
+        },
+    }
+    causes = RootCauses(kube=_NoSecrets(), fetch=fetch, period=0)
+    assert causes.engine_steps(svc, rs, (head,)) == {}
+    assert asked == [], "nothing asked while the app deploys"
+    rs["status"] = {
+        "activeServiceStatus": {"rayClusterName": "c1", "applicationStatuses": {"llm": {"status": "RUNNING"}}}
+    }
+    want = {"EngineInitializing": "2026-12-07T10:00:42Z", "WeightsLoaded": "2026-12-07T10:00:51Z"}
+    assert causes.engine_steps(svc, rs, (head,)) == want
+    assert causes.engine_steps(svc, rs, (head,)) == want
+    assert len(asked) == 2, "read once"

@@ -124,6 +124,42 @@ print(json.dumps([call("POST"), call("POST", "not-the-token"), call("GET", token
 """
 
 
+# The steps of a start, in the order they must happen (each pair: before, after).
+_STARTUP_ORDER = [
+    ("HeadScheduled", "HeadStarted"),
+    ("HeadStarted", "HeadReady"),
+    ("WorkerScheduled", "WorkerStarted"),
+    ("WorkerStarted", "WorkerReady"),
+    ("WorkerReady", "Serving"),
+]
+
+
+def test_the_status_and_events_tell_where_the_cold_start_went(served: Served):
+    """`kubectl describe llmsvc` shows the start step by step: status.startup counts each step
+    from the RayCluster's creation (pods scheduled, images ready, Ray up, the replica serving),
+    in the order they must happen, ending about when the test saw the service Ready; each step
+    is also a ColdStart Event."""
+    cluster = served.cluster
+    st = cluster.get_json("llmsvc", NAME, "-n", NS)["status"]
+    startup = st["startup"]
+    assert startup["rayCluster"] == st["children"]["rayCluster"]
+    at = {s["name"]: s["seconds"] for s in startup["steps"]}
+    assert set(at) == {a for a, _ in _STARTUP_ORDER} | {"Serving"}, at
+    for before, after in _STARTUP_ORDER:
+        assert at[before] <= at[after] + 1, (before, after, at)  # whole seconds, and the operator's clock
+    assert startup["seconds"] == at["Serving"]
+    waited = MEASURED["apply -> LLMService Ready, beside other tests (s)"]
+    assert at["Serving"] <= waited + 2, (at, waited)  # the Ray cluster is made after the apply
+    for name, seconds in at.items():
+        MEASURED[f"cold start (cpu-tiny, beside other tests): {name} (s)"] = seconds
+    events = cluster.get_json("events", "-n", NS, "--field-selector", f"involvedObject.name={NAME},reason=ColdStart")[
+        "items"
+    ]
+    told = " ".join(e["message"] for e in events)
+    for name in at:
+        assert f"({name})" in told, (name, told)
+
+
 def test_the_ray_dashboard_refuses_job_submissions_without_the_token(served: Served):
     """Ray token authentication (spec.ray.auth, on by default): a pod that reaches the head's
     dashboard cannot submit a job (ShadowRay) without the token the operator generated,
@@ -484,6 +520,11 @@ def test_an_engine_change_upgrades_to_a_new_cluster_without_failing_requests(ser
     # The new engine runs with the new context length (Ray's model card says so).
     card = served.client.models.retrieve(MODEL)
     assert card.model_extra["metadata"]["max_request_context_length"] == 384, card
+    # The status now tells the new cluster's start, from its own creation.
+    new = served.rayservice()["status"]["activeServiceStatus"]["rayClusterName"]
+    startup = cluster.get_json("llmsvc", NAME, "-n", NS)["status"]["startup"]
+    assert startup["rayCluster"] == new and startup["seconds"] is not None, startup
+    MEASURED["upgrade: new Ray cluster created -> serving (s)"] = startup["seconds"]
 
 
 def test_every_metric_the_dashboards_and_alerts_query_is_scraped_from_the_real_pods(served: Served):

@@ -24,6 +24,7 @@ POOL_NAMESPACE = "llmservice-dev-namespace"
 POOL_SLOT = "llmservice-dev-slot"  # the pool's name without its hardware digest
 
 # KubeRay's pod labels the renderer selects on.
+RAY_CLUSTER = "ray.io/cluster"
 RAY_GROUP = "ray.io/group"
 RAY_NODE_TYPE = "ray.io/node-type"
 RAY_REPLICA = "ray.io/worker-group-replica-name"  # on multi-host pods

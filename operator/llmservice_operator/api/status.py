@@ -52,6 +52,7 @@ class Reason(StrEnum):
     INVALID_SPEC = "InvalidSpec"
     INVALID_REFERENCE = "InvalidReference"  # a Secret, key, PVC or ServiceAccount is missing
     REPLICA_START_FAILED = "ReplicaStartFailed"  # a replica failed to start: its root cause
+    COLD_START = "ColdStart"  # Event: a step of a Ray cluster's start (status.startup)
     SERVE_APPLICATION_FAILED = "ServeApplicationFailed"
     NODE_POOL_ERROR = "NodePoolError"  # GKE's words: quota, stockout, permission
 
@@ -101,6 +102,24 @@ class NodePoolStatus(Model):
     max_nodes: int = Field(0, description="Autoscaling upper bound (nodes).")
 
 
+class StartupStep(Model):
+    """A step of a Ray cluster's start, counted from its creation."""
+
+    name: str = Field(
+        description="HeadScheduled, HeadStarted, HeadReady, WorkerScheduled, WorkerStarted, WorkerReady or Serving."
+    )
+    seconds: float = Field(description="Seconds after the RayCluster was created.")
+
+
+class StartupStatus(Model):
+    """The last Ray cluster start: where the time to serving went (each step is also an Event)."""
+
+    ray_cluster: str = Field(description="The RayCluster that started.")
+    started_at: str = Field(description="RFC 3339 time the RayCluster was created.")
+    steps: list[StartupStep] = Field(default_factory=list, description="Steps reached so far, in order.")
+    seconds: float | None = Field(None, description="Seconds from the RayCluster's creation to serving.")
+
+
 class LLMServiceStatus(Model):
     """Observed state, written only by the operator."""
 
@@ -121,6 +140,7 @@ class LLMServiceStatus(Model):
     replicas: ReplicaStatus = Field(default_factory=ReplicaStatus)
     children: ChildStatus = Field(default_factory=ChildStatus)
     node_pools: list[NodePoolStatus] | None = Field(None, description="Managed GKE node pools.")
+    startup: StartupStatus | None = Field(None, description="The last Ray cluster start, step by step.")
 
     def to_dict(self) -> dict[str, Any]:
         """As written to the API server (camelCase, unset fields left out)."""

@@ -19,7 +19,7 @@ from ..api import LLMService
 from ..api.status import ConditionType as Cond
 from ..api.status import LLMServiceStatus, Phase
 from ..api.status import Reason as R
-from ..render import Inputs, Rendered, edge, names, render, serve_config
+from ..render import Inputs, Rendered, edge, names, render, serve_config, startup
 from ..render import status as status_mod
 from ..render.rayservice import exposure
 from ..settings import OperatorSettings
@@ -272,6 +272,8 @@ def _status(
         pods=obs.pods,
         serve_service=obs.serve_service is not None,
         root_causes={d: c.line for d, c in obs.root_causes.items()},
+        pending_cluster=obs.cluster("pendingServiceStatus"),
+        engine_steps=obs.engine_steps,
     )
     return status_mod.status(rendered.plan, view, settings, previous, obs.now)
 
@@ -299,6 +301,8 @@ def _events(obs: Observed, new: LLMServiceStatus, previous: dict[str, Any]) -> l
     for deployment, cause in sorted(obs.root_causes.items()):
         if cause.line not in before:  # a cause not yet told: the whole text, once
             out.append(Event("Warning", str(R.REPLICA_START_FAILED), start_failure_message(deployment, cause)))
+    for line in startup.new_steps(previous.get("startup"), new.startup):
+        out.append(Event("Normal", str(R.COLD_START), line))
     if new.phase != previous.get("phase"):
         # The condition that explains the new phase becomes the Event.
         explains = {Phase.READY: Cond.READY, Phase.DEGRADED: Cond.DEGRADED}.get(

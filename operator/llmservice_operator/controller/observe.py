@@ -54,6 +54,7 @@ class Observed:
     pods: tuple[dict[str, Any], ...] = ()  # the service's Ray pods
     pools: PoolSync | None = None  # GKE's view of the service's node pools (as last synced)
     root_causes: Mapping[str, RootCause] = field(default_factory=dict)  # Serve deployment -> why it fails
+    engine_steps: Mapping[str, str] = field(default_factory=dict)  # the starting replica's engine: step -> time
     now: str = ""  # RFC 3339, for lastTransitionTime
 
     @property
@@ -134,6 +135,7 @@ def observe(
     serve = kube.get("v1", "Service", ns, name) if cluster_names(rs) else None
     pods = tuple(kube.list("v1", "Pod", ns, f"{keys.OWNER}={name}")) if rs is not None else ()
     causes = root_causes.find(svc, rs, pods) if root_causes is not None and rs is not None else {}
+    engine = root_causes.engine_steps(svc, rs, pods) if root_causes is not None and rs is not None else {}
     return Observed(
         svc=svc,
         first=first,
@@ -146,5 +148,6 @@ def observe(
         pods=pods,
         pools=pools,
         root_causes=causes,
+        engine_steps=engine,
         **base,
     )

@@ -27,7 +27,7 @@ import urllib3
 
 from .. import labels as keys
 from ..api.resource import LLMService
-from ..render import names
+from ..render import names, startup
 from ..render.status import with_detail
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 DASHBOARD_PORT = 8265
 DEPLOYING = {"DEPLOYING", "DEPLOY_FAILED", "UNHEALTHY"}
 LOG_LINES = 400
+ENGINE_LOG_LINES = 2000  # from the end: the engine's start lines, before the requests' lines
 EVENT_LINES = 12  # the log lines an Event shows, ending with the cause
 # An exception line anywhere in a log line (after vLLM's or Ray's prefixes): "ValueError: ...",
 # "huggingface_hub.errors.LocalEntryNotFoundError: ...".
@@ -111,6 +112,8 @@ class RootCauses:
         self._asked: dict[str, float] = {}  # Ray cluster -> when its dashboard was last asked
         self._found: dict[str, dict[str, RootCause]] = {}  # Ray cluster -> deployment -> cause
         self._read: dict[str, set[str]] = {}  # Ray cluster -> dead replica actors whose logs were read
+        self._engine: dict[str, dict[str, str]] = {}  # Ray cluster -> engine start steps (read once)
+        self._engine_asked: dict[str, float] = {}
 
     def _token(self, svc: LLMService) -> str | None:
         if svc.spec.ray.auth != "token":
@@ -136,16 +139,7 @@ class RootCauses:
             apps = st.get("applicationStatuses") or {}
             if not any(a.get("status") in DEPLOYING for a in apps.values()):
                 continue
-            head = next(
-                (
-                    p
-                    for p in pods
-                    if (p["metadata"].get("labels") or {}).get("ray.io/cluster") == cluster
-                    and (p["metadata"].get("labels") or {}).get(keys.RAY_NODE_TYPE) == "head"
-                    and (p.get("status") or {}).get("podIP")
-                ),
-                None,
-            )
+            head = _head(pods, cluster)
             if head is not None:
                 self._look(svc, cluster, f"http://{head['status']['podIP']}:{DASHBOARD_PORT}")
             with self._lock:
@@ -158,6 +152,63 @@ class RootCauses:
             for gone in set(self._read) - live:
                 del self._read[gone]
         return out
+
+    def engine_steps(
+        self, svc: LLMService, ray_service: dict[str, Any], pods: tuple[dict[str, Any], ...]
+    ) -> dict[str, str]:
+        """Step -> time of the engine's start in the first running replica of the Ray cluster
+        starting (the pending one, else the active one), from vLLM's lines in the replica's log
+        (render.startup.engine_steps). Read once per cluster, once its app runs; {} before."""
+        status = ray_service.get("status") or {}
+        st = status.get("pendingServiceStatus") or {}
+        if not st.get("rayClusterName"):
+            st = status.get("activeServiceStatus") or {}
+        cluster = st.get("rayClusterName")
+        with self._lock:
+            for gone in set(self._engine) | set(self._engine_asked):
+                if gone != cluster:
+                    self._engine.pop(gone, None)
+                    self._engine_asked.pop(gone, None)
+            if not cluster or cluster in self._engine:
+                return dict(self._engine.get(cluster or "", {}))
+        apps = st.get("applicationStatuses") or {}
+        head = _head(pods, cluster)
+        if not apps or any(a.get("status") != "RUNNING" for a in apps.values()) or head is None:
+            return {}
+        now = self._clock()
+        with self._lock:
+            if now - self._engine_asked.get(cluster, -1e9) < self.period:
+                return {}
+            self._engine_asked[cluster] = now
+        try:
+            found = self._engine_log(f"http://{head['status']['podIP']}:{DASHBOARD_PORT}", self._token(svc))
+        except Exception as e:  # the dashboard busy or not reachable: the next look
+            log.debug("no replica log from %s: %s", cluster, e)
+            return {}
+        if found is None:
+            return {}
+        year = int((ray_service["metadata"].get("creationTimestamp") or "1970")[:4])
+        steps = startup.engine_steps(found, year)
+        with self._lock:
+            self._engine[cluster] = steps
+        return dict(steps)
+
+    def _engine_log(self, base: str, token: str | None) -> str | None:
+        """The log of the first running model replica (the one started first); None: none runs."""
+        serve = self._json(f"{base}/api/serve/applications/", token) or {}
+        running = [
+            r
+            for app in (serve.get("applications") or {}).values()
+            for name, d in (app.get("deployments") or {}).items()
+            if not any(x in name for x in ("Ingress", "Router", "Proxy"))  # the model's, not the front's
+            for r in d.get("replicas") or []
+            if r.get("state") == "RUNNING" and r.get("actor_id")
+        ]
+        if not running:
+            return None
+        first = min(running, key=lambda r: r.get("start_time_s") or 0)
+        query = urllib.parse.urlencode({"actor_id": first["actor_id"], "suffix": "out", "lines": ENGINE_LOG_LINES})
+        return (self._fetch(f"{base}/api/v0/logs/file?{query}", token) or b"").decode(errors="replace")
 
     def _look(self, svc: LLMService, cluster: str, base: str) -> None:
         now = self._clock()
@@ -217,6 +268,20 @@ class RootCauses:
                 if (cause := death_cause(a)) is not None:
                     out[parts[2]] = cause
         return out
+
+
+def _head(pods: tuple[dict[str, Any], ...], cluster: str) -> dict[str, Any] | None:
+    """The head pod of Ray cluster `cluster`, once it has an IP (the dashboard's)."""
+    return next(
+        (
+            p
+            for p in pods
+            if (p["metadata"].get("labels") or {}).get(keys.RAY_CLUSTER) == cluster
+            and (p["metadata"].get("labels") or {}).get(keys.RAY_NODE_TYPE) == "head"
+            and (p.get("status") or {}).get("podIP")
+        ),
+        None,
+    )
 
 
 # Ray's words for a worker killed from outside, in an actor's death cause.

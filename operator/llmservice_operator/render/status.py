@@ -15,13 +15,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..api.resource import LLMService
-from ..api.status import ChildStatus, Condition, LLMServiceStatus, NodePoolStatus, ReplicaStatus, set_condition
+from ..api.status import (
+    ChildStatus,
+    Condition,
+    LLMServiceStatus,
+    NodePoolStatus,
+    ReplicaStatus,
+    StartupStatus,
+    set_condition,
+)
 from ..api.status import ConditionType as C
 from ..api.status import Phase as P
 from ..api.status import Reason as R
 from ..settings import OperatorSettings
 from .plan import Plan, plan
 from .serve_config import SERVE_PORT
+from .startup import timeline
 
 HEALTHY_APPS = {"RUNNING"}
 # Serve applying a new config (replica bounds, routing) to an app that serves meanwhile.
@@ -42,6 +51,8 @@ class Observed:
     pods: Sequence[dict[str, Any]] = ()  # the service's Ray pods: which wait for a node, and why
     serve_service: bool = False  # KubeRay has made the Service clients call
     root_causes: Mapping[str, str] = field(default_factory=dict)  # Serve deployment -> why its replica failed
+    pending_cluster: dict[str, Any] | None = None  # the RayCluster KubeRay starts beside (or before) the active one
+    engine_steps: Mapping[str, str] = field(default_factory=dict)  # its first replica's engine start: step -> time
 
 
 def _cond(ctype: C, ok: bool, reason: str, message: str = "") -> Condition:
@@ -338,7 +349,22 @@ def status(
             edge_config=p.names.edge_config if p.spec.ingress.sidecar and rs else None,
         ),
         node_pools=[NodePoolStatus.model_validate(x) for x in obs.node_pools] if p.spec.node_pool.managed else None,
+        startup=timeline(
+            obs.pending_cluster or obs.ray_cluster,
+            obs.pods,
+            obs.pending_cluster is None and obs.ray_cluster is not None and phase == P.READY,
+            previous.get("startup"),
+            now,
+            obs.engine_steps,
+        )
+        or _kept_startup(previous),
     )
+
+
+def _kept_startup(previous: dict[str, Any]) -> StartupStatus | None:
+    """No Ray cluster now (suspended, deleted): the last start stays told."""
+    kept = previous.get("startup")
+    return StartupStatus.model_validate(kept) if isinstance(kept, dict) else None
 
 
 def invalid(problems: list[str], generation: int, previous: dict[str, Any], now: str) -> LLMServiceStatus:
