@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmservice_operator.render.startup import engine_steps, new_steps, timeline
+from llmservice_operator.render.startup import engine_pending, engine_steps, new_steps, timeline
 
 T0 = "2026-12-07T10:00:00Z"
 
@@ -71,7 +71,7 @@ def test_steps_come_from_the_pods_in_time_order_and_serving_from_when_it_was_see
     assert [s.name for s in later.steps][-2:] == ["WorkerReady", "Serving"]
     assert later.seconds == 90
     assert new_steps(_dump(st), later) == [
-        "Ray cluster svc-abc: worker ready: the model replica loaded its weights and serves (WorkerReady), "
+        "Ray cluster svc-abc: worker ready: KubeRay's readiness probe passes (Ray and Serve's proxy) (WorkerReady), "
         "88 s after its creation",
         "Ray cluster svc-abc: the service answers requests (Serving), 90 s after its creation",
     ]
@@ -147,3 +147,13 @@ def test_the_engine_steps_come_from_vllms_lines_in_the_replicas_log():
     st = timeline(_cluster(), pods, serving=True, previous=_dump(early), now=_at(600), engine=late)
     assert st is not None
     assert "EngineReady" not in _steps(st) and _steps(st)["WeightsLoaded"] == 51
+
+
+def test_serving_without_the_engines_steps_is_looked_at_again_for_a_while():
+    pods = [_pod("h", "head", 1, 3, 20), _pod("w", "worker", 21, 25, 58)]
+    st = timeline(_cluster(), pods, serving=True, previous=None, now=_at(60))
+    assert engine_pending(st, _at(70))
+    assert not engine_pending(st, _at(60 + 121)), "not for ever"
+    full = timeline(_cluster(), pods, True, _dump(st), _at(70), engine_steps(LOG, 2026))
+    assert not engine_pending(full, _at(70))
+    assert not engine_pending(timeline(_cluster(), pods, serving=False, previous=None, now=_at(60)), _at(70))

@@ -129,6 +129,11 @@ _STARTUP_ORDER = [
     ("HeadScheduled", "HeadStarted"),
     ("HeadStarted", "HeadReady"),
     ("WorkerScheduled", "WorkerStarted"),
+    ("WorkerStarted", "EngineInitializing"),
+    ("EngineInitializing", "LoadingWeights"),
+    ("LoadingWeights", "WeightsLoaded"),
+    ("WeightsLoaded", "EngineReady"),
+    ("EngineReady", "Serving"),
     ("WorkerStarted", "WorkerReady"),
     ("WorkerReady", "Serving"),
 ]
@@ -140,7 +145,15 @@ def test_the_status_and_events_tell_where_the_cold_start_went(served: Served):
     in the order they must happen, ending about when the test saw the service Ready; each step
     is also a ColdStart Event."""
     cluster = served.cluster
-    st = cluster.get_json("llmsvc", NAME, "-n", NS)["status"]
+
+    def told() -> dict[str, Any] | None:  # the engine's steps come from the replica's log, read once it runs
+        st = cluster.get_json("llmsvc", NAME, "-n", NS)["status"]
+        names = {s["name"] for s in (st.get("startup") or {}).get("steps") or []}
+        return st if "EngineReady" in names else None
+
+    until("the engine's start steps in status.startup", lambda: told() is not None, 60, 1)
+    st = told()
+    assert st is not None
     startup = st["startup"]
     assert startup["rayCluster"] == st["children"]["rayCluster"]
     at = {s["name"]: s["seconds"] for s in startup["steps"]}

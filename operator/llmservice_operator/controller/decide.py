@@ -358,6 +358,8 @@ def decide(obs: Observed, settings: OperatorSettings, gke: bool = False) -> Acti
         requeue = settings.retry_delay_seconds  # a missing Secret or PVC is not watched
     elif new.reason in (R.RETRYING, R.DEPLOYING) and _workers_running(obs):
         requeue = ROOT_CAUSE_POLL_SECONDS  # a replica may be starting: find a failed start soon
+    elif startup.engine_pending(new.startup, obs.now):
+        requeue = ROOT_CAUSE_POLL_SECONDS  # serving, its engine's start not read yet (the dashboard was busy)
     return Actions(
         apply=tuple(apply),
         create=tuple(create),

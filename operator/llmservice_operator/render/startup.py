@@ -24,7 +24,7 @@ STEPS: tuple[tuple[str, str, str, str], ...] = (
     ("HeadReady", "head", "Ready", "head ready: Ray's control plane is up"),
     ("WorkerScheduled", "worker", "PodScheduled", "first worker pod placed on a node"),
     ("WorkerStarted", "worker", "started", "worker image ready, Ray starting"),
-    ("WorkerReady", "worker", "Ready", "worker ready: the model replica loaded its weights and serves"),
+    ("WorkerReady", "worker", "Ready", "worker ready: KubeRay's readiness probe passes (Ray and Serve's proxy)"),
 )
 # Steps inside the replica, from vLLM's log lines in the first running replica's log (read
 # through the Ray dashboard): (step, what vLLM logs then, what it means to a user).
@@ -126,6 +126,17 @@ def timeline(
         steps=[StartupStep(name=s, seconds=steps[s]) for s in sorted(steps, key=lambda s: (steps[s], ORDER.index(s)))],
         seconds=steps.get(SERVING),
     )
+
+
+ENGINE_READ_SECONDS = 120  # after Serving: how long the engine's steps are still looked for
+
+
+def engine_pending(st: StartupStatus | None, now: str) -> bool:
+    """Told to Serving without the engine's steps, and Serving is recent: look again soon."""
+    if st is None or st.seconds is None or any(s.name == ENGINE_STEPS[0][0] for s in st.steps):
+        return False
+    started, at = _time(st.started_at), _time(now)
+    return started is not None and at is not None and (at - started).total_seconds() - st.seconds < ENGINE_READ_SECONDS
 
 
 def new_steps(before: dict[str, Any] | None, after: StartupStatus | None) -> list[str]:
