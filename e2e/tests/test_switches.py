@@ -239,7 +239,9 @@ def scenario(cluster: Cluster, story: Story) -> None:
     before = _replicas(cluster)
     patch = {"spec": {"routing": {"policy": "round-robin"}}}
     t = time.monotonic()
-    with streams(ep, 1, max_tokens=8, pause=1.0) as trickle:
+    # A request every 3 s: on 2 cores each new engine imports vLLM and warms up beside the one
+    # that answers (the last run: 15 minutes for both with a request a second).
+    with streams(ep, 1, max_tokens=8, pause=3.0) as trickle:
         cluster.kubectl("patch", "llmsvc", NAME, "-n", NS, "--type=merge", "-p", json.dumps(patch))
 
         def restarted() -> bool:
@@ -249,7 +251,7 @@ def scenario(cluster: Cluster, story: Story) -> None:
                 return False
             return len(now) == 2 and not now & before and (_status(cluster).get("replicas") or {}).get("ready") == 2
 
-        cluster.wait_for("both replicas restarted with the new router", restarted, timeout=900)
+        cluster.wait_for("both replicas restarted with the new router", restarted, timeout=1500)
         serving.wait_ready(cluster, NS, NAME, timeout=300)
     after = cluster.get_json("rayservice", NAME, "-n", NS)["status"]["activeServiceStatus"]["rayClusterName"]
     story.done("round-robin", spread=_spread(cluster, ep, [None], 10)[None], same_cluster=after == cluster_before,
