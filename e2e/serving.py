@@ -97,12 +97,13 @@ class Stores:
 
     model_uri: str  # s3://
     lora_uri: str  # gs://, the folder of adapter folders
+    gcs_model_uri: str  # the same model in gs:// (the upgrade test switches to it)
     s3: FakeS3
     model_spec: dict[str, Any]  # spec.model fields that reach both
 
 
 def stores(cluster: Cluster, built: model.Built, namespace: str) -> Stores:
-    """The tiny model in the fake S3 (moto), its LoRA in the fake GCS, both in the node's
+    """The tiny model in the fake S3 (moto) and in the fake GCS, its LoRA in the fake GCS, in the node's
     network; and the spec.model fields a user would set to reach them: S3 credentials from a
     Secret, a public GCS bucket behind an endpoint."""
     assert cluster.node
@@ -110,6 +111,7 @@ def stores(cluster: Cluster, built: model.Built, namespace: str) -> Stores:
     model_uri = s3.upload(built.model_dir, "models", built.model_dir.name)
     gcs = FakeGCS(cluster.node).start()
     lora_uri = gcs.upload(built.lora_dir, "loras", f"adapters/{built.lora_dir.name}").rsplit("/", 1)[0]
+    gcs_model_uri = gcs.upload(built.model_dir, "models", built.model_dir.name)
     secret(cluster, namespace, S3_SECRET, {k: CREDENTIALS[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")})
     spec = {
         "storage": {
@@ -121,7 +123,7 @@ def stores(cluster: Cluster, built: model.Built, namespace: str) -> Stores:
             "gcs": {"endpoint": gcs.endpoint, "anonymous": True},
         },
     }
-    return Stores(model_uri, lora_uri, s3, spec)
+    return Stores(model_uri, lora_uri, gcs_model_uri, s3, spec)
 
 
 def redis(cluster: Cluster) -> str:

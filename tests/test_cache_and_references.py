@@ -92,3 +92,29 @@ def test_a_secret_that_fails_its_check_is_read_again_on_the_retry():
     assert check() == []
     assert reads.count(hf.name) == 2
     assert check() == [] and reads.count(hf.name) == 2, "now remembered"
+
+
+def test_a_cached_pod_keeps_where_it_stands_and_when_its_containers_started():
+    """What status reads of a Ray pod (scheduling, readiness, container starts for
+    status.startup, what it mounts), not its containers' specs or their other state."""
+    started = {"running": {"startedAt": "2026-12-07T10:00:03Z"}}
+    status = {
+        "phase": "Running",
+        "podIP": "10.0.0.1",
+        "conditions": [{"type": "Ready", "status": "True"}],
+        "containerStatuses": [
+            {"name": "ray", "state": started, "image": "x", "lastState": {"terminated": {"exitCode": 1}}},
+            {"name": "edge", "state": {"waiting": {"reason": "ContainerCreating"}}},
+        ],
+    }
+    spec = {"nodeName": "n", "containers": [{"name": "ray", "env": [{"name": "BIG", "value": "x" * 100}]}]}
+    c = Cache()
+    c.put(_obj("Pod", "p", 3, spec=spec, status=status))
+    kept = c.get("Pod", "ns", "p")
+    assert kept["status"] == {
+        "phase": "Running",
+        "podIP": "10.0.0.1",
+        "conditions": [{"type": "Ready", "status": "True"}],
+        "containerStatuses": [{"name": "ray", "state": started}, {"name": "edge", "state": {}}],
+    }
+    assert kept["spec"]["containers"] == [{"name": "ray"}]

@@ -59,8 +59,16 @@ def _slim_pod(obj: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
             "containers": [{"name": c.get("name")} for c in spec.get("containers") or []],
             "volumes": [v for v in spec.get("volumes") or [] if "configMap" in v or "secret" in v],
         },
-        "status": {k: v for k, v in (obj.get("status") or {}).items() if k in ("phase", "conditions", "podIP")},
+        "status": {k: v for k, v in (obj.get("status") or {}).items() if k in ("phase", "conditions", "podIP")}
+        | {"containerStatuses": [_started(c) for c in (obj.get("status") or {}).get("containerStatuses") or []]},
     }
+
+
+def _started(container: dict[str, Any]) -> dict[str, Any]:
+    """A container's status as far as status.startup reads it: when it started running."""
+    running = (container.get("state") or {}).get("running")
+    state = {"running": {"startedAt": running.get("startedAt")}} if running else {}
+    return {"name": container.get("name"), "state": state}
 
 
 def _slim(obj: dict[str, Any]) -> dict[str, Any]:
