@@ -74,7 +74,6 @@ CASES = [
     (GPU, {"engine__speculative": {"method": "eagle"}}, "spec.engine.speculative.model", "eagle"),
     (GPU, {"model__source": "gs://weights/gemma", "model__revision": "v2"}, "spec.model.revision", "Hugging Face"),
     (GPU, {"model__loadFormat": "stream"}, "spec.model.loadFormat", "gs:// or s3://"),
-    (CPU, {"model__source": "gs://weights/tiny", "model__loadFormat": "stream"}, "spec.model.loadFormat", "runai"),
     (
         GPU,
         {"model__storage": {"gcs": {"endpoint": "http://gcs.storage:4443"}}},
@@ -175,6 +174,7 @@ GOOD_CASES = [
     (CPU, {}),
     (GPU, {"model__source": "gs://models/gemma", "model__loadFormat": "mount"}),
     (CPU, {"ray__headResources": {"cpu": "100m", "memory": "3072Mi"}}),  # the smallest head
+    (CPU, {"model__source": "gs://weights/tiny", "model__loadFormat": "stream"}),  # the CPU image has the streamer
     (CPU, {"model__source": "gs://weights/tiny", "model__loadFormat": "stream", "ray__image": "ray-llm:runai"}),
     (GPU, {"model__revision": "0123456789abcdef0123456789abcdef01234567", "model__hfEndpoint": "https://hf.corp:8443"}),
     (

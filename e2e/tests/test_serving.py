@@ -490,8 +490,9 @@ def _burst_over(pod_ips: list[str]) -> list[int]:
 
 def test_an_engine_change_upgrades_to_a_new_cluster_without_failing_requests(served: Served):
     """Blue/green: the new Ray cluster comes up beside the old one, KubeRay switches, the old
-    one goes; requests keep being answered throughout. The new cluster loads the model from
-    gs:// instead of s3:// (the same weights). The same change sets a rate limit: in
+    one goes; requests keep being answered throughout. The new cluster streams the model from
+    gs:// (the same weights; Run:ai streamer) instead of downloading it from s3://. The same
+    change sets a rate limit: in
     the switch-over's drain, with the old cluster's and the new cluster's serving pods both
     up, a client bursting over both gets the service's limit, not twice it (the sidecars of
     both clusters are one service's peers)."""
@@ -501,11 +502,11 @@ def test_an_engine_change_upgrades_to_a_new_cluster_without_failing_requests(ser
     with Load(served.url, pause=3.0) as load:
         time.sleep(2)
         changed = time.monotonic()
-        # The same model, now from gs:// (fake-gcs-server through spec.model.storage.gcs): the new
-        # cluster loads it from there.
+        # The same model, now streamed from gs:// (fake-gcs-server through spec.model.storage.gcs)
+        # by vLLM's Run:ai streamer: the new cluster reads the weights from the bucket.
         patch = {
             "spec": {
-                "model": {"source": served.stores.gcs_model_uri},
+                "model": {"source": served.stores.gcs_model_uri, "loadFormat": "stream"},
                 "engine": {"maxModelLen": 384},
                 "ingress": {"rateLimit": {"requestsPerMinute": RATE_LIMIT}},
             }
@@ -548,7 +549,7 @@ def test_an_engine_change_upgrades_to_a_new_cluster_without_failing_requests(ser
     card = served.client.models.retrieve(MODEL)
     assert card.model_extra["metadata"]["max_request_context_length"] == 384, card
     conf = served.rayservice()["spec"]["serveConfigV2"]
-    assert served.stores.gcs_model_uri.replace("gs://", "gs://anonymous@") in conf, conf
+    assert served.stores.gcs_model_uri in conf and "load_format: runai_streamer" in conf, conf
     # The status now tells the new cluster's start, from its own creation.
     new = served.rayservice()["status"]["activeServiceStatus"]["rayClusterName"]
     startup = cluster.get_json("llmsvc", NAME, "-n", NS)["status"]["startup"]

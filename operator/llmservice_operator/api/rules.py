@@ -230,13 +230,6 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "model.loadFormat",
-        "stream needs the Run:ai model streamer in the Ray image, and the operator's CPU serving "
-        "image has none yet: use download, or set ray.image to an image with runai-model-streamer",
-        lambda s: s.model.load_format == "stream" and _is_cpu(s) and s.ray.image is None,
-        f"!has(self.model.loadFormat) || self.model.loadFormat != 'stream' || !{_IS_CPU} || has(self.ray.image)",
-    ),
-    Rule(
-        "model.loadFormat",
         "mount goes through the Cloud Storage FUSE CSI driver: it needs a gs:// model.source "
         "(use download or stream for s3://)",
         lambda s: s.model.load_format == "mount" and not s.model.source.startswith("gs://"),
