@@ -184,3 +184,15 @@ def test_a_running_service_keeps_its_replica_count_through_a_serve_config_change
     assert narrower is not None and _initial(narrower) == 2, "within the new bounds"
     to_zero = _decided_rayservice(with_spec(doc, replicas={"min": 0, "max": 4, "initial": 1}), first, 0)
     assert to_zero is not None and _initial(to_zero) == 0, "a service at zero stays at zero"
+
+
+def test_a_resumed_service_drops_the_suspend_it_set():
+    """Suspended, the RayCluster spec is suspended; resumed, the operator's apply leaves the
+    field out (the live object still "contains" the rest, so an apply is decided anyway: the
+    real node stayed suspended without it)."""
+    doc = sample_doc("cpu-tiny.yaml")
+    suspended = _decided_rayservice(with_spec(doc, suspend=True), None, 0)
+    assert suspended is not None and suspended["spec"]["rayClusterConfig"]["suspend"] is True
+    assert _decided_rayservice(with_spec(doc, suspend=True), suspended, 0) is None, "in sync"
+    resumed = _decided_rayservice(doc, suspended, 0)
+    assert resumed is not None and "suspend" not in resumed["spec"]["rayClusterConfig"]

@@ -173,11 +173,21 @@ def _children(obs: Observed, rendered: Rendered) -> tuple[list[dict[str, Any]], 
             continue
         live = obs.children.get(child.key)
         if child.obj is not None:
-            if not up_to_date(live, child.obj):
+            if not up_to_date(live, child.obj) or _resumed(live, child.obj):
                 apply.append(child.obj)
         elif live is not None and _owned(live, obs.name) and not _mounted(obs.pods, child.kind.kind, child.name):
             delete.append((child.kind.api_version, child.kind.kind, child.name))
     return apply, delete
+
+
+def _resumed(live: dict[str, Any] | None, desired: dict[str, Any]) -> bool:
+    """A RayService the operator suspended, no longer suspended in the spec: the field is left
+    out (never false, so a queue's suspend stays the queue's), which the live object "contains";
+    applying without it drops the operator's value."""
+    if desired.get("kind") != "RayService" or live is None:
+        return False
+    suspended = (((live.get("spec") or {}).get("rayClusterConfig") or {}).get("suspend")) is True
+    return suspended and "suspend" not in desired["spec"]["rayClusterConfig"]
 
 
 def _edge_refresh(obs: Observed, rendered: Rendered, applying: list[dict[str, Any]]) -> list[Patch]:
