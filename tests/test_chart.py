@@ -229,7 +229,7 @@ OK = {"type": "Degraded", "status": "False", "reason": "AsExpected", "message": 
         ),
         (
             llmsvc(conditions=[READY, OK], suspend=True),
-            ("Suspended", "spec.suspend is true: the Ray cluster's pods are deleted"),
+            ("Suspended", "spec.suspend is true: the RayService and its Ray cluster are deleted"),
         ),
         (
             {"metadata": {"generation": 1}, "spec": {}},

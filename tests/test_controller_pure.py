@@ -186,13 +186,24 @@ def test_a_running_service_keeps_its_replica_count_through_a_serve_config_change
     assert to_zero is not None and _initial(to_zero) == 0, "a service at zero stays at zero"
 
 
-def test_a_resumed_service_drops_the_suspend_it_set():
-    """Suspended, the RayCluster spec is suspended; resumed, the operator's apply leaves the
-    field out (the live object still "contains" the rest, so an apply is decided anyway: the
-    real node stayed suspended without it)."""
+def test_suspend_deletes_the_rayservice_and_resume_applies_it_again():
     doc = sample_doc("cpu-tiny.yaml")
-    suspended = _decided_rayservice(with_spec(doc, suspend=True), None, 0)
-    assert suspended is not None and suspended["spec"]["rayClusterConfig"]["suspend"] is True
-    assert _decided_rayservice(with_spec(doc, suspend=True), suspended, 0) is None, "in sync"
-    resumed = _decided_rayservice(doc, suspended, 0)
-    assert resumed is not None and "suspend" not in resumed["spec"]["rayClusterConfig"]
+    running = _decided_rayservice(doc, None, 0)
+    assert running is not None
+    body = {**doc, "metadata": {**doc["metadata"], "namespace": "default", "uid": "u1", "generation": 3}}
+    body = with_spec(body, suspend=True)
+    svc = parse(body)
+    live = {**running, "metadata": {**running["metadata"], "ownerReferences": [{"kind": "LLMService", "name": "tiny"}]}}
+    obs = Observed(
+        namespace="default",
+        name="tiny",
+        body=body,
+        svc=svc,
+        references={ref: {"data": {"api-keys.map": "x"}} for ref in referenced(svc)},
+        ray_service=live,
+        children={("RayService", "tiny"): live},
+    )
+    actions = decide(obs, OperatorSettings())
+    assert ("ray.io/v1", "RayService", "tiny") in actions.delete
+    assert actions.status is not None and actions.status.phase == "Suspended"
+    assert _decided_rayservice(doc, None, 0) is not None, "resumed: applied again"

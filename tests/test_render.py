@@ -142,16 +142,18 @@ def test_a_bucket_mounted_through_gcs_fuse_matches_kuberays_crd(rayservice_schem
     assert check(render(parse(doc), settings).ray_service, rayservice_schema) == []
 
 
-def test_a_suspended_service_suspends_its_ray_cluster_in_kuberays_schema(rayservice_schema, settings):
-    """KubeRay 1.6 has no RayService-level suspend (the switches story's operator got "field not
-    declared in schema" from the API server): the RayCluster spec is suspended, and the field
-    is left out, not false, while the service runs (a queue may suspend it)."""
+def test_a_suspended_service_has_no_rayservice(settings):
+    """KubeRay 1.6.1's RayService has no spec.suspend (the API server refused it: "field not
+    declared in schema"), and a suspended RayCluster spec never resumed on the real node: a
+    suspended service renders no RayService, so it and its Ray cluster are deleted; the edge
+    config and the rest stay."""
     doc = sample_doc("cpu-tiny.yaml")
-    suspended = render(parse(with_spec(doc, suspend=True)), settings).ray_service
-    assert check(suspended, rayservice_schema) == []
-    assert "suspend" not in suspended["spec"] and suspended["spec"]["rayClusterConfig"]["suspend"] is True
-    running = render(parse(doc), settings).ray_service
-    assert "suspend" not in running["spec"]["rayClusterConfig"]
+    suspended = render(parse(with_spec(doc, suspend=True)), settings)
+    assert suspended.wanted_ray_service is None
+    assert "RayService" not in {o["kind"] for o in suspended.kubernetes_objects()}
+    assert suspended.edge_config is not None
+    running = render(parse(doc), settings).wanted_ray_service
+    assert running is not None and "suspend" not in running["spec"]
 
 
 def test_schema_check_catches_typos(rayservice_schema, settings):

@@ -15,7 +15,7 @@ local function condition(kind)
 end
 if obj.spec ~= nil and obj.spec.suspend == true then
   hs.status = "Suspended"
-  hs.message = "spec.suspend is true: the Ray cluster's pods are deleted"
+  hs.message = "spec.suspend is true: the RayService and its Ray cluster are deleted"
   return hs
 end
 local degraded = condition("Degraded")

@@ -17,7 +17,7 @@ class Phase(StrEnum):
     PROVISIONING = "Provisioning"  # KubeRay brings up the Ray cluster and the Serve app
     READY = "Ready"  # serving traffic
     DEGRADED = "Degraded"  # cannot get (or stay) there without a change: the Degraded condition says why
-    SUSPENDED = "Suspended"  # spec.suspend: the Ray cluster's pods are deleted
+    SUSPENDED = "Suspended"  # spec.suspend: the RayService and its Ray cluster are deleted
 
 
 class ConditionType(StrEnum):

@@ -141,7 +141,7 @@ def _carried_initial(obs: Observed, svc: LLMService, rendered: Rendered) -> int 
     active = obs.cluster("activeServiceStatus")
     if live is None or have is None or active is None:
         return None
-    wanted = _serve_config(rendered.ray_service)
+    wanted = _serve_config(rendered.wanted_ray_service)
     if wanted is None or serve_config.initial_replicas(wanted) is None:
         return None
     bounds = svc.spec.replicas
@@ -173,21 +173,11 @@ def _children(obs: Observed, rendered: Rendered) -> tuple[list[dict[str, Any]], 
             continue
         live = obs.children.get(child.key)
         if child.obj is not None:
-            if not up_to_date(live, child.obj) or _resumed(live, child.obj):
+            if not up_to_date(live, child.obj):
                 apply.append(child.obj)
         elif live is not None and _owned(live, obs.name) and not _mounted(obs.pods, child.kind.kind, child.name):
             delete.append((child.kind.api_version, child.kind.kind, child.name))
     return apply, delete
-
-
-def _resumed(live: dict[str, Any] | None, desired: dict[str, Any]) -> bool:
-    """A RayService the operator suspended, no longer suspended in the spec: the field is left
-    out (never false, so a queue's suspend stays the queue's), which the live object "contains";
-    applying without it drops the operator's value."""
-    if desired.get("kind") != "RayService" or live is None:
-        return False
-    suspended = (((live.get("spec") or {}).get("rayClusterConfig") or {}).get("suspend")) is True
-    return suspended and "suspend" not in desired["spec"]["rayClusterConfig"]
 
 
 def _edge_refresh(obs: Observed, rendered: Rendered, applying: list[dict[str, Any]]) -> list[Patch]:
@@ -224,7 +214,9 @@ def _after_kuberay(obs: Observed, rendered: Rendered) -> list[Patch]:
         patch = exposure_patch(live, meta.get("annotations", {}), spec)
         if patch is not None:
             out.append(Patch("v1", "Service", live["metadata"]["name"], "merge", patch))
-    desired = rendered.ray_service
+    desired = rendered.wanted_ray_service
+    if desired is None:  # suspended: the clusters go with the RayService
+        return out
     for name, cluster in sorted(obs.clusters.items()):
         ops = bounds_patch(cluster, desired)
         if ops:
@@ -269,8 +261,9 @@ def _status(
     if rendered.managed_pools and not gke:
         pool_problems = [NO_GKE]
     ray_service = obs.ray_service
-    if any(o is rendered.ray_service for o in applying or []):
-        ray_service = _as_applied(ray_service, rendered.ray_service)
+    wanted = rendered.wanted_ray_service
+    if wanted is not None and any(o is wanted for o in applying or []):
+        ray_service = _as_applied(ray_service, wanted)
     view = status_mod.Observed(
         obs.generation,
         ray_service,
@@ -344,7 +337,7 @@ def decide(obs: Observed, settings: OperatorSettings, gke: bool = False) -> Acti
         inputs = Inputs(owner=owner_ref(obs.body), secret_versions=secrets)
         rendered = render(svc, settings, inputs)
         carried = _carried_initial(obs, svc, rendered)
-        if carried is not None and carried != serve_config.initial_replicas(_serve_config(rendered.ray_service)):
+        if carried is not None and carried != serve_config.initial_replicas(_serve_config(rendered.wanted_ray_service)):
             rendered = render(_with_initial(svc, carried), settings, inputs)
     apply: list[dict[str, Any]] = []
     delete: list[tuple[str, str, str]] = []

@@ -51,6 +51,11 @@ class Rendered:
         return obj
 
     @property
+    def wanted_ray_service(self) -> dict[str, Any] | None:
+        """The RayService, or None while the service is suspended (it is deleted)."""
+        return self._obj(ck.RAY_SERVICE)
+
+    @property
     def edge_config(self) -> dict[str, Any] | None:
         return self._obj(ck.CONFIG_MAP)
 
@@ -95,7 +100,10 @@ def _slots(p: Plan, settings: OperatorSettings) -> list[Child]:
         ck.NETWORK_POLICY: network.network_policy(p, settings),
         ck.CONFIG_MAP: edge.config_map(p) if p.spec.ingress.sidecar else None,
         ck.SERVICE: edge.peers_service(p),
-        ck.RAY_SERVICE: rayservice.ray_service(p, settings),
+        # Suspended: no RayService, so the Ray cluster goes with it. (KubeRay 1.6.1's RayService
+        # has no spec.suspend, and with its RayCluster spec suspended it never resumed on the
+        # real node: "found 0 head" on every reconcile.)
+        ck.RAY_SERVICE: None if p.spec.suspend else rayservice.ray_service(p, settings),
         ck.PDB: policy.pod_disruption_budget(p),
         **{k: scraping if scraping and scraping["kind"] == k.kind else None for k in ck.MONITORING},
     }

@@ -373,11 +373,6 @@ def ray_service(p: Plan, settings: OperatorSettings) -> dict[str, Any]:
     }
     if spec.upgrade.drain_seconds is not None:
         body["rayClusterDeletionDelaySeconds"] = spec.upgrade.drain_seconds
-    if spec.suspend:
-        # KubeRay 1.6 has no RayService-level suspend: a suspended RayCluster spec deletes its
-        # pods in place (as Kueue suspends a RayService); when resumed, KubeRay submits the Serve
-        # config again. Left unset otherwise (never false), so a queue's suspend is its own.
-        cluster["suspend"] = True
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",

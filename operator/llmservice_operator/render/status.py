@@ -214,7 +214,7 @@ def conditions(p: Plan, obs: Observed) -> tuple[P, list[Condition]]:
         ]
     if svc.spec.suspend:
         return P.SUSPENDED, [
-            _cond(C.READY, False, R.SUSPENDED, "spec.suspend is true: the Ray cluster's pods are deleted"),
+            _cond(C.READY, False, R.SUSPENDED, "spec.suspend is true: the RayService and its Ray cluster are deleted"),
             _cond(C.PROGRESSING, False, R.SUSPENDED),
             _cond(C.DEGRADED, False, R.SUSPENDED),
         ]
