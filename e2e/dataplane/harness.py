@@ -388,15 +388,17 @@ class DataPath:
 
     def processes(self) -> list[psutil.Process]:
         """Every process this data path's Ray started (raylet, GCS, workers, vLLM's engine
-        processes, Ray's HAProxy): they carry its work dir in their env."""
-        want = f"{MARKER}={self.workdir}".encode()
+        processes, Ray's HAProxy): they carry its work dir in their env. Ray's dashboard and
+        runtime-env agents retitle themselves over the marker: they still carry our HAProxy
+        state dir (two of them outlived a make test run, orphaned)."""
+        wants = {f"{MARKER}={self.workdir}".encode(), f"RAY_SERVE_HAPROXY_SERVER_STATE_BASE={self.hp_dir}".encode()}
         found = []
         for proc in psutil.process_iter():
             # Not psutil's environ(): Ray's workers retitle themselves over the start of their
             # environ block, and psutil stops reading at the first empty entry there.
             with contextlib.suppress(OSError, psutil.Error):
                 environ = Path(f"/proc/{proc.pid}/environ").read_bytes()
-                if proc.pid != os.getpid() and want in environ.split(b"\0"):
+                if proc.pid != os.getpid() and wants & set(environ.split(b"\0")):
                     found.append(proc)
         return found
 
