@@ -135,20 +135,21 @@ def _carried_initial(obs: Observed, svc: LLMService, rendered: Rendered) -> int 
     new replicas.max, delay or routing policy), so a loaded service would drop to
     replicas.initial. Instead: while nothing else in the config changes, the live value (no
     write); when something does, the replicas running now, within the new bounds. None: no
-    service runs yet (the spec's replicas.initial, as rendered)."""
+    service runs yet, or the rendered value is that already."""
     live = _serve_config(obs.ray_service)
     have = serve_config.initial_replicas(live)
     active = obs.cluster("activeServiceStatus")
     if live is None or have is None or active is None:
         return None
     wanted = _serve_config(rendered.wanted_ray_service)
-    if wanted is None or serve_config.initial_replicas(wanted) is None:
+    rendered_initial = serve_config.initial_replicas(wanted)
+    if wanted is None or rendered_initial is None:
         return None
     bounds = svc.spec.replicas
-    if serve_config.without_initial(live) == serve_config.without_initial(wanted):
-        return min(max(have, bounds.min), bounds.max)
-    running = status_mod.replicas(rendered.plan, obs.ray_service, active).desired
-    return min(max(running, bounds.min), bounds.max)
+    if serve_config.without_initial(live) != serve_config.without_initial(wanted):
+        have = status_mod.replicas(rendered.plan, obs.ray_service, active).desired
+    carried = min(max(have, bounds.min), bounds.max)
+    return carried if carried != rendered_initial else None
 
 
 def _with_initial(svc: LLMService, initial: int) -> LLMService:
@@ -337,7 +338,7 @@ def decide(obs: Observed, settings: OperatorSettings, gke: bool = False) -> Acti
         inputs = Inputs(owner=owner_ref(obs.body), secret_versions=secrets)
         rendered = render(svc, settings, inputs)
         carried = _carried_initial(obs, svc, rendered)
-        if carried is not None and carried != serve_config.initial_replicas(_serve_config(rendered.wanted_ray_service)):
+        if carried is not None:
             rendered = render(_with_initial(svc, carried), settings, inputs)
     apply: list[dict[str, Any]] = []
     delete: list[tuple[str, str, str]] = []

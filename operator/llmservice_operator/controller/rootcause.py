@@ -25,7 +25,6 @@ from typing import Any, Protocol
 
 import urllib3
 
-from .. import labels as keys
 from ..api.resource import LLMService
 from ..render import names, startup
 from ..render.status import with_detail
@@ -175,11 +174,8 @@ class RootCauses:
         head = _head(pods, cluster)
         if not apps or any(a.get("status") != "RUNNING" for a in apps.values()) or head is None:
             return {}
-        now = self._clock()
-        with self._lock:
-            if now - self._engine_asked.get(cluster, -1e9) < self.period:
-                return {}
-            self._engine_asked[cluster] = now
+        if not self._due(self._engine_asked, cluster):
+            return {}
         try:
             found = self._engine_log(f"http://{head['status']['podIP']}:{DASHBOARD_PORT}", self._token(svc))
         except Exception as e:  # the dashboard busy or not reachable: the next look
@@ -210,12 +206,18 @@ class RootCauses:
         query = urllib.parse.urlencode({"actor_id": first["actor_id"], "suffix": "out", "lines": ENGINE_LOG_LINES})
         return (self._fetch(f"{base}/api/v0/logs/file?{query}", token) or b"").decode(errors="replace")
 
-    def _look(self, svc: LLMService, cluster: str, base: str) -> None:
+    def _due(self, asked: dict[str, float], cluster: str) -> bool:
+        """At most one dashboard question per `period` per Ray cluster: True (and noted) when due."""
         now = self._clock()
         with self._lock:
-            if now - self._asked.get(cluster, -1e9) < self.period:
-                return
-            self._asked[cluster] = now
+            if now - asked.get(cluster, -1e9) < self.period:
+                return False
+            asked[cluster] = now
+            return True
+
+    def _look(self, svc: LLMService, cluster: str, base: str) -> None:
+        if not self._due(self._asked, cluster):
+            return
         try:
             token = self._token(svc)
             with self._lock:
@@ -272,16 +274,7 @@ class RootCauses:
 
 def _head(pods: tuple[dict[str, Any], ...], cluster: str) -> dict[str, Any] | None:
     """The head pod of Ray cluster `cluster`, once it has an IP (the dashboard's)."""
-    return next(
-        (
-            p
-            for p in pods
-            if (p["metadata"].get("labels") or {}).get(keys.RAY_CLUSTER) == cluster
-            and (p["metadata"].get("labels") or {}).get(keys.RAY_NODE_TYPE) == "head"
-            and (p.get("status") or {}).get("podIP")
-        ),
-        None,
-    )
+    return next((p for p in startup.ray_pods(pods, cluster, "head") if (p.get("status") or {}).get("podIP")), None)
 
 
 # Ray's words for a worker killed from outside, in an actor's death cause.

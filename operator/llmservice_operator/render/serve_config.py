@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from typing import Any
@@ -218,7 +219,7 @@ def initial_replicas(conf: dict[str, Any] | None) -> int | None:
 
 def without_initial(conf: dict[str, Any]) -> dict[str, Any]:
     """The config with every per-deployment initial_replicas left out (to compare the rest)."""
-    out = json.loads(json.dumps(conf))
+    out = copy.deepcopy(conf)
     for app in out.get("applications") or []:
         for d in app.get("deployments") or []:
             (d.get("autoscaling_config") or {}).pop("initial_replicas", None)

@@ -77,13 +77,18 @@ def _reached(pod: dict[str, Any], what: str) -> dt.datetime | None:
     return _time(cond.get("lastTransitionTime")) if cond and cond.get("status") == "True" else None
 
 
-def _first(pods: Sequence[dict[str, Any]], cluster: str, node_type: str) -> dict[str, Any] | None:
-    mine = [
+def ray_pods(pods: Sequence[dict[str, Any]], cluster: str, node_type: str) -> list[dict[str, Any]]:
+    """The `node_type` pods (head, worker) of Ray cluster `cluster`, by KubeRay's labels."""
+    return [
         p
         for p in pods
         if (p["metadata"].get("labels") or {}).get(keys.RAY_CLUSTER) == cluster
         and (p["metadata"].get("labels") or {}).get(keys.RAY_NODE_TYPE) == node_type
     ]
+
+
+def _first(pods: Sequence[dict[str, Any]], cluster: str, node_type: str) -> dict[str, Any] | None:
+    mine = ray_pods(pods, cluster, node_type)
     return min(mine, key=lambda p: p["metadata"].get("creationTimestamp") or "", default=None)
 
 
