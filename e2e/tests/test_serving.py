@@ -143,21 +143,31 @@ _STARTUP_ORDER = [
 ]
 
 
+def _told_start(cluster: Cluster, ray_cluster: str | None = None) -> dict[str, Any]:
+    """The LLMService's status once status.startup tells the start of `ray_cluster` (default:
+    the one it tells) with the engine's steps, which come from the replica's log once it runs."""
+    found: dict[str, Any] = {}
+
+    def told() -> bool:
+        st = cluster.get_json("llmsvc", NAME, "-n", NS)["status"]
+        startup = st.get("startup") or {}
+        names = {s["name"] for s in startup.get("steps") or []}
+        if "EngineReady" in names and ray_cluster in (None, startup.get("rayCluster")):
+            found.update(st)
+            return True
+        return False
+
+    until(f"status.startup of {ray_cluster or 'the Ray cluster'} with the engine's steps", told, 60, 1)
+    return found
+
+
 def test_the_status_and_events_tell_where_the_cold_start_went(served: Served):
     """`kubectl describe llmsvc` shows the start step by step: status.startup counts each step
     from the RayCluster's creation (pods scheduled, images ready, Ray up, the replica serving),
     in the order they must happen, ending about when the test saw the service Ready; each step
     is also a ColdStart Event."""
     cluster = served.cluster
-
-    def told() -> dict[str, Any] | None:  # the engine's steps come from the replica's log, read once it runs
-        st = cluster.get_json("llmsvc", NAME, "-n", NS)["status"]
-        names = {s["name"] for s in (st.get("startup") or {}).get("steps") or []}
-        return st if "EngineReady" in names else None
-
-    until("the engine's start steps in status.startup", lambda: told() is not None, 60, 1)
-    st = told()
-    assert st is not None
+    st = _told_start(cluster)
     startup = st["startup"]
     assert startup["rayCluster"] == st["children"]["rayCluster"]
     at = {s["name"]: s["seconds"] for s in startup["steps"]}
@@ -560,17 +570,10 @@ def test_an_engine_change_upgrades_to_a_new_cluster_without_failing_requests(ser
     assert served.stores.gcs_model_uri in conf and "load_format: runai_streamer" in conf, conf
     # The status now tells the new cluster's start, from its own creation.
     new = served.rayservice()["status"]["activeServiceStatus"]["rayClusterName"]
-
-    def told() -> dict[str, Any] | None:
-        startup = cluster.get_json("llmsvc", NAME, "-n", NS)["status"]["startup"]
-        steps = {s["name"]: s["seconds"] for s in startup["steps"]}
-        return startup | {"at": steps} if startup["rayCluster"] == new and "EngineReady" in steps else None
-
-    until("the new cluster's start told, its engine's steps included", lambda: told() is not None, 60, 1)
-    startup = told()
-    assert startup is not None and startup["seconds"] is not None, startup
+    startup = _told_start(cluster, new)["startup"]
+    assert startup["seconds"] is not None, startup
     MEASURED["upgrade: new Ray cluster created -> serving (s)"] = startup["seconds"]
-    at = startup["at"]
+    at = {s["name"]: s["seconds"] for s in startup["steps"]}
     # (vLLM logs no "Loading weights took" when the streamer loads them.)
     MEASURED["cold start, gs:// streamed: loading weights -> engine ready (s)"] = (
         at["EngineReady"] - at["LoadingWeights"]
