@@ -138,10 +138,13 @@ def test_the_supervisor_script_is_posix_sh(sample, tmp_path):
 
 
 class _Backend(http.server.BaseHTTPRequestHandler):
-    """Stands in for Ray Serve behind the sidecar: 200 to anything."""
+    """Stands in for Ray Serve behind the sidecar: 200 to anything, but 503 to its health
+    path while draining, as Ray Serve's proxy on a node losing its last replica does."""
+
+    draining = False
 
     def do_GET(self) -> None:
-        self.send_response(200)
+        self.send_response(503 if self.draining and self.path == "/-/healthz" else 200)
         self.send_header("Content-Length", "2")
         self.end_headers()
         self.wfile.write(b"ok")
@@ -198,4 +201,26 @@ def test_sidecars_of_a_service_share_its_rate_limit(tmp_path: Path, backend: int
         assert set(codes) == {200, 429}
         assert RPM <= codes[200] <= RPM * 1.2, codes
     finally:
+        sidecars.stop()
+
+
+def test_a_draining_ray_serve_still_gets_the_requests_that_reach_its_pod(tmp_path: Path, backend: int):
+    """Ray Serve's proxy drains when its node loses its last replica: /-/healthz answers 503 so
+    the pod leaves the Service, yet it serves what still arrives meanwhile. The sidecar passes
+    both on: its readiness path says 503, and a request sent after several of its former check
+    intervals (2 s, down after 2) is answered, not refused with HAProxy's 'No server is
+    available' (2 such 503s at a scale-down on the real node)."""
+    svc = parse(with_spec(sample_doc("gemma-b200.yaml"), ingress={"apiKeysSecret": "keys"}))
+    sidecars = Sidecars(tmp_path, backend, KEYS)
+    try:
+        port = sidecars.start(svc).port
+        assert _http.get(f"http://127.0.0.1:{port}/-/healthz").status_code == 200
+        _Backend.draining = True
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            assert _http.get(f"http://127.0.0.1:{port}/-/healthz").status_code == 503
+            assert _get(port, "sk-a") == 200
+            time.sleep(0.5)
+    finally:
+        _Backend.draining = False
         sidecars.stop()
