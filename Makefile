@@ -8,7 +8,7 @@ STAMP := .venv-installed
 # links .venv to it and installs only itself (editable), instead of every dependency again.
 VENV_CACHE := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/llmservice-operator/venvs/dev-$(shell sha256sum pyproject.toml | cut -c1-16)
 
-.PHONY: venv test test-unit test-stories lint fmt crds dashboards kind-demo manifests bench-dataplane bench-controlplane render-samples e2e-bins node-deps images image-lock cluster-up cluster-down demo clean
+.PHONY: venv test test-unit test-stories lint fmt crds dashboards kind-demo manifests bench-dataplane bench-controlplane render-samples e2e-bins node-deps images test-images image-lock cluster-up cluster-down demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV_CACHE)/bin/python || $(PY) -m venv $(VENV_CACHE)
@@ -25,6 +25,9 @@ venv: $(STAMP)
 	  2>/dev/null || $(BIN)/pip install -q --no-deps -e .
 
 CACHE_DIR := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/llmservice-operator
+# Lint caches outside the repo too, so a fresh clone (CI's) checks only what changed (mypy: 11 s cold).
+export MYPY_CACHE_DIR := $(CACHE_DIR)/mypy
+export RUFF_CACHE_DIR := $(CACHE_DIR)/ruff
 TEST_CLUSTER := $(CACHE_DIR)/cluster-test
 # The tests' own local cluster, fresh: the environment the tests find it by, then its start
 # (the recipe runs it in the background, or waits for it).
@@ -35,7 +38,7 @@ TEST_CLUSTER_UP = export E2E_CLUSTER_STATE=$(TEST_CLUSTER)/state.json E2E_KUBECO
 ## Lint, build the local cluster's binaries and images (cached outside the repo), run all tests.
 ## The end-to-end tests run against a local cluster started beside them by `e2e.cluster up`, through
 ## its kubeconfig (E2E_KUBECONFIG), as against any cluster; it starts while the unit tests run.
-test: venv e2e-bins images
+test: venv e2e-bins test-images
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -105,6 +108,11 @@ node-deps:
 ## The real node's images (pause, operator, CPU serving image) and the tiny model, built offline and cached.
 images: venv node-deps
 	$(BIN)/python -m e2e.build
+
+# All but the operator image, which changes with every commit: the test session builds that
+# beside the unit tests (e2e.cluster's load_images), instead of 46 s before they start.
+test-images: venv node-deps
+	$(BIN)/python -m e2e.build --defer-operator
 
 ## Re-resolve the images' requirements.txt (exact pins): ray-cpu from requirements.in, the operator from pyproject.toml.
 image-lock: venv

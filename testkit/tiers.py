@@ -31,7 +31,8 @@ COMPONENT_MODULES = {
     "test_chart.py",  # helm
     "test_cli.py",  # the llmservice command, as a process
     "test_edge_haproxy.py",  # haproxy
-    "test_images.py",  # the built image archives
+    "test_images.py",  # the image recipes
+    "test_operator_archive.py",  # the built operator image archive
     "test_monitoring.py",  # promtool
     "test_render.py",  # goldens through the CLI, Ray's LLMConfig, KubeRay's CRD schema
     "test_tiny_model.py",  # tokenizers, safetensors, transformers' chat template

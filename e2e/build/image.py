@@ -16,6 +16,8 @@ under `<cache>/images/` by a hash of every input file, so only the first run pay
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -25,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,10 +164,27 @@ def build_pause(recipe: ImageRecipe = PAUSE) -> Path:
     return recipe.archive
 
 
+@contextlib.contextmanager
+def _building(recipe: ImageRecipe) -> Iterator[None]:
+    """One build of a recipe at a time on this machine: `make test` builds the operator image
+    beside the unit tests while a test may ask for it; the second caller waits, then finds it."""
+    recipe.archive.parent.mkdir(parents=True, exist_ok=True)
+    with (recipe.archive.parent / f".{recipe.archive.name.rsplit('-', 1)[0]}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def build(recipe: ImageRecipe = RAY_CPU, force: bool = False) -> Path:
     """The image archive, built when its inputs changed; returns its path."""
     if recipe.ready and not force:
         return recipe.archive
+    with _building(recipe):
+        if recipe.ready and not force:
+            return recipe.archive
+        return _build(recipe)
+
+
+def _build(recipe: ImageRecipe) -> Path:
     if not shutil.which("mmdebstrap"):
         raise SystemExit("e2e.build.image: mmdebstrap is missing (make node-deps installs it)")
     recipe.archive.parent.mkdir(parents=True, exist_ok=True)

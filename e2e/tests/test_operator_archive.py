@@ -1,0 +1,58 @@
+"""The operator image archive the offline builder made holds what the Dockerfile says: its
+runtime config, the allocator it preloads, every pinned package at its version and the
+operator itself. Here, not in tests/test_images.py, because `make test` builds this archive
+beside the unit tests (e2e.cluster loads it into the node once built): it is ready by the
+time the e2e modules run."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+import tarfile
+
+from e2e.build import image, oci
+
+ROOT = image.ROOT
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+def _archive_files() -> tuple[dict, set[str]]:
+    """The archive's image config and the paths of its layer."""
+    with tarfile.open(image.OPERATOR.archive) as tar:
+        index = json.load(tar.extractfile("index.json"))
+        blob = lambda digest: tar.extractfile("blobs/sha256/" + digest.split(":")[1]).read()  # noqa: E731
+        manifest = json.loads(blob(index["manifests"][0]["digest"]))
+        config = json.loads(blob(manifest["config"]["digest"]))
+        names: set[str] = set()
+        for layer in manifest["layers"]:
+            raw = subprocess.run(["zstd", "-dc"], input=blob(layer["digest"]), capture_output=True, check=True).stdout
+            with tarfile.open(fileobj=io.BytesIO(raw), mode="r|") as inner:
+                names.update(m.name.lstrip("./") for m in inner)
+    return config, names
+
+
+def test_the_built_archive_holds_what_the_dockerfile_says():
+    image.build(image.OPERATOR)  # built already, or being built beside the tests: waits for it
+    config, names = _archive_files()
+    want = oci.parse_dockerfile(DOCKERFILE.read_text()).oci()
+    assert {k: config["config"].get(k) for k in want} == want
+    # The allocator the image's LD_PRELOAD names is there (a missing one is only a warning).
+    assert any(n.endswith("/libjemalloc.so.2") for n in names), "libjemalloc2 (packages.txt) is not in the image"
+    site = "opt/llmservice/lib/python3.11/site-packages/"
+    installed = {
+        m.group(1).lower().replace("_", "-"): m.group(2)
+        for n in names
+        if (m := re.fullmatch(re.escape(site) + r"([^/]+?)-([^-/]+)\.dist-info", n.rstrip("/")))
+    }
+    pins = {}
+    for line in (image.OPERATOR.context / "requirements.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.lower().replace("_", "-")] = version
+    # Every pin at its version, the operator itself; the installers removed after use.
+    assert installed == {k: v for k, v in pins.items() if k not in ("setuptools", "pip")} | {
+        "llmservice-operator": "0.1.0"
+    }
+    assert "opt/llmservice/bin/llmservice" in names
