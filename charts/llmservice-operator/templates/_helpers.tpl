@@ -26,8 +26,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end }}
 
-{{/* Least privilege for what one namespace needs: no list/watch of Secrets, no delete of
-RayServices (garbage collection removes them with their LLMService). */}}
+{{/* Least privilege for what one namespace needs: no list/watch of Secrets. */}}
 {{- define "llmservice.namespacedRules" -}}
 - apiGroups: [llmservice.dev]
   resources: [llmservices]
@@ -35,9 +34,11 @@ RayServices (garbage collection removes them with their LLMService). */}}
 - apiGroups: [llmservice.dev]
   resources: [llmservices/status]
   verbs: [get, patch]
+# delete: a suspended LLMService has no RayService (KubeRay 1.6 has no RayService suspend, and
+# does not resume a suspended RayCluster); garbage collection removes it with its LLMService.
 - apiGroups: [ray.io]
   resources: [rayservices]
-  verbs: [get, list, watch, create, patch]
+  verbs: [get, list, watch, create, patch, delete]
 # The RayService's replica bounds on its running Ray clusters (KubeRay does not carry them over).
 - apiGroups: [ray.io]
   resources: [rayclusters]
