@@ -44,6 +44,7 @@ COMPONENT_MODULES = {
 # Modules of e2e/tests/ that need the real node.
 SERVING_MODULES = {
     "test_serving.py",
+    "test_serving_end.py",
     "test_in_cluster_operator.py",
     "test_dataplane_vllm.py",
     "test_failures.py",

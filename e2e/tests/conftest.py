@@ -2,7 +2,8 @@
 
 Order: the API-level modules run first while the CPU service of test_serving.py deploys on
 the real node in the background (it takes minutes: a Ray cluster and vLLM on 2 cores); then
-test_serving.py; the data-path modules last, on a quiet machine, since they measure timing.
+test_serving.py; the host-side data-path modules while its upgrade's old cluster goes (then
+test_serving_end.py deletes the service), and the real-vLLM data path last.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from testkit.fake_gke import FakeGKE, FakeGKEServer
 ROOT = Path(__file__).resolve().parents[2]
 # Numbers the end-to-end tests measure on the real node, printed after the run.
 MEASURED: dict[str, object] = {}
+SERVED_END = "test_serving_end.py"  # the served sample's last module (its delete)
 
 
 def until(what: str, check: Callable[[], bool], limit_s: float = 60, poll_s: float = 0.05) -> float:
@@ -51,8 +53,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.write_line(f"{what:<60} {value}")
 
 
-_LAST = ("test_in_cluster_operator.py", "test_serving.py", "test_failures.py", "test_switches.py",
-         "test_sidecar_off.py", "test_hub_model.py", "test_dataplane.py", "test_dataplane_vllm.py")  # fmt: skip
+# test_serving_end.py after test_dataplane.py: the upgrade's old cluster goes meanwhile (about
+# 100 s of KubeRay's delay and the pods' drain, little CPU), not while the suite waits.
+_LAST = ("test_in_cluster_operator.py", "test_serving.py", "test_dataplane.py", SERVED_END, "test_failures.py",
+         "test_switches.py", "test_sidecar_off.py", "test_hub_model.py", "test_dataplane_vllm.py")  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -161,12 +165,13 @@ def _cleaned_after(cluster: Cluster, story: Story, step: str, namespace: str) ->
     return wait
 
 
-# Set when test_serving.py's tests are done (its module fixture's teardown): its upgrade runs
-# two Ray clusters of the sample, and the node's 24 GiB do not hold another service's two.
+# Set when the served sample is gone (test_serving_end.py's module fixture's teardown): its
+# upgrade runs two Ray clusters of the sample, and the node's 24 GiB do not hold another
+# service's two.
 SERVED_DONE = threading.Event()
 
 
-def _serving_in(request: pytest.FixtureRequest, module: str = "test_serving.py") -> bool:
+def _serving_in(request: pytest.FixtureRequest, module: str = SERVED_END) -> bool:
     return any(i.path.name == module for i in request.session.items)
 
 
@@ -176,7 +181,7 @@ def failed(
 ) -> Iterator[Story]:
     """test_failures.py's services, once the served sample (when its tests run) is Ready: two
     vLLM engines starting at once take this machine's 2 cores, three starve."""
-    served = request.getfixturevalue("cpu_service") if _serving_in(request) else None
+    served = request.getfixturevalue("cpu_service") if _serving_in(request, "test_serving.py") else None
 
     def after() -> None:
         if served is not None:
@@ -249,6 +254,10 @@ class Served:
     prometheus: Prometheus
     stores: serving.Stores
     client: openai.OpenAI = field(init=False)
+    # What a test of test_serving.py leaves running for test_serving_end.py to finish (the
+    # upgrade's old cluster going), and what the session stops if that module does not run.
+    handover: dict[str, Any] = field(default_factory=dict)
+    finally_stop: list[Callable[[], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.client = serving.client(self.url)
@@ -282,7 +291,10 @@ def served(
     MEASURED["apply -> LLMService Ready, beside other tests (s)"] = round(time.monotonic() - applied.applied, 1)
     MEASURED["memory of the whole cluster, CPU service serving (GiB, PSS)"] = round(cluster.memory_pss() / 2**30, 1)
     url = f"http://{serving.service_ip(cluster, SERVED_NS, serving.SERVICE)}:8000/v1"
-    yield Served(cluster, url, applied.lora_model, in_cluster.result(), prometheus, applied.stores)
+    served = Served(cluster, url, applied.lora_model, in_cluster.result(), prometheus, applied.stores)
+    yield served
+    for stop in served.finally_stop:
+        stop()
     cluster.kubectl(
         "delete", "llmsvc", serving.SERVICE, "-n", SERVED_NS, "--ignore-not-found", "--wait=false", check=False
     )
