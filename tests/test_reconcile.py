@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
-from kubernetes.dynamic.exceptions import NotFoundError
+from kubernetes.dynamic.exceptions import ForbiddenError, NotFoundError
 
 from llmservice_operator.controller.reconcile import Reconciler
 from llmservice_operator.gke import NodePools, cluster_manager, compute
@@ -163,3 +164,51 @@ def test_a_pod_gone_between_list_and_patch_does_not_fail_the_reconcile(settings)
     outcome = r.reconcile("team-a", "tiny")
     assert outcome is not None and "Pod/tiny-worker-a" in outcome.applied
     assert "Pod/tiny-worker-gone" not in outcome.applied
+
+
+def test_a_write_the_api_server_refuses_is_told_in_the_status_until_it_goes_through(settings):
+    """A suspended service's RayService must go, but the operator's role may not delete it (a
+    chart without the verb, seen on the real node; an admission policy answers the same way):
+    the status turns Degraded with the API server's own words instead of staying Ready, the
+    other writes still happen, and once the delete goes through the status says Suspended."""
+    doc = with_spec(sample_doc("cpu-tiny.yaml"), ingress={"sidecar": False})
+    doc["metadata"].update(namespace="team-a", uid="u-1", generation=1)
+    claim = {"kind": "PersistentVolumeClaim", "metadata": {"name": "tiny-models", "namespace": "team-a"}}
+    denied = json.dumps({
+        "kind": "Status", "status": "Failure", "reason": "Forbidden", "code": 403,
+        "message": 'rayservices.ray.io "tiny" is forbidden: User "system:serviceaccount:llmservice-system:'
+                   'llmservice-operator" cannot delete resource "rayservices" in API group "ray.io"',
+    })  # fmt: skip
+
+    class NoDelete(DictKube):
+        allowed = False
+
+        def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+            if kind == "RayService" and not self.allowed:
+                refused = ApiException(status=403, reason="Forbidden")
+                refused.body = denied  # what the API server answers
+                raise ForbiddenError(refused)
+            super().delete(api_version, kind, namespace, name)
+
+    kube = NoDelete(doc, claim)
+    r = Reconciler(kube, settings)  # type: ignore[arg-type]
+    _settle(r, "team-a", "tiny")
+    assert ("RayService", "team-a", "tiny") in kube.objects
+    kube.objects[("LLMService", "team-a", "tiny")]["spec"]["suspend"] = True
+    kube.objects[("LLMService", "team-a", "tiny")]["metadata"]["generation"] = 2
+
+    _settle(r, "team-a", "tiny")
+    outcome = r.reconcile("team-a", "tiny")
+    assert outcome is not None and outcome.refused, "retried (with backoff) while refused"
+    status = kube.get_llmservice("team-a", "tiny")["status"]
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert status["phase"] == "Degraded" and degraded["reason"] == "WriteRefused", status
+    assert degraded["message"].startswith('delete RayService tiny: rayservices.ray.io "tiny" is forbidden'), degraded
+    assert ("Warning", "WriteRefused", degraded["message"]) in kube.events
+
+    kube.allowed = True  # the role fixed
+    _settle(r, "team-a", "tiny")
+    assert ("RayService", "team-a", "tiny") not in kube.objects
+    status = kube.get_llmservice("team-a", "tiny")["status"]
+    assert status["phase"] == "Suspended", status
+    assert next(c for c in status["conditions"] if c["type"] == "Degraded")["status"] == "False"

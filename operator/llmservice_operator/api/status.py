@@ -55,6 +55,7 @@ class Reason(StrEnum):
     COLD_START = "ColdStart"  # Event: a step of a Ray cluster's start (status.startup)
     SERVE_APPLICATION_FAILED = "ServeApplicationFailed"
     NODE_POOL_ERROR = "NodePoolError"  # GKE's words: quota, stockout, permission
+    WRITE_REFUSED = "WriteRefused"  # the API server refused a write: the operator's role, an admission policy
 
 
 class Condition(Model):

@@ -1,18 +1,21 @@
 """Act: write what decide() returned, in order, and nothing else.
 
 Applies (server-side, our field manager), creates, deletes, then the patches that depend on
-them, the finalizers, the status (only when it changed) and its Events. GKE node pools go to
+them, the finalizers, the status (only when it changed) and its Events. A child write the API
+server refuses (403 from the operator's role, 400/422 from an admission policy) does not stop
+the others: it is reported, in the server's words, for the next decide() to tell in the status. GKE node pools go to
 their own asynchronous queue (gke.NodePools), which wakes the service when an operation starts
 and ends; what it reports is GKE's view for the next reconcile.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from kubernetes.dynamic.exceptions import NotFoundError
+from kubernetes.dynamic.exceptions import BadRequestError, ForbiddenError, NotFoundError, UnprocessibleEntityError
 
 from ..gke import NodePools, PoolSync
 from ..render import names
@@ -47,23 +50,54 @@ class Acted:
     status_written: bool = False
     pools: PoolSync | None = None  # what GKE's layer reported now
     pool_poll: bool = False  # GKE changes something no queued operation of ours covers: look again
+    refused: list[str] = field(default_factory=list)  # child writes the API server refused, in its words
+
+
+# The API server's "no" to a write: retrying the same write gets the same answer until a person
+# changes the role or the policy, so it is told, not only retried.
+REFUSED = (ForbiddenError, BadRequestError, UnprocessibleEntityError)
+
+
+def refusal(verb: str, kind: str, name: str, e: Exception) -> str:
+    """`delete RayService tiny: <the API server's message>`."""
+    body = getattr(e, "body", None)
+    try:
+        message = json.loads(body)["message"] if body else str(e)
+    except (ValueError, KeyError, TypeError):
+        message = str(body)
+    return f"{verb} {kind} {name}: {message}"
 
 
 def act(kube: Writer, obs: Observed, actions: Actions, node_pools: NodePools | None = None) -> Acted:
     ns, name = obs.namespace, obs.name
     out = Acted()
     for obj in actions.apply:
-        kube.apply(obj)
-        metrics.WRITES.labels(obj["kind"]).inc()
-        out.written.append(f"{obj['kind']}/{obj['metadata']['name']}")
+        kind, child = obj["kind"], obj["metadata"]["name"]
+        try:
+            kube.apply(obj)
+        except REFUSED as e:
+            out.refused.append(refusal("apply", kind, child, e))
+            continue
+        metrics.WRITES.labels(kind).inc()
+        out.written.append(f"{kind}/{child}")
     for obj in actions.create:
-        if obj["kind"] == "Secret" and obj["metadata"]["name"] == names.ray_auth_secret(name):
+        kind, child = obj["kind"], obj["metadata"]["name"]
+        if kind == "Secret" and child == names.ray_auth_secret(name):
             obj = {**obj, "stringData": {names.RAY_AUTH_TOKEN_KEY: secrets.token_hex(32)}}
-        if kube.create(obj):
-            metrics.WRITES.labels(obj["kind"]).inc()
-            out.written.append(f"{obj['kind']}/{obj['metadata']['name']}")
+        try:
+            made = kube.create(obj)
+        except REFUSED as e:
+            out.refused.append(refusal("create", kind, child, e))
+            continue
+        if made:
+            metrics.WRITES.labels(kind).inc()
+            out.written.append(f"{kind}/{child}")
     for api_version, kind, child in actions.delete:
-        kube.delete(api_version, kind, ns, child)
+        try:
+            kube.delete(api_version, kind, ns, child)
+        except REFUSED as e:
+            out.refused.append(refusal("delete", kind, child, e))
+            continue
         out.written.append(f"-{kind}/{child}")
     for p in actions.patches:
         try:
@@ -72,6 +106,9 @@ def act(kube: Writer, obs: Observed, actions: Actions, node_pools: NodePools | N
             else:
                 kube.merge_patch(p.api_version, p.kind, ns, p.name, p.body)
         except NotFoundError:  # gone since it was observed (a pod replaced): nothing to patch
+            continue
+        except REFUSED as e:
+            out.refused.append(refusal("patch", p.kind, p.name, e))
             continue
         metrics.WRITES.labels(p.kind).inc()
         out.written.append(f"{p.kind}/{p.name}")
@@ -82,8 +119,8 @@ def act(kube: Writer, obs: Observed, actions: Actions, node_pools: NodePools | N
     if actions.status_patch is not None:
         kube.patch_status(ns, name, actions.status_patch)
         out.status_written = True
-        for e in actions.events:
-            kube.event(obs.body, e.type, e.reason, e.message)
+        for ev in actions.events:
+            kube.event(obs.body, ev.type, ev.reason, ev.message)
     return out
 
 

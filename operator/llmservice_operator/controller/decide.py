@@ -278,6 +278,7 @@ def _status(
         root_causes={d: c.line for d, c in obs.root_causes.items()},
         pending_cluster=obs.cluster("pendingServiceStatus"),
         engine_steps=obs.engine_steps,
+        refused=obs.refused,
     )
     return status_mod.status(rendered.plan, view, settings, previous, obs.now)
 

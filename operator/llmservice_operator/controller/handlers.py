@@ -158,6 +158,8 @@ class Controller:
             return Requeue(after=self.reconciler.settings.gke_poll_seconds)  # look at GKE again
         if outcome.requeue_after is not None:
             return Requeue(after=outcome.requeue_after)
+        if outcome.refused:
+            return Requeue(backoff=True)  # the same write again, less and less often
         return None
 
     def _process(self, key: Hashable) -> Requeue | None:

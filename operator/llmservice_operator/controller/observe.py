@@ -55,6 +55,7 @@ class Observed:
     pools: PoolSync | None = None  # GKE's view of the service's node pools (as last synced)
     root_causes: Mapping[str, RootCause] = field(default_factory=dict)  # Serve deployment -> why it fails
     engine_steps: Mapping[str, str] = field(default_factory=dict)  # the starting replica's engine: step -> time
+    refused: tuple[str, ...] = ()  # the writes the API server refused at the last reconcile, in its words
     now: str = ""  # RFC 3339, for lastTransitionTime
 
     @property
@@ -93,11 +94,13 @@ def observe(
     references: preflight.Getter,
     pools: PoolSync | None = None,
     root_causes: Any = None,
+    refused: tuple[str, ...] = (),
     clock: Any = now,
 ) -> Observed:
     """The snapshot of one LLMService (`body`, as just read). `references` reads what the spec
     names (controller.preflight.References: recently found ones are remembered); `root_causes`
-    (controller.rootcause.RootCauses) reads failing replicas' logs; `pools` is GKE's view."""
+    (controller.rootcause.RootCauses) reads failing replicas' logs; `pools` is GKE's view;
+    `refused`, the writes the last act() had refused."""
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
     base = {"namespace": ns, "name": name, "body": body, "now": clock()}
@@ -149,5 +152,6 @@ def observe(
         pools=pools,
         root_causes=causes,
         engine_steps=engine,
+        refused=refused,
         **base,
     )

@@ -35,6 +35,7 @@ class Outcome:
     queued: bool = False  # a GKE mutation waits in the cluster's queue, which wakes this service
     replicas: dict[str, int] = field(default_factory=dict)  # status.replicas: ready, desired
     requeue_after: float | None = None  # look again after this many seconds
+    refused: list[str] = field(default_factory=list)  # writes the API server refused: retried with backoff
 
 
 def _pool_view(sync: PoolSync | None) -> tuple[Any, ...] | None:
@@ -54,6 +55,9 @@ class Reconciler:
         self.node_pools = node_pools
         self.root_causes = root_causes
         self.references = preflight.References(lambda k, ns, n: kube.get("v1", k, ns, n))
+        # The writes the API server refused at each service's last act(): observed by the next
+        # reconcile, whose status then says so.
+        self.refused: dict[tuple[str, str], tuple[str, ...]] = {}
         self.secret_watch = SecretWatch(
             self._secret_version,
             settings.secret_refresh_seconds,
@@ -81,7 +85,14 @@ class Reconciler:
         if body is None:
             return None
         pools = self.node_pools.last((namespace, name)) if self.node_pools is not None else None
-        return observe(self.kube, body, references=self.references.get, pools=pools, root_causes=self.root_causes)
+        return observe(
+            self.kube,
+            body,
+            references=self.references.get,
+            pools=pools,
+            root_causes=self.root_causes,
+            refused=self.refused.get((namespace, name), ()),
+        )
 
     def decide(self, obs: Observed) -> Actions:
         return decide(obs, self.settings, gke=self.node_pools is not None)
@@ -91,6 +102,7 @@ class Reconciler:
         if obs is None or obs.deleting:
             metrics.set_service(namespace, name, None)
             self.secret_watch.untrack((namespace, name))
+            self.refused.pop((namespace, name), None)
         if obs is None:
             return None
         actions = self.decide(obs)
@@ -99,11 +111,20 @@ class Reconciler:
         if not obs.deleting:
             self.secret_watch.track((namespace, name), {(namespace, n): v for n, v in actions.secrets_read.items()})
         acted = act(self.kube, obs, actions, self.node_pools)
+        refused = tuple(acted.refused)
+        if refused:
+            self.refused[(namespace, name)] = refused
+            log.warning("%s/%s: the API server refused: %s", namespace, name, "; ".join(refused))
+        else:
+            self.refused.pop((namespace, name), None)
         out = Outcome(applied=acted.written, problems=list(actions.problems), status_written=acted.status_written)
+        out.refused = list(refused)
         out.busy = acted.pool_poll
         out.queued = acted.pools is not None and acted.pools.queued
         if acted.pools is not None and _pool_view(acted.pools) != _pool_view(obs.pools) and not obs.deleting:
             out.requeue_after = 0.0  # GKE's view changed under this decision: decide again with it
+        elif refused != obs.refused:
+            out.requeue_after = 0.0  # the status told what was refused before this act(): tell it anew
         elif actions.requeue_after is not None:
             out.requeue_after = actions.requeue_after
         if actions.status is not None and not obs.deleting:

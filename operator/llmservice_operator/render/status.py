@@ -53,6 +53,7 @@ class Observed:
     root_causes: Mapping[str, str] = field(default_factory=dict)  # Serve deployment -> why its replica failed
     pending_cluster: dict[str, Any] | None = None  # the RayCluster KubeRay starts beside (or before) the active one
     engine_steps: Mapping[str, str] = field(default_factory=dict)  # its first replica's engine start: step -> time
+    refused: Sequence[str] = ()  # writes the API server refused at the last try, in its words
 
 
 def _cond(ctype: C, ok: bool, reason: str, message: str = "") -> Condition:
@@ -323,6 +324,12 @@ def status(
         phase = P.DEGRADED
         conds = [c for c in conds if c.type != C.DEGRADED]
         conds.append(_cond(C.DEGRADED, True, R.NODE_POOL_ERROR, "; ".join(obs.pool_problems)))
+    if obs.refused and not obs.problems:
+        # The API server refused a write (the operator's role, an admission policy): what it
+        # held back does not happen, whatever the Ray side says, until that is fixed.
+        phase = P.DEGRADED
+        conds = [c for c in conds if c.type != C.DEGRADED]
+        conds.append(_cond(C.DEGRADED, True, R.WRITE_REFUSED, one_line("; ".join(obs.refused))))
     if obs.pool_progress and not obs.problems:
         # Nodes are changing under a service that may well be serving: Progressing says so
         # (the phase stays what the Ray side makes it).
