@@ -267,6 +267,12 @@ class Cluster:
     def _load_image(self, recipe: image.ImageRecipe) -> None:
         """Built first if its archive is missing: `make test` leaves the operator image, which
         changes with every commit, to be built here while the unit tests run."""
+        kind = os.environ.get("E2E_KIND_CLUSTER")
+        if self.node is None and not kind:
+            raise ClusterError(
+                f"the cluster's nodes lack {recipe.name}: push it to a registry they pull from and set "
+                "E2E_IMAGE_REGISTRY, or set E2E_KIND_CLUSTER for kind (`make kind-demo` does)"
+            )
         start = time.monotonic()
         if not recipe.ready:
             image.build(recipe)
@@ -274,14 +280,9 @@ class Cluster:
             start = time.monotonic()
         if self.node is not None:
             self.node.import_image(recipe.archive)
-        elif os.environ.get("E2E_KIND_CLUSTER"):
-            cmd = ["kind", "load", "image-archive", str(recipe.archive), "--name", os.environ["E2E_KIND_CLUSTER"]]
-            subprocess.run(cmd, check=True, capture_output=True)
         else:
-            raise ClusterError(
-                f"the cluster's nodes lack {recipe.name}: push it to a registry they pull from and set "
-                "E2E_IMAGE_REGISTRY, or set E2E_KIND_CLUSTER for kind (`make kind-demo` does)"
-            )
+            cmd = ["kind", "load", "image-archive", str(recipe.archive), "--name", str(kind)]
+            subprocess.run(cmd, check=True, capture_output=True)
         self.timings[f"load {recipe.name}"] = time.monotonic() - start
 
     # -- lifecycle -------------------------------------------------------------------------

@@ -45,6 +45,7 @@ COMPONENT_MODULES = {
 SERVING_MODULES = {
     "test_serving.py",
     "test_serving_end.py",
+    "test_serving_gone.py",
     "test_in_cluster_operator.py",
     "test_dataplane_vllm.py",
     "test_failures.py",

@@ -3,7 +3,8 @@
 Order: the API-level modules run first while the CPU service of test_serving.py deploys on
 the real node in the background (it takes minutes: a Ray cluster and vLLM on 2 cores); then
 test_serving.py; the host-side data-path modules while its upgrade's old cluster goes (then
-test_serving_end.py deletes the service), and the real-vLLM data path last.
+test_serving_end.py deletes the service), the real-vLLM data path while it goes, and
+test_serving_gone.py. The real-pod stories, when they run, come after.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from testkit.fake_gke import FakeGKE, FakeGKEServer
 ROOT = Path(__file__).resolve().parents[2]
 # Numbers the end-to-end tests measure on the real node, printed after the run.
 MEASURED: dict[str, object] = {}
-SERVED_END = "test_serving_end.py"  # the served sample's last module (its delete)
+SERVED_END = "test_serving_end.py"  # the served sample's upgrade finished, and its delete
+SERVED_GONE = "test_serving_gone.py"  # ... and what the delete removed, checked last
 
 
 def until(what: str, check: Callable[[], bool], limit_s: float = 60, poll_s: float = 0.05) -> float:
@@ -54,9 +56,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 # test_serving_end.py after test_dataplane.py: the upgrade's old cluster goes meanwhile (about
-# 100 s of KubeRay's delay and the pods' drain, little CPU), not while the suite waits.
-_LAST = ("test_in_cluster_operator.py", "test_serving.py", "test_dataplane.py", SERVED_END, "test_failures.py",
-         "test_switches.py", "test_sidecar_off.py", "test_hub_model.py", "test_dataplane_vllm.py")  # fmt: skip
+# 100 s of KubeRay's delay and the pods' drain, little CPU), not while the suite waits; and its
+# delete goes while test_dataplane_vllm.py runs (test_serving_gone.py checks it).
+_LAST = ("test_in_cluster_operator.py", "test_serving.py", "test_dataplane.py", SERVED_END, "test_dataplane_vllm.py",
+         SERVED_GONE, "test_failures.py", "test_switches.py", "test_sidecar_off.py", "test_hub_model.py")  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -165,13 +168,13 @@ def _cleaned_after(cluster: Cluster, story: Story, step: str, namespace: str) ->
     return wait
 
 
-# Set when the served sample is gone (test_serving_end.py's module fixture's teardown): its
+# Set when the served sample is gone (test_serving_gone.py's module fixture's teardown): its
 # upgrade runs two Ray clusters of the sample, and the node's 24 GiB do not hold another
 # service's two.
 SERVED_DONE = threading.Event()
 
 
-def _serving_in(request: pytest.FixtureRequest, module: str = SERVED_END) -> bool:
+def _serving_in(request: pytest.FixtureRequest, module: str = SERVED_GONE) -> bool:
     return any(i.path.name == module for i in request.session.items)
 
 

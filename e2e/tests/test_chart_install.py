@@ -68,7 +68,8 @@ def test_rbac_is_no_broader_than_needed(cluster: Cluster, installed: None):
     assert can_i(cluster, "get", "secrets", "-n", "serving")
     assert not can_i(cluster, "list", "secrets", "-n", "serving")
     assert not can_i(cluster, "watch", "secrets", "--all-namespaces")
-    assert not can_i(cluster, "delete", "rayservices.ray.io", "-n", "serving")
+    assert not can_i(cluster, "update", "rayservices.ray.io", "-n", "serving"), "applies, never replaces"
+    assert not can_i(cluster, "delete", "rayclusters.ray.io", "-n", "serving"), "KubeRay's to delete"
     assert not can_i(cluster, "create", "pods", "-n", "serving")
     assert not can_i(cluster, "update", "llmservices.llmservice.dev", "-n", "serving"), "never writes spec"
     assert can_i(cluster, "patch", "llmservices.llmservice.dev/status", "-n", "serving")
