@@ -180,9 +180,10 @@ def test_chat_and_a_streamed_completion_through_the_edge(real: Real):
         model=MODEL, messages=[{"role": "user", "content": "Say hello."}], max_tokens=8, temperature=0
     )
     assert chat.choices[0].message.content is not None and chat.usage.completion_tokens > 0
-    # Streamed: the tokens arrive over time in several chunks, not in one at the end. 160
-    # tokens: the tiny model made 48 in under a millisecond each in CI, which Ray Serve sent
-    # as two bursts 0.3 ms apart.
+    # Streamed: several server-sent events. When they arrive depends on the tiny model's pace
+    # against Ray Serve LLM's stream batching (48 tokens came in two bursts 0.3 ms apart in CI);
+    # that nothing on the path holds tokens back is shown with an engine of known pace
+    # (test_dataplane.py::test_tokens_stream_through_the_sidecar_as_they_are_generated).
     start = time.monotonic()
     arrivals: list[float] = []
     stream = c.completions.create(
@@ -192,7 +193,6 @@ def test_chat_and_a_streamed_completion_through_the_edge(real: Real):
         if chunk.choices and chunk.choices[0].text:
             arrivals.append(time.monotonic() - start)
     assert len(arrivals) >= 3, arrivals
-    assert arrivals[-1] - arrivals[0] > 0.02, arrivals
     MEASURED["real vLLM data path: TTFT, streamed completion through the edge (ms)"] = round(arrivals[0] * 1000)
     # The edge checks the key before Ray Serve sees the request.
     with pytest.raises(openai.AuthenticationError):

@@ -85,8 +85,11 @@ def test_kuberay_marks_it_ready_and_the_endpoint_streams_tokens(served: Served):
     )
     assert chat.choices[0].message.content and chat.usage.completion_tokens > 0
 
-    # Streamed: tokens arrive in several chunks over time, not in one piece at the end (160
-    # tokens: the tiny model made 48 in 12 ms once, on an idle machine).
+    # Streamed: the answer comes as several server-sent events. When they arrive depends on how
+    # fast the tiny model is against Ray Serve LLM's 50 ms stream batching: 160 tokens took 0.3 s
+    # in one run and 11 ms in another, one batch. That nothing on the path holds tokens back is
+    # shown with an engine of known pace (test_dataplane.py::
+    # test_tokens_stream_through_the_sidecar_as_they_are_generated); here it is measured.
     start = time.monotonic()
     arrivals: list[float] = []
     stream = served.client.completions.create(
@@ -96,8 +99,8 @@ def test_kuberay_marks_it_ready_and_the_endpoint_streams_tokens(served: Served):
         if chunk.choices and chunk.choices[0].text:
             arrivals.append(time.monotonic() - start)
     assert len(arrivals) >= 3, arrivals
-    assert arrivals[-1] - arrivals[0] > 0.02, arrivals
     MEASURED["time to first token, streamed completion (ms)"] = round(arrivals[0] * 1000)
+    MEASURED["streamed completion, 160 tokens: first -> last token (ms)"] = round((arrivals[-1] - arrivals[0]) * 1000)
 
     # The edge sidecar: a wrong key, or none, is refused before Ray sees the request.
     with pytest.raises(openai.AuthenticationError) as err:
