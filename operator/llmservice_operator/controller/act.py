@@ -3,9 +3,9 @@
 Applies (server-side, our field manager), creates, deletes, then the patches that depend on
 them, the finalizers, the status (only when it changed) and its Events. A child write the API
 server refuses (403 from the operator's role, 400/422 from an admission policy) does not stop
-the others: it is reported, in the server's words, for the next decide() to tell in the status. GKE node pools go to
-their own asynchronous queue (gke.NodePools), which wakes the service when an operation starts
-and ends; what it reports is GKE's view for the next reconcile.
+the others: it is reported, in the server's words, for the next decide() to tell in the status.
+GKE node pools go to their own asynchronous queue (gke.NodePools), which wakes the service when
+an operation starts and ends; what it reports is GKE's view for the next reconcile.
 """
 
 from __future__ import annotations

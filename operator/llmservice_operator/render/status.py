@@ -314,6 +314,11 @@ def _finish(
     )
 
 
+def _replaced(conds: list[Condition], new: Condition) -> list[Condition]:
+    """`conds` with `new` in place of the condition of its type (appended last)."""
+    return [c for c in conds if c.type != new.type] + [new]
+
+
 def status(
     svc: LLMService | Plan, obs: Observed, settings: OperatorSettings, previous: dict[str, Any], now: str
 ) -> LLMServiceStatus:
@@ -322,19 +327,16 @@ def status(
     if obs.pool_problems and not obs.problems:
         # The Ray side may be fine; the nodes it needs are not coming: say why, in GKE's words.
         phase = P.DEGRADED
-        conds = [c for c in conds if c.type != C.DEGRADED]
-        conds.append(_cond(C.DEGRADED, True, R.NODE_POOL_ERROR, "; ".join(obs.pool_problems)))
+        conds = _replaced(conds, _cond(C.DEGRADED, True, R.NODE_POOL_ERROR, "; ".join(obs.pool_problems)))
     if obs.refused and not obs.problems:
         # The API server refused a write (the operator's role, an admission policy): what it
         # held back does not happen, whatever the Ray side says, until that is fixed.
         phase = P.DEGRADED
-        conds = [c for c in conds if c.type != C.DEGRADED]
-        conds.append(_cond(C.DEGRADED, True, R.WRITE_REFUSED, one_line("; ".join(obs.refused))))
+        conds = _replaced(conds, _cond(C.DEGRADED, True, R.WRITE_REFUSED, "; ".join(obs.refused)))
     if obs.pool_progress and not obs.problems:
         # Nodes are changing under a service that may well be serving: Progressing says so
         # (the phase stays what the Ray side makes it).
-        conds = [c for c in conds if c.type != C.PROGRESSING]
-        conds.append(_cond(C.PROGRESSING, True, R.UPDATING_NODE_POOLS, "; ".join(obs.pool_progress)))
+        conds = _replaced(conds, _cond(C.PROGRESSING, True, R.UPDATING_NODE_POOLS, "; ".join(obs.pool_progress)))
     rs = obs.ray_service
     rs_status = (rs or {}).get("status") or {}
     # The active cluster serves; before the first one is ready, KubeRay reports it as pending.
