@@ -763,3 +763,30 @@ def test_a_routing_policy_is_serves_router_and_changes_in_place(settings):
     assert routers["round-robin"][0] == "ray.serve.experimental.round_robin_router:RoundRobinRouter"
     assert routers["session-affinity"][0] == "ray.serve.experimental.consistent_hash_router:ConsistentHashRouter"
     assert routers["least-loaded"][1] == routers["round-robin"][1] == routers["session-affinity"][1]
+
+
+def _port_names(template: dict) -> set[str]:
+    return {p["name"] for c in template["spec"]["containers"] for p in c.get("ports", []) if "name" in p}
+
+
+@pytest.mark.parametrize("sidecar", [True, False], ids=["sidecar", "no-sidecar"])
+def test_the_named_ports_requests_reach_exist_on_every_serving_pod(sample, settings, sidecar):
+    """The Service's targetPort and the NetworkPolicy's open port are names each pod resolves
+    to one of its own ports; a serving pod without the name is an endpoint without a port, and
+    the requests to it vanish (seen on the real node: without the sidecar no worker declared
+    `serve`, so every request timed out)."""
+    doc = sample.model_dump(by_alias=True, exclude_none=True)
+    if not sidecar:
+        doc["spec"]["ingress"] = {"sidecar": False}
+    svc = parse(doc)
+    rendered = render(svc, settings)
+    cluster = rendered.ray_service["spec"]["rayClusterConfig"]
+    serving = [g["template"] for g in cluster["workerGroupSpecs"]]
+    if plan(svc).head_serves:
+        serving.append(cluster["headGroupSpec"]["template"])
+    [target] = {p["targetPort"] for p in rendered.ray_service["spec"]["serveService"]["spec"]["ports"]}
+    policy = rendered.network_policy
+    opened = {p["port"] for r in policy["spec"]["ingress"] if "from" not in r for p in r["ports"]} if policy else set()
+    for template in serving:
+        assert target in _port_names(template)
+        assert opened <= _port_names(template)

@@ -19,6 +19,7 @@ import jinja2
 
 from .. import labels as keys
 from ..api.resource import LLMService
+from ..api.spec import LLMServiceSpec
 from ..settings import OperatorSettings
 from . import names
 from .plan import Plan
@@ -167,6 +168,15 @@ def config_map(p: Plan) -> dict[str, Any]:
         "metadata": {"name": p.names.edge_config, "namespace": p.namespace, "labels": names.labels(p.name)},
         "data": data,
     }
+
+
+def serving_port_of(sidecar: bool) -> str:
+    """The named port requests reach on a serving pod: the sidecar's, or Ray Serve's without it."""
+    return "edge" if sidecar else "serve"
+
+
+def serving_port(spec: LLMServiceSpec) -> str:
+    return serving_port_of(spec.ingress.sidecar)
 
 
 def revision(config_map: dict[str, Any]) -> str:

@@ -229,7 +229,13 @@ def worker_group(p: Plan, settings: OperatorSettings, wb: WorkerBounds) -> dict[
     requests, limits = {"cpu": cpu, "memory": mem}, {"memory": mem}
     if acc.resource:
         requests[acc.resource] = limits[acc.resource] = str(sh.per_pod)
-    container = {"name": RAY_CONTAINER, "resources": {"requests": requests, "limits": limits}}
+    container = {
+        "name": RAY_CONTAINER,
+        # Named, because the Service targets it without the sidecar and the NetworkPolicy
+        # opens it by name: an undeclared name resolves to no port (an endpoint without one).
+        "ports": [{"name": "serve", "containerPort": SERVE_PORT}],
+        "resources": {"requests": requests, "limits": limits},
+    }
     extra: dict[str, Any] = {}
     selector = scheduling.node_selector(svc.spec, sh)
     if selector:
@@ -318,7 +324,7 @@ def serve_service(p: Plan) -> dict[str, Any]:
     """KubeRay keeps this Service pointed at the active cluster's serving pods; naming it after
     the LLMService gives the endpoint http://<name>.<namespace>.svc:8000/v1."""
     svc = p.svc
-    target = "edge" if svc.spec.ingress.sidecar else "serve"
+    target = edge.serving_port(svc.spec)
     meta: dict[str, Any] = {"name": p.names.serve_service, "labels": names.labels(p.name)}
     spec: dict[str, Any] = {"ports": [{"name": "serve", "port": SERVE_PORT, "targetPort": target, "protocol": "TCP"}]}
     meta_exposure, spec_exposure = exposure(svc.spec)
