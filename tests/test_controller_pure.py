@@ -207,3 +207,42 @@ def test_suspend_deletes_the_rayservice_and_resume_applies_it_again():
     assert ("ray.io/v1", "RayService", "tiny") in actions.delete
     assert actions.status is not None and actions.status.phase == "Suspended"
     assert _decided_rayservice(doc, None, 0) is not None, "resumed: applied again"
+
+
+def _policy_ports(doc: dict, pods: list[dict]) -> list[str]:
+    body = {**doc, "metadata": {**doc["metadata"], "namespace": "default", "uid": "u1", "generation": 2}}
+    svc = parse(body)
+    new = {"spec": {"workerGroupSpecs": [{"template": {"spec": {"containers": [{"name": "ray-worker"}]}}}]}}
+    obs = Observed(
+        namespace="default",
+        name="tiny",
+        body=body,
+        svc=svc,
+        references={ref: {"data": {"api-keys.map": "x"}, "status": {"phase": "Bound"}} for ref in referenced(svc)},
+        ray_service={"status": {"activeServiceStatus": {"rayClusterName": "new"}}},
+        clusters={"new": new},
+        pods=tuple(pods),
+    )
+    policy = next(o for o in decide(obs, OperatorSettings()).apply if o["kind"] == "NetworkPolicy")
+    open_to_all = next(r for r in policy["spec"]["ingress"] if "from" not in r)
+    return [p["port"] for p in open_to_all["ports"]]
+
+
+def test_the_old_clusters_serving_port_stays_open_until_its_pods_are_gone():
+    """The sidecar switched off on a running service: the new cluster serves on Ray Serve's
+    port, but the old one still serves through its sidecar until KubeRay has taken it down.
+    The policy keeps the sidecar's port open while one of its pods runs (on the real node the
+    old pods refused every request at once: e2e/tests/test_sidecar_off.py)."""
+    doc = with_spec(sample_doc("cpu-tiny.yaml"), ingress={"sidecar": False})
+
+    def pod(cluster: str, containers: list[str], phase: str = "Running") -> dict:
+        return {
+            "metadata": {"name": f"{cluster}-worker", "labels": {"ray.io/cluster": cluster}},
+            "spec": {"containers": [{"name": c} for c in containers]},
+            "status": {"phase": phase},
+        }
+
+    old = pod("old", ["ray-worker", "edge"])
+    assert _policy_ports(doc, [old, pod("new", ["ray-worker"])]) == ["edge", "serve"]
+    assert _policy_ports(doc, [pod("old", ["ray-worker", "edge"], "Succeeded")]) == ["serve"]
+    assert _policy_ports(doc, [pod("new", ["ray-worker"])]) == ["serve"]

@@ -97,12 +97,34 @@ def _mounted(pods: tuple[dict[str, Any], ...], kind: str, name: str) -> list[str
     source, key = field_name
     out = []
     for pod in pods:
-        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        if _gone(pod):
             continue
         vols = (pod.get("spec") or {}).get("volumes") or []
         if any((v.get(source) or {}).get(key) == name for v in vols):
             out.append(pod["metadata"]["name"])
     return out
+
+
+def _gone(pod: dict[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+
+def _serving_ports(obs: Observed) -> frozenset[str]:
+    """The ports the live Ray clusters serve requests on: `edge` where they run the sidecar,
+    `serve` where they do not. The active and pending clusters say so in their pod templates;
+    an old one KubeRay is taking down (no longer in its status) by its pods still running."""
+    sidecar: dict[str, bool] = {}
+    for name, ray_cluster in obs.clusters.items():
+        spec = ray_cluster.get("spec") or {}
+        groups = [spec.get("headGroupSpec") or {}, *(spec.get("workerGroupSpecs") or [])]
+        pod_specs = [(g.get("template") or {}).get("spec") or {} for g in groups]
+        sidecar[name] = any(c.get("name") == "edge" for s in pod_specs for c in s.get("containers", []))
+    for pod in obs.pods:
+        old = (pod["metadata"].get("labels") or {}).get(keys.RAY_CLUSTER)
+        if old and old not in obs.clusters and not _gone(pod):
+            has = any(c["name"] == "edge" for c in pod["spec"]["containers"])
+            sidecar[old] = sidecar.get(old, False) or has
+    return frozenset(edge.serving_port_of(has) for has in sidecar.values())
 
 
 def owner_ref(body: dict[str, Any]) -> dict[str, Any]:
@@ -336,7 +358,7 @@ def decide(obs: Observed, settings: OperatorSettings, gke: bool = False) -> Acti
         secrets = {
             n: ((obs.references.get(("Secret", n)) or {}).get("metadata") or {}).get("resourceVersion") for n in used
         }
-        inputs = Inputs(owner=owner_ref(obs.body), secret_versions=secrets)
+        inputs = Inputs(owner=owner_ref(obs.body), secret_versions=secrets, serving_ports=_serving_ports(obs))
         rendered = render(svc, settings, inputs)
         carried = _carried_initial(obs, svc, rendered)
         if carried is not None:

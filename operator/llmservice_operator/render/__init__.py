@@ -23,10 +23,13 @@ from .plan import ChildNames, Plan, plan
 @dataclass(frozen=True)
 class Inputs:
     """What the rendered children name from the cluster: the LLMService as an owner
-    (ownerReferences) and the versions of the Secrets the edge sidecar reads."""
+    (ownerReferences), the versions of the Secrets the edge sidecar reads, and the ports the
+    live Ray clusters serve requests on (`edge` or `serve`: during a switch of the sidecar the
+    old cluster serves on the other one until its pods are gone)."""
 
     owner: Mapping[str, Any] | None = None
     secret_versions: Mapping[str, str | None] = field(default_factory=dict)
+    serving_ports: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -94,10 +97,10 @@ def slot_kinds(n: ChildNames) -> list[tuple[ck.ChildKind, str]]:
     ]
 
 
-def _slots(p: Plan, settings: OperatorSettings) -> list[Child]:
+def _slots(p: Plan, settings: OperatorSettings, inputs: Inputs) -> list[Child]:
     scraping = policy.monitoring(p, settings)
     wanted = {
-        ck.NETWORK_POLICY: network.network_policy(p, settings),
+        ck.NETWORK_POLICY: network.network_policy(p, settings, inputs.serving_ports),
         ck.CONFIG_MAP: edge.config_map(p) if p.spec.ingress.sidecar else None,
         ck.SERVICE: edge.peers_service(p),
         # Suspended: no RayService, so the Ray cluster goes with it. (KubeRay 1.6.1's RayService
@@ -114,7 +117,7 @@ def render(svc: LLMService, settings: OperatorSettings | None = None, inputs: In
     settings = settings or OperatorSettings()
     inputs = inputs or Inputs()
     p = plan(svc)
-    slots = _slots(p, settings)
+    slots = _slots(p, settings, inputs)
     for child in slots:
         if child.obj is None:
             continue

@@ -12,7 +12,7 @@ from typing import Any
 
 from .. import labels as keys
 from ..settings import OperatorSettings
-from . import names
+from . import edge, names
 from .plan import Plan
 from .policy import metrics_endpoints
 
@@ -22,13 +22,17 @@ def _ports(*port_names: str) -> list[dict[str, Any]]:
     return [{"port": n, "protocol": "TCP"} for n in port_names]
 
 
-def network_policy(p: Plan, settings: OperatorSettings) -> dict[str, Any] | None:
+def network_policy(p: Plan, settings: OperatorSettings, live: frozenset[str] = frozenset()) -> dict[str, Any] | None:
+    """`live`: the ports the running Ray clusters serve on. When the sidecar is switched, the
+    old cluster keeps serving on the other port until its pods are gone, so the policy keeps
+    that port open as long (the old cluster was open there already; the Service targets the
+    new port on the new pods)."""
     svc = p.svc
     if not svc.spec.ray.network_policy:
         return None
     name = p.name
     own = {"podSelector": {"matchLabels": {keys.OWNER: name}}}  # also the pods the policy applies to
-    serving = "edge" if svc.spec.ingress.sidecar else "serve"
+    serving = sorted({edge.serving_port(p.spec), *live})
     metrics = list(dict.fromkeys(e["port"] for e in metrics_endpoints(svc)))  # the ports PodMonitoring scrapes
     kuberay = {"namespaceSelector": {}, "podSelector": {"matchLabels": dict(settings.kuberay_operator_labels)}}
     operator = {"namespaceSelector": {}, "podSelector": {"matchLabels": dict(settings.operator_pod_labels)}}
@@ -41,7 +45,7 @@ def network_policy(p: Plan, settings: OperatorSettings) -> dict[str, Any] | None
     }
     ingress: list[dict[str, Any]] = [
         # Requests, from wherever the Service is reachable (the sidecar checks API keys).
-        {"ports": _ports(serving)},
+        {"ports": _ports(*serving)},
         # Ray's own traffic between the service's pods: GCS, raylets, object transfer, workers.
         {"from": [own]},
         # KubeRay deploys and watches the Serve app through the dashboard and health-checks
