@@ -218,12 +218,13 @@ def switched(
 
 @pytest.fixture(scope="session")
 def unsidecared(
-    cluster: Cluster, in_cluster: concurrent.futures.Future[incluster.InCluster], switched: Story
+    request: pytest.FixtureRequest, cluster: Cluster, in_cluster: concurrent.futures.Future[incluster.InCluster]
 ) -> Iterator[Story]:
-    """test_sidecar_off.py's service, once the switches scenario is back to one replica: its two
-    4 GiB replicas and this service's two Ray clusters during the switch do not fit the node's
-    memory at once (vLLM then found 0.67 GiB free for a 1 GiB KV cache)."""
-    after = _cleaned_after(cluster, switched, "down", "serving-switches")
+    """test_sidecar_off.py's service, once the switches scenario (when it runs) is back to one
+    replica: its two 4 GiB replicas and this service's two Ray clusters during the switch do not
+    fit the node's memory at once (vLLM then found 0.67 GiB free for a 1 GiB KV cache)."""
+    before = request.getfixturevalue("switched") if _serving_in(request, "test_switches.py") else None
+    after = _cleaned_after(cluster, before, "down", "serving-switches") if before else (lambda: None)
     story = _background(cluster, in_cluster, "sidecar-off", "test_sidecar_off", after=after)
     yield story
     story.join(5)

@@ -262,7 +262,9 @@ def scenario(cluster: Cluster, story: Story) -> None:
     before = _replicas(cluster)
     marks = Marks()
     patch = {"spec": {"autoscaling": {"downscaleDelaySeconds": DOWN}}}
-    with streams(ep, 1, max_tokens=8) as trickle:
+    # Less than one replica's load: Serve wants ceil(ongoing / target) replicas, and a client
+    # that never pauses keeps the average at about one request, which rounds up to two.
+    with streams(ep, 1, max_tokens=8, pause=1.0) as trickle:
         cluster.kubectl("patch", "llmsvc", NAME, "-n", NS, "--type=merge", "-p", json.dumps(patch))
 
         def down() -> bool:
