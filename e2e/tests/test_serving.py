@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import datetime as dt
 import itertools
 import json
 import random
@@ -185,6 +186,16 @@ def test_the_status_and_events_tell_where_the_cold_start_went(served: Served):
     MEASURED["cold start, s3:// downloaded: worker started -> engine ready (s)"] = (
         at["EngineReady"] - at["WorkerStarted"]
     )
+    # vLLM inspects the model class in a fresh Python (seconds) unless its model-info cache
+    # has the class: the image carries it filled (images/ray-cpu/modelinfo_cache.py). A miss
+    # would have rewritten the entry after the container started.
+    [worker] = served.pods(f"llmservice.dev/name={NAME},ray.io/node-type=worker")
+    entry = "/home/ray/.cache/vllm/modelinfos/vllm-model_executor-models-llama-LlamaForCausalLM.json"
+    written = int(cluster.kubectl("exec", "-n", NS, worker["metadata"]["name"], "-c", "ray", "--",
+                                  "stat", "-c", "%Y", entry).stdout)  # fmt: skip
+    ray_state = next(c for c in worker["status"]["containerStatuses"] if c["name"] == "ray")["state"]
+    started = dt.datetime.fromisoformat(ray_state["running"]["startedAt"].replace("Z", "+00:00")).timestamp()
+    assert written < started, "the engine did not take the model info from the image's cache"
     events = cluster.get_json("events", "-n", NS, "--field-selector", f"involvedObject.name={NAME},reason=ColdStart")[
         "items"
     ]

@@ -29,6 +29,10 @@ haproxy -v
 
 # Ray runs as an unprivileged user, like the upstream Ray images (uid 1000, /home/ray).
 useradd --uid 1000 --create-home --shell /bin/bash ray
+# vLLM's model-info cache, filled for every architecture: a replica then skips a fresh Python
+# that imports vLLM again to inspect the model class (modelinfo_cache.py says more).
+/opt/ray/bin/python "$here/modelinfo_cache.py" /home/ray/.cache/vllm
+chown -R ray:ray /home/ray/.cache
 
 apt-get purge -y -q --auto-remove $build_deps
 apt-get clean
