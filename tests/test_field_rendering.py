@@ -236,3 +236,24 @@ def test_mount_load_format_mounts_the_bucket_folder_in_the_worker_pods_only():
     assert "gke-gcsfuse/volumes" not in head["metadata"].get("annotations", {})
     assert _llm_config(doc)["model_loading_config"]["model_source"] == "/mnt/models"
     assert "load_format" not in _llm_config(doc)["engine_kwargs"]  # vLLM reads local files
+
+
+def test_a_node_cache_is_every_ray_containers_hugging_face_cache_owned_by_ray():
+    """model.nodeCache: one directory on the node, mounted in every Ray container as
+    huggingface_hub's cache, and given to Ray's user before Ray starts (the kubelet makes a
+    missing hostPath directory as root)."""
+    doc = with_spec(sample_doc("cpu-tiny.yaml"), model__source="acme/tiny-llama", model__nodeCache={"path": "/data/hf"})
+    cluster = _rs(doc)["spec"]["rayClusterConfig"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        pod = group["template"]["spec"]
+        [volume] = [v for v in pod["volumes"] if v["name"] == "model-cache"]
+        assert volume["hostPath"] == {"path": "/data/hf", "type": "DirectoryOrCreate"}
+        [ray] = [c for c in pod["containers"] if c["name"] == "ray"]
+        [mount] = [m for m in ray["volumeMounts"] if m["name"] == "model-cache"]
+        env = {e["name"]: e.get("value") for e in ray["env"]}
+        assert env["HF_HUB_CACHE"].startswith(mount["mountPath"] + "/")
+        [owner] = pod["initContainers"]
+        assert owner["image"] == ray["image"] and owner["securityContext"]["runAsUser"] == 0
+        assert owner["command"][-1] == env["HF_HUB_CACHE"] and "1000" in owner["command"]
+    plain = _rs(with_spec(sample_doc("cpu-tiny.yaml"), model__source="acme/tiny-llama"))
+    assert "model-cache" not in yaml.safe_dump(plain) and "HF_HUB_CACHE" not in yaml.safe_dump(plain)

@@ -74,6 +74,7 @@ CASES = [
     (GPU, {"engine__speculative": {"method": "eagle"}}, "spec.engine.speculative.model", "eagle"),
     (GPU, {"model__source": "gs://weights/gemma", "model__revision": "v2"}, "spec.model.revision", "Hugging Face"),
     (GPU, {"model__loadFormat": "stream"}, "spec.model.loadFormat", "gs:// or s3://"),
+    (GPU, {"model__source": "s3://weights/gemma", "model__nodeCache": {}}, "spec.model.nodeCache", "Hugging Face"),
     (
         GPU,
         {"model__storage": {"gcs": {"endpoint": "http://gcs.storage:4443"}}},

@@ -1,13 +1,15 @@
 """A model by its Hugging Face id, from a gated repo on the Hub stand-in (testkit/fake_hub.py,
 reached through spec.model.hfEndpoint as a company mirror would be), at a pinned commit, on the
 real node: without a token the status names spec.model.hfTokenSecret, and once the user sets it
-the service becomes Ready and answers with the weights of that commit. In the background
+the service becomes Ready and answers with the weights of that commit; a second replica on the
+node then reads them from the node cache (model.nodeCache), not from the Hub. In the background
 (conftest.hubbed), once the sidecar-off story is done; reconciled by the operator the chart
 installed."""
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -28,11 +30,24 @@ NAME = "hub"
 REPO = "acme/tiny-llama"
 TOKEN_SECRET = "hf-token"
 TOKEN = "hf_e2e_token"
-STEPS = ["gated", "served", "cleaned"]
+STEPS = ["gated", "served", "second", "cleaned"]
 
 
 def _status(cluster: Cluster) -> dict[str, Any]:
     return cluster.get_json("llmsvc", NAME, "-n", NS).get("status") or {}
+
+
+def _model_loads(cluster: Cluster) -> list[float]:
+    """Each worker's vLLM "Model loading took ... seconds" (fetching and loading the weights),
+    from the Ray logs in the pod, in the order the pods were created."""
+    pods = cluster.get_json("pods", "-n", NS, "-l", f"llmservice.dev/name={NAME},ray.io/node-type=worker")["items"]
+    out = []
+    for pod in sorted(pods, key=lambda p: p["metadata"]["creationTimestamp"]):
+        cat = "cat /tmp/ray/session_latest/logs/*.out /tmp/ray/session_latest/logs/*.err"
+        logs = cluster.kubectl("exec", "-n", NS, pod["metadata"]["name"], "-c", "ray", "--", "sh", "-c", cat).stdout
+        found = re.findall(r"Model loading took \S+ GiB memory and ([0-9.]+) seconds", logs)
+        out.append(round(float(found[-1]), 2) if found else -1.0)
+    return out
 
 
 def scenario(cluster: Cluster, story: Story) -> None:
@@ -49,6 +64,7 @@ def scenario(cluster: Cluster, story: Story) -> None:
             model__revision=commit,
             model__hfEndpoint=hub.endpoint,
             ray__workerResources={"cpu": "100m", "memory": "4Gi"},  # at 3Gi vLLM refused its KV cache
+            model__nodeCache={"path": str(cluster.workdir / "node-model-cache")},  # goes with the cluster
         )
         applied = time.monotonic()
         cluster.apply([doc])
@@ -74,6 +90,20 @@ def scenario(cluster: Cluster, story: Story) -> None:
         ttft, pieces = serving.first_token(serving.client(url, retries=3), serving.MODEL)
         weights = hub.downloads(REPO, "model.safetensors", commit)
         story.done("served", fix_to_ready=round(ready, 1), ttft=round(ttft, 3), pieces=pieces, weights=weights)
+
+        # One download per node: a second replica on the node reads the weights the first one
+        # left in the node cache.
+        t = time.monotonic()
+        bounds = {"spec": {"replicas": {"min": 2, "max": 2}}}
+        cluster.kubectl("patch", "llmsvc", NAME, "-n", NS, "--type=merge", "-p", json.dumps(bounds))
+        cluster.wait_for(
+            "a second replica serving",
+            lambda: (_status(cluster).get("replicas") or {}).get("ready") == 2,
+            timeout=900,
+        )
+        second = round(time.monotonic() - t, 1)
+        weights = hub.downloads(REPO, "model.safetensors", commit)
+        story.done("second", ready=second, weights=weights, loads=_model_loads(cluster))
         cluster.kubectl("delete", "llmsvc", NAME, "-n", NS, "--wait=false")
         cluster.wait_for("the hub service's pods gone", lambda: not cluster.get_json("pods", "-n", NS)["items"], 300)
         story.done("cleaned")
@@ -94,4 +124,14 @@ def test_with_the_token_it_serves_the_pinned_commit_from_the_hub(hubbed: Story):
     assert res["pieces"], res
     assert res["weights"] >= 1, "the weights came from the Hub stand-in at the pinned commit"
     MEASURED["gated Hub model: token set -> Ready (s)"] = res["fix_to_ready"]
+
+
+def test_a_second_replica_on_the_node_reads_the_weights_from_the_node_cache(hubbed: Story):
+    """model.nodeCache: the second replica's pod fetched nothing from the Hub; both loaded."""
+    first = hubbed.result("served")["weights"]
+    res = hubbed.result("second")
+    assert first >= 1 and res["weights"] == first, res
+    assert len(res["loads"]) == 2 and min(res["loads"]) >= 0, res["loads"]
+    MEASURED["node cache: replicas 1 -> 2, second replica serving (s)"] = res["ready"]
+    MEASURED["node cache: vLLM model loading, first (Hub) / second (node cache) replica (s)"] = res["loads"]
     hubbed.result("cleaned")

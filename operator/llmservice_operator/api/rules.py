@@ -223,6 +223,13 @@ RULES: tuple[Rule, ...] = (
         f"!has(self.model.revision) || !self.model.source.matches(r'{_NOT_HF}')",
     ),
     Rule(
+        "model.nodeCache",
+        "holds Hugging Face downloads: a gs:// or s3:// model is downloaded by each replica (Ray's "
+        "loader), a pvc:// one is read in place; remove it, or use loadFormat stream or mount for buckets",
+        lambda s: s.model.node_cache is not None and re.match(_NOT_HF, s.model.source) is not None,
+        f"!has(self.model.nodeCache) || !self.model.source.matches(r'{_NOT_HF}')",
+    ),
+    Rule(
         "model.loadFormat",
         "stream reads from a bucket: it needs a gs:// or s3:// model.source (use download)",
         lambda s: s.model.load_format == "stream" and re.match(_BUCKET, s.model.source) is None,

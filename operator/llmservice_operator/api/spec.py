@@ -108,6 +108,20 @@ class StorageSpec(Model):
     gcs: GcsStorage | None = Field(None, description="gs:// access: endpoint, anonymous reads.")
 
 
+class NodeCacheSpec(Model):
+    """A directory on each node that the service's pods share for Hugging Face downloads."""
+
+    path: str = Field(
+        "/var/lib/llmservice/model-cache",
+        pattern=r"^/[^\s]*$",
+        max_length=256,
+        description="Absolute directory on the node (created if missing), mounted into every Ray "
+        "container as the Hugging Face cache (HF_HUB_CACHE). Keyed by repo and revision, so services "
+        "on a node share it. It is a hostPath: the namespace must allow hostPath volumes (Pod Security "
+        "'privileged'; not on GKE Autopilot), and it stays on the node when the service goes.",
+    )
+
+
 class ModelSpec(Model):
     """Which model to serve and where its weights come from."""
 
@@ -150,6 +164,11 @@ class ModelSpec(Model):
         "bucket straight into memory, with no copy on disk. mount (gs:// only, GKE with the "
         "Cloud Storage FUSE CSI driver): the worker pods mount the bucket folder read-only, with "
         "a file cache filled by parallel downloads, and vLLM reads it as local files.",
+    )
+    node_cache: NodeCacheSpec | None = Field(
+        None,
+        description="Hugging Face sources only: one download per node. Replicas on a node read the "
+        "weights a replica there fetched before (at the same revision) instead of fetching them again.",
     )
     lora: LoraSpec | None = Field(None, description="Serve LoRA adapters on top of the base model.")
 

@@ -17,7 +17,14 @@ from . import edge, names, scheduling
 from .plan import MODELS_MOUNT, Plan
 from .serve_config import SERVE_PORT, engine_digest, serve_config
 from .shape import Shape, WorkerBounds
-from .storage import GCSFUSE_ANNOTATIONS, gcsfuse_volume, storage_env, storage_secret_env
+from .storage import (
+    GCSFUSE_ANNOTATIONS,
+    gcsfuse_volume,
+    node_cache_owner,
+    node_cache_volume,
+    storage_env,
+    storage_secret_env,
+)
 
 RAY_CONTAINER = "ray"
 # HAProxy's choice among a node's ingress replicas (or routers). The replica that serves is the
@@ -126,6 +133,9 @@ def _volumes(p: Plan, worker: bool) -> tuple[list[dict[str, Any]], list[dict[str
     if models:
         vols.append({"name": "models", **models})
         mounts.append({"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True})
+    if cache := node_cache_volume(p.spec):
+        vols.append(cache[0])
+        mounts.append(cache[1])
     return vols, mounts
 
 
@@ -161,6 +171,8 @@ def _pod(
         "terminationGracePeriodSeconds": termination_grace_seconds(svc.spec, serves),
         **(extra_spec or {}),
     }
+    if svc.spec.model.node_cache:
+        pod_spec["initContainers"] = [node_cache_owner(ray_container["image"])]
     if svc.spec.ray.service_account_name:
         pod_spec["serviceAccountName"] = svc.spec.ray.service_account_name
     meta: dict[str, Any] = {"labels": names.labels(svc.metadata.name)}

@@ -31,6 +31,8 @@ def storage_env(spec: LLMServiceSpec) -> dict[str, str]:
             env["RUNAI_STREAMER_S3_ENDPOINT"] = s3.endpoint
         if s3.region:
             env["AWS_REGION"] = env["AWS_DEFAULT_REGION"] = s3.region
+    if m.node_cache:
+        env["HF_HUB_CACHE"] = HF_HUB_CACHE
     if gcs := m.storage.gcs:
         if gcs.endpoint:
             # pyarrow's GcsFileSystem and the streamer (google-cloud-cpp) read the first, the
@@ -100,3 +102,33 @@ def gcsfuse_volume(uri: str) -> dict[str, Any]:
     options = list(GCSFUSE_MOUNT_OPTIONS) + ([f"only-dir={folder.strip('/')}"] if folder.strip("/") else [])
     attributes = {"bucketName": bucket, "mountOptions": ",".join(options), "fileCacheCapacity": "-1"}
     return {"driver": GCSFUSE_DRIVER, "readOnly": True, "volumeAttributes": attributes}
+
+
+# model.nodeCache: the node's directory, mounted in every Ray container as the Hugging Face cache.
+NODE_CACHE_VOLUME = "model-cache"
+NODE_CACHE_MOUNT = "/mnt/model-cache"
+HF_HUB_CACHE = f"{NODE_CACHE_MOUNT}/hub"
+RAY_UID = 1000  # the Ray images' user (rayproject/ray and images/ray-cpu)
+
+
+def node_cache_volume(spec: LLMServiceSpec) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The node directory as a volume and its mount; None without model.nodeCache."""
+    cache = spec.model.node_cache
+    if cache is None:
+        return None
+    volume = {"name": NODE_CACHE_VOLUME, "hostPath": {"path": cache.path, "type": "DirectoryOrCreate"}}
+    return volume, {"name": NODE_CACHE_VOLUME, "mountPath": NODE_CACHE_MOUNT}
+
+
+def node_cache_owner(image: str) -> dict[str, Any]:
+    """An init container that gives the cache to the Ray user: the kubelet creates a missing
+    hostPath directory as root, and Ray runs as RAY_UID. huggingface_hub's own file locks in
+    the cache keep two pods from fetching the same file at once."""
+    return {
+        "name": "model-cache-owner",
+        "image": image,
+        "command": ["install", "-d", "-o", str(RAY_UID), "-g", str(RAY_UID), HF_HUB_CACHE],
+        "securityContext": {"runAsUser": 0, "runAsNonRoot": False},
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+        "volumeMounts": [{"name": NODE_CACHE_VOLUME, "mountPath": NODE_CACHE_MOUNT}],
+    }
