@@ -5,6 +5,7 @@ from __future__ import annotations
 import yaml
 
 from llmservice_operator.api import parse
+from llmservice_operator.controller.cache import _slim
 from llmservice_operator.controller.decide import EVENT_MESSAGE_LIMIT, decide, start_failure_message
 from llmservice_operator.controller.drift import contains, merge_patch, plan, up_to_date
 from llmservice_operator.controller.observe import Observed
@@ -212,7 +213,6 @@ def test_suspend_deletes_the_rayservice_and_resume_applies_it_again():
 def _policy_ports(doc: dict, pods: list[dict]) -> list[str]:
     body = {**doc, "metadata": {**doc["metadata"], "namespace": "default", "uid": "u1", "generation": 2}}
     svc = parse(body)
-    new = {"spec": {"workerGroupSpecs": [{"template": {"spec": {"containers": [{"name": "ray-worker"}]}}}]}}
     obs = Observed(
         namespace="default",
         name="tiny",
@@ -220,8 +220,7 @@ def _policy_ports(doc: dict, pods: list[dict]) -> list[str]:
         svc=svc,
         references={ref: {"data": {"api-keys.map": "x"}, "status": {"phase": "Bound"}} for ref in referenced(svc)},
         ray_service={"status": {"activeServiceStatus": {"rayClusterName": "new"}}},
-        clusters={"new": new},
-        pods=tuple(pods),
+        pods=tuple(_slim(p) for p in pods),  # what the operator's cache keeps of a pod
     )
     policy = next(o for o in decide(obs, OperatorSettings()).apply if o["kind"] == "NetworkPolicy")
     open_to_all = next(r for r in policy["spec"]["ingress"] if "from" not in r)
@@ -232,17 +231,23 @@ def test_the_old_clusters_serving_port_stays_open_until_its_pods_are_gone():
     """The sidecar switched off on a running service: the new cluster serves on Ray Serve's
     port, but the old one still serves through its sidecar until KubeRay has taken it down.
     The policy keeps the sidecar's port open while one of its pods runs (on the real node the
-    old pods refused every request at once: e2e/tests/test_sidecar_off.py)."""
-    doc = with_spec(sample_doc("cpu-tiny.yaml"), ingress={"sidecar": False})
+    old pods refused every request at once: e2e/tests/test_sidecar_off.py). Turned on again,
+    the old workers' Ray Serve port stays open the same way."""
 
-    def pod(cluster: str, containers: list[str], phase: str = "Running") -> dict:
+    def pod(cluster: str, containers: list[str], phase: str = "Running", node: str = "worker") -> dict:
         return {
-            "metadata": {"name": f"{cluster}-worker", "labels": {"ray.io/cluster": cluster}},
-            "spec": {"containers": [{"name": c} for c in containers]},
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": f"{cluster}-{node}", "labels": {"ray.io/cluster": cluster, "ray.io/node-type": node}},
+            "spec": {"containers": [{"name": c, "image": "ray", "env": []} for c in containers]},
             "status": {"phase": phase},
         }
 
-    old = pod("old", ["ray-worker", "edge"])
-    assert _policy_ports(doc, [old, pod("new", ["ray-worker"])]) == ["edge", "serve"]
-    assert _policy_ports(doc, [pod("old", ["ray-worker", "edge"], "Succeeded")]) == ["serve"]
-    assert _policy_ports(doc, [pod("new", ["ray-worker"])]) == ["serve"]
+    off = with_spec(sample_doc("cpu-tiny.yaml"), ingress={"sidecar": False})
+    new_head, new_worker = pod("new", ["ray"], node="head"), pod("new", ["ray"])
+    assert _policy_ports(off, [pod("old", ["ray", "edge"]), new_head, new_worker]) == ["edge", "serve"]
+    assert _policy_ports(off, [pod("old", ["ray", "edge"], "Succeeded"), new_head, new_worker]) == ["serve"]
+    on = sample_doc("cpu-tiny.yaml")
+    head = pod("new", ["ray"], node="head")  # a head that serves no replica has no sidecar
+    assert _policy_ports(on, [pod("old", ["ray"]), head, pod("new", ["ray", "edge"])]) == ["edge", "serve"]
+    assert _policy_ports(on, [head, pod("new", ["ray", "edge"])]) == ["edge"]

@@ -110,21 +110,19 @@ def _gone(pod: dict[str, Any]) -> bool:
 
 
 def _serving_ports(obs: Observed) -> frozenset[str]:
-    """The ports the live Ray clusters serve requests on: `edge` where they run the sidecar,
-    `serve` where they do not. The active and pending clusters say so in their pod templates;
-    an old one KubeRay is taking down (no longer in its status) by its pods still running."""
-    sidecar: dict[str, bool] = {}
-    for name, ray_cluster in obs.clusters.items():
-        spec = ray_cluster.get("spec") or {}
-        groups = [spec.get("headGroupSpec") or {}, *(spec.get("workerGroupSpecs") or [])]
-        pod_specs = [(g.get("template") or {}).get("spec") or {} for g in groups]
-        sidecar[name] = any(c.get("name") == "edge" for s in pod_specs for c in s.get("containers", []))
+    """The ports the live Ray pods serve requests on: `edge` where a pod runs the sidecar,
+    `serve` where a worker runs none (a head without the sidecar serves only when the spec
+    says so). From the pods, as the cache keeps them: KubeRay may still be taking down an old
+    cluster that serves on the other port."""
+    ports: set[str] = set()
     for pod in obs.pods:
-        old = (pod["metadata"].get("labels") or {}).get(keys.RAY_CLUSTER)
-        if old and old not in obs.clusters and not _gone(pod):
-            has = any(c["name"] == "edge" for c in pod["spec"]["containers"])
-            sidecar[old] = sidecar.get(old, False) or has
-    return frozenset(edge.serving_port_of(has) for has in sidecar.values())
+        if _gone(pod):
+            continue
+        if any(c["name"] == "edge" for c in pod["spec"]["containers"]):
+            ports.add(edge.serving_port_of(True))
+        elif (pod["metadata"].get("labels") or {}).get(keys.RAY_NODE_TYPE) == "worker":
+            ports.add(edge.serving_port_of(False))
+    return frozenset(ports)
 
 
 def owner_ref(body: dict[str, Any]) -> dict[str, Any]:
