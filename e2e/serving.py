@@ -293,6 +293,16 @@ def tls_secret(cluster: Cluster, namespace: str, name: str, host: str) -> Path:
     return pki.ca
 
 
+def first_contact(timeout: float, verify: Any = True) -> dict[str, Any]:
+    """httpx.Client options for the first request to a Service that just became Ready: connect
+    attempts of 5 s, retried. The host reaches a ClusterIP through the node's kube-proxy; a SYN
+    that arrives before kube-proxy has programmed the new Service is tracked without the DNAT,
+    and every retransmission of that connection follows it, so one connection hangs for the
+    whole timeout (seen: 120 s) while new ones are answered (a probe connected every 10 s). A
+    new connection is a new flow. Only first requests use it: failures during a change count."""
+    return {"timeout": httpx.Timeout(timeout, connect=5), "transport": httpx.HTTPTransport(verify=verify, retries=5)}
+
+
 def stream(
     url: str,
     key: str = API_KEY,
@@ -302,6 +312,7 @@ def stream(
     max_tokens: int = 32,
     headers: dict[str, str] | None = None,
     timeout: float = 600,
+    first: bool = False,
 ) -> tuple[float, list[str]]:
     """A streamed completion over plain HTTP (the SSE lines as they come), so that TLS can be
     checked against the service's own name while connecting to its ClusterIP (`sni`): seconds to
@@ -311,7 +322,7 @@ def stream(
     ext = {"sni_hostname": sni} if sni else {}
     start, first, pieces = time.monotonic(), 0.0, []
     with (
-        httpx.Client(verify=verify, timeout=timeout) as http,
+        httpx.Client(verify=verify, **first_contact(timeout, verify) if first else {"timeout": timeout}) as http,
         http.stream("POST", f"{url}/completions", json=body, headers=hdrs, extensions=ext) as resp,
     ):
         if resp.status_code != 200:

