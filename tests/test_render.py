@@ -18,6 +18,7 @@ from ray.llm._internal.serve.core.configs.llm_config import LLMConfig
 from ray.serve._private.config import ReplicaConfig
 from ray.serve.schema import ServeDeploySchema
 
+from llmservice_operator import labels as keys
 from llmservice_operator.api import parse
 from llmservice_operator.api.quantity import cpu_cores
 from llmservice_operator.render import edge, nodepools, render
@@ -221,7 +222,30 @@ def test_an_engine_change_is_a_cluster_change_for_kuberay(settings):
     assert cluster(model__lora={"source": "s3://loras/adapters"}) != base
     assert cluster(autoscaling__targetOngoingRequests=8) == base
     none = cluster(upgrade={"strategy": "none"})
-    assert "annotations" not in none["headGroupSpec"]["template"]["metadata"]
+    assert keys.ENGINE_ANNOTATION not in none["headGroupSpec"]["template"]["metadata"]["annotations"]
+
+
+def test_every_ray_container_can_import_the_callback_the_serve_config_names(settings, tmp_path, monkeypatch):
+    """The replica loads `callback_config.callback_class` with Ray's own loader from the file the
+    downward API projects from the pod annotation, on the container's PYTHONPATH."""
+    from ray.llm._internal.common.callbacks.base import CallbackBase
+    from ray.llm._internal.common.utils.import_utils import load_class
+
+    rendered = render(parse(sample_doc("cpu-tiny.yaml")), settings)
+    cluster = rendered.ray_service["spec"]["rayClusterConfig"]
+    [callback] = {c["callback_config"]["callback_class"] for c in _llm_configs(rendered.ray_service)}
+    module = callback.partition(":")[0]
+    for template in [cluster["headGroupSpec"]["template"], *(g["template"] for g in cluster["workerGroupSpecs"])]:
+        [volume] = [v for v in template["spec"]["volumes"] if "downwardAPI" in v]
+        [item] = volume["downwardAPI"]["items"]
+        annotation = item["fieldRef"]["fieldPath"].split("'")[1]
+        [ray] = [c for c in template["spec"]["containers"] if c["name"] == "ray"]
+        [mount] = [m for m in ray["volumeMounts"] if m["name"] == volume["name"]]
+        env = {e["name"]: e.get("value") for e in ray["env"]}
+        assert env["PYTHONPATH"].split(":")[-1] == mount["mountPath"] and item["path"] == f"{module}.py"
+        (tmp_path / item["path"]).write_text(template["metadata"]["annotations"][annotation])
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert issubclass(load_class(callback), CallbackBase)
 
 
 def test_serving_containers_drain_before_they_stop(settings):

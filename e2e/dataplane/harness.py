@@ -38,6 +38,7 @@ import yaml
 
 from e2e.cluster import free_port
 from llmservice_operator.api.resource import LLMService
+from llmservice_operator.render import ray_hooks
 from llmservice_operator.render.plan import MODELS_MOUNT, plan
 from llmservice_operator.render.rayservice import RAY_CONTAINER, ray_env, ray_service
 from llmservice_operator.render.serve_config import llm_deployment_name, serve_config
@@ -185,16 +186,18 @@ class DataPath:
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", MARKER: str(self.workdir)}
         env.pop("RAY_AUTH_TOKEN", None)
         env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path)}
-        if self.engine == "standin":
-            env["PYTHONPATH"] = str(ROOT)
-        else:
-            env.pop("PYTHONPATH", None)
+        if self.engine == "vllm":
             env.update(self._engine_env())
         rendered = self._rendered_env()
         if not self.haproxy_ingress:  # Ray Serve's Python proxy, for comparison
             for k in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED"):
                 rendered.pop(k, None)
         env.update(rendered)
+        # The operator's Ray callbacks, as the pods get them (render/ray_hooks.py), from the work dir.
+        hooks = self.workdir / "ray-hooks"
+        hooks.mkdir(parents=True, exist_ok=True)
+        (hooks / f"{ray_hooks.MODULE}.py").write_text(ray_hooks.source())
+        env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{hooks}" if self.engine == "standin" else str(hooks)
         env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(self.ports["hp-metrics"])
         env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(self.ports["hp-stats"])
         hp = self.hp_dir

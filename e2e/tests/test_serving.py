@@ -196,6 +196,17 @@ def test_the_status_and_events_tell_where_the_cold_start_went(served: Served):
     ray_state = next(c for c in worker["status"]["containerStatuses"] if c["name"] == "ray")["state"]
     started = dt.datetime.fromisoformat(ray_state["running"]["startedAt"].replace("Z", "+00:00")).timestamp()
     assert written < started, "the engine did not take the model info from the image's cache"
+    # The replica fetched its model files from s3:// itself (render/ray_hooks.py): no second
+    # Python imported torch and vLLM for Ray's node-initialization task on the worker.
+    logs = cluster.kubectl("exec", "-n", NS, worker["metadata"]["name"], "-c", "ray", "--", "grep", "-rhoE",
+                           "initialize_remote_node|model files fetched in the replica's own process",
+                           "/tmp/ray/session_latest/logs", check=False).stdout  # fmt: skip
+    assert "model files fetched in the replica's own process" in logs, logs
+    assert "initialize_remote_node" not in logs, "Ray's node-initialization task ran on the worker"
+    # ... and the model runs in vLLM's engine core process, not in one more process beside it.
+    procs = cluster.kubectl("exec", "-n", NS, worker["metadata"]["name"], "-c", "ray", "--",
+                            "ps", "-eo", "args").stdout  # fmt: skip
+    assert "VLLM::EngineCore" in procs and "VLLM::Worker" not in procs, procs
     events = cluster.get_json("events", "-n", NS, "--field-selector", f"involvedObject.name={NAME},reason=ColdStart")[
         "items"
     ]

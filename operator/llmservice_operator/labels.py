@@ -10,6 +10,8 @@ OWNER = "llmservice.dev/name"  # the LLMService a child belongs to (KubeRay copi
 OWN_PREFIX = "llmservice.dev/"  # users may not set keys under it on pods
 
 ENGINE_ANNOTATION = "llmservice.dev/engine"  # on Ray pod templates: the digest of what the engine loads
+# On Ray pod templates: the Ray Serve LLM callbacks the Ray containers import (render/ray_hooks.py).
+RAY_HOOKS_ANNOTATION = "llmservice.dev/ray-hooks"
 EXPOSURE_ANNOTATIONS = "llmservice.dev/service-annotations"  # Service annotation keys set from ingress.service
 FINALIZER = "llmservice.dev/node-pools"  # on services with managed node pools
 # On the edge ConfigMap: the Secrets the sidecar reads, at the versions the pods should have.

@@ -13,7 +13,7 @@ from ..api.quantity import GIB, memory_bytes
 from ..api.spec import LLMServiceSpec, PodOverrides
 from ..catalog import Accelerator
 from ..settings import OperatorSettings
-from . import edge, names, scheduling
+from . import edge, names, ray_hooks, scheduling
 from .plan import MODELS_MOUNT, Plan
 from .serve_config import SERVE_PORT, engine_digest, serve_config
 from .shape import Shape, WorkerBounds
@@ -87,6 +87,7 @@ def ray_env(p: Plan, engine_env: dict[str, str] | None = None) -> list[dict[str,
             # needs direct streaming off (api/rules.py): this router never learns prefixes.
             env["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] = "1"
     env.update(spec.ray.env)
+    env["PYTHONPATH"] = ray_hooks.pythonpath(spec.ray.env.get("PYTHONPATH"))
     out: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(env.items())]
     secrets = {name: (ref.name, ref.key) for name, ref in spec.ray.secret_env.items()}
     if spec.model.hf_token_secret:
@@ -123,8 +124,8 @@ def _mounts_bucket(p: Plan, worker: bool) -> bool:
 
 
 def _volumes(p: Plan, worker: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    vols: list[dict[str, Any]] = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
-    mounts: list[dict[str, Any]] = [{"name": "dshm", "mountPath": "/dev/shm"}]
+    vols: list[dict[str, Any]] = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}, ray_hooks.volume()]
+    mounts: list[dict[str, Any]] = [{"name": "dshm", "mountPath": "/dev/shm"}, ray_hooks.mount()]
     models: dict[str, Any] | None = None
     if p.source.claim:
         models = {"persistentVolumeClaim": {"claimName": p.source.claim, "readOnly": True}}
@@ -175,9 +176,9 @@ def _pod(
         pod_spec["initContainers"] = [node_cache_owner(ray_container["image"])]
     if svc.spec.ray.service_account_name:
         pod_spec["serviceAccountName"] = svc.spec.ray.service_account_name
-    meta: dict[str, Any] = {"labels": names.labels(svc.metadata.name)}
+    meta: dict[str, Any] = {"labels": names.labels(svc.metadata.name), "annotations": ray_hooks.pod_annotations()}
     if _mounts_bucket(p, worker):
-        meta["annotations"] = dict(GCSFUSE_ANNOTATIONS)
+        meta["annotations"] |= GCSFUSE_ANNOTATIONS
     return _with_overrides(
         {"metadata": meta, "spec": pod_spec}, svc.spec.ray.worker_pods if worker else svc.spec.ray.head_pod
     )

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from ..api.spec import LLMServiceSpec, ReplicaSpec, engine_arg
+from . import ray_hooks
 from .plan import MODELS_MOUNT, Plan
 from .shape import WorkerBounds
 from .storage import bucket_uri, loading_kwargs
@@ -117,7 +118,8 @@ def llm_config(
     deployment: dict[str, Any] = scaling_options(spec, replicas) if scaling else {}
     if spec.routing.policy in ROUTERS:
         deployment["request_router_config"] = {"request_router_class": ROUTERS[spec.routing.policy]}
-    conf: dict[str, Any] = {"model_loading_config": loading}
+    # The replica fetches its own model files when it fits one node (render/ray_hooks.py).
+    conf: dict[str, Any] = {"model_loading_config": loading, "callback_config": {"callback_class": ray_hooks.CALLBACK}}
     if sh.ray_cpus is not None:
         # CPU: no accelerator_type (Ray refuses one with kind cpu). The replica is one
         # placement-group bundle of all the worker pod's Ray CPUs (rayStartParams num-cpus), and

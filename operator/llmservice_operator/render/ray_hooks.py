@@ -1,0 +1,53 @@
+"""The operator's Ray Serve LLM callbacks (templates/llmservice_ray_hooks.py), delivered to every
+Ray container of any image: the module's source is a pod template annotation, projected as a
+file by a downward API volume on PYTHONPATH. So no image of ours is needed, and the file lives
+exactly as long as the pods that import it (no child object to keep until old pods are gone).
+
+The callback, `ReplicaInit`, removes two Pythons from a replica's start. Each would import
+torch, transformers and vLLM again (10-35 s of CPU each on a 2-core node, and 0.7 GB that stays):
+- Ray Serve LLM fetches the model files in a Ray task on each node of the replica's placement
+  group (`initialize_node`), even for a pvc:// model it does not copy. When every bundle is on
+  the replica's own node, the callback runs the same fetch in the replica, which has imported
+  all of that already. Across nodes (multi-host TPU slices, pipeline parallelism over nodes)
+  Ray's task runs as before.
+- On CPU Ray Serve LLM always asks for vLLM's multiprocessing executor, which spawns a process
+  for the model beside the engine core's. With one rank vLLM's own choice is its in-process
+  executor (`uni`), and the callback asks for that (GPUs and TPUs use Ray's executor: untouched).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from .. import labels as keys
+
+MODULE = "llmservice_ray_hooks"
+DIR = "/opt/llmservice/ray-hooks"
+VOLUME = "llmservice-ray-hooks"
+# A replica's start without the extra Pythons Ray Serve LLM would spawn (see above).
+CALLBACK = f"{MODULE}:ReplicaInit"
+
+
+@cache
+def source() -> str:
+    return resources.files(__package__).joinpath("templates", f"{MODULE}.py").read_text()
+
+
+def pod_annotations() -> dict[str, str]:
+    return {keys.RAY_HOOKS_ANNOTATION: source()}
+
+
+def volume() -> dict[str, Any]:
+    field = {"fieldPath": f"metadata.annotations['{keys.RAY_HOOKS_ANNOTATION}']"}
+    return {"name": VOLUME, "downwardAPI": {"items": [{"path": f"{MODULE}.py", "fieldRef": field}]}}
+
+
+def mount() -> dict[str, Any]:
+    return {"name": VOLUME, "mountPath": DIR, "readOnly": True}
+
+
+def pythonpath(users: str | None) -> str:
+    """The hooks' directory after what the user's spec.ray.env puts on PYTHONPATH."""
+    return f"{users}:{DIR}" if users else DIR
