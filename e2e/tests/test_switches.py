@@ -261,7 +261,10 @@ def scenario(cluster: Cluster, story: Story) -> None:
     # The downscale delay lowered in place (no restart): the second replica and its pod go.
     before = _replicas(cluster)
     marks = Marks()
-    patch = {"spec": {"autoscaling": {"downscaleDelaySeconds": DOWN}}}
+    # The last replica's delay held meanwhile: the replica Serve stops keeps serving the trickle
+    # (pinned to its pod by a kept connection) for its drain, about 30 s, while Serve counts
+    # only the one that stays, finds it idle, and with ZERO went to zero (README, "Scale to zero").
+    patch = {"spec": {"autoscaling": {"downscaleDelaySeconds": DOWN, "downscaleToZeroDelaySeconds": HOLD}}}
     # Less than one replica's load: Serve wants ceil(ongoing / target) replicas, and a client
     # that never pauses keeps the average at about one request, which rounds up to two.
     with streams(ep, 1, max_tokens=8, pause=1.0) as trickle:
@@ -275,6 +278,9 @@ def scenario(cluster: Cluster, story: Story) -> None:
     after = _replicas(cluster)
     story.done("down", marks=marks.seen, sent=len(trickle.results), failures=trickle.failures[:10],
                kept=after <= before, replicas={"before": sorted(before), "after": sorted(after)})  # fmt: skip
+
+    zero = {"spec": {"autoscaling": {"downscaleToZeroDelaySeconds": ZERO}}}
+    cluster.kubectl("patch", "llmsvc", NAME, "-n", NS, "--type=merge", "-p", json.dumps(zero))
 
     def at_zero() -> float:
         idle = time.monotonic()
