@@ -107,6 +107,8 @@ def test_no_cluster_no_timeline():
 
 LOG = """\
 (ServeReplica:llm:LLMServer:tiny pid=108) INFO 2026-12-07 10:00:40,001 llm -- Starting the replica
+(ServeReplica:llm:LLMServer:tiny pid=108) INFO 12-07 10:00:41 [llmservice_ray_hooks.py:61] model files fetched\
+ in the replica's own process: /mnt/models/tiny
 (EngineCore pid=396) INFO 12-07 10:00:42 [core.py:123] Initializing a V1 LLM engine (v0.29.0) with config: ...
 (Worker pid=429) INFO 12-07 10:00:50 [cpu_model_runner.py:131] Starting to load model /mnt/models/tiny...
 (Worker pid=429) INFO 12-07 10:00:51 [default_loader.py:430] Loading weights took 0.80 seconds
@@ -118,6 +120,7 @@ LOG = """\
 def test_the_engine_steps_come_from_vllms_lines_in_the_replicas_log():
     engine = engine_steps(LOG, 2026)
     assert engine == {
+        "ModelFetched": "2026-12-07T10:00:41Z",
         "EngineInitializing": "2026-12-07T10:00:42Z",
         "LoadingWeights": "2026-12-07T10:00:50Z",
         "WeightsLoaded": "2026-12-07T10:00:51Z",
@@ -132,6 +135,7 @@ def test_the_engine_steps_come_from_vllms_lines_in_the_replicas_log():
         "HeadReady",
         "WorkerScheduled",
         "WorkerStarted",
+        "ModelFetched",
         "EngineInitializing",
         "LoadingWeights",
         "WeightsLoaded",

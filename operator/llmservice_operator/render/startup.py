@@ -29,6 +29,9 @@ STEPS: tuple[tuple[str, str, str, str], ...] = (
 # Steps inside the replica, from vLLM's log lines in the first running replica's log (read
 # through the Ray dashboard): (step, what vLLM logs then, what it means to a user).
 ENGINE_STEPS: tuple[tuple[str, str, str], ...] = (
+    # Logged by the operator's callback (templates/llmservice_ray_hooks.py), when the replica
+    # fetches its files itself: Ray up on the worker, the Serve app built, the replica started.
+    ("ModelFetched", "model files fetched in the replica's own process", "the replica runs and has its model files"),
     ("EngineInitializing", "Initializing a V1 LLM engine", "the replica creates its vLLM engine (model files found)"),
     ("LoadingWeights", "Starting to load model", "the engine loads the weights"),
     ("WeightsLoaded", "Loading weights took", "weights loaded"),

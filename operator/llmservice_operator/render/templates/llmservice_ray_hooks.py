@@ -9,7 +9,10 @@ from typing import Any
 import ray
 from ray.llm._internal.common.callbacks.base import CallbackBase
 
-logger = logging.getLogger("ray.serve")
+# Under vLLM's logger: its lines reach the replica's stdout, where the operator reads the start's
+# steps (render/startup.py, ENGINE_STEPS), in vLLM's format.
+logger = logging.getLogger("vllm.llmservice")
+FETCHED = "model files fetched in the replica's own process"
 
 
 def _nodes_of(placement_group: Any) -> set[str] | None:
@@ -57,4 +60,4 @@ class ReplicaInit(CallbackBase):
         # this process it also points the engine config (cached too) at the local copy itself.
         path = await asyncio.to_thread(initialize_remote_node, self.llm_config)
         self.ctx.run_init_node = False
-        logger.info("llmservice: model files fetched in the replica's own process (%s)", path)
+        logger.info("%s: %s", FETCHED, path)
