@@ -366,6 +366,9 @@ class DataPath:
         return found
 
     def _start_edge(self) -> None:
+        # Chosen now, not with the others: a real engine takes minutes to start, and its processes'
+        # own ephemeral ports took one chosen then (HAProxy: "Address already in use").
+        self.ports |= {"edge": free_port(), "edge-metrics": free_port()}
         self.edge_proc = self.start_edge(self.svc, self.ports["edge"], self.ports["edge-metrics"])
 
     def start_edge(

@@ -3,16 +3,14 @@ Ray container of any image: the module's source is a pod template annotation, pr
 file by a downward API volume on PYTHONPATH. So no image of ours is needed, and the file lives
 exactly as long as the pods that import it (no child object to keep until old pods are gone).
 
-The callback, `ReplicaInit`, removes two Pythons from a replica's start. Each would import
-torch, transformers and vLLM again (10-35 s of CPU each on a 2-core node, and 0.7 GB that stays):
-- Ray Serve LLM fetches the model files in a Ray task on each node of the replica's placement
-  group (`initialize_node`), even for a pvc:// model it does not copy. When every bundle is on
-  the replica's own node, the callback runs the same fetch in the replica, which has imported
-  all of that already. Across nodes (multi-host TPU slices, pipeline parallelism over nodes)
-  Ray's task runs as before.
-- On CPU Ray Serve LLM always asks for vLLM's multiprocessing executor, which spawns a process
-  for the model beside the engine core's. With one rank vLLM's own choice is its in-process
-  executor (`uni`), and the callback asks for that (GPUs and TPUs use Ray's executor: untouched).
+The callback, `ReplicaInit`: Ray Serve LLM fetches a replica's model files in a Ray task on
+each node of the replica's placement group (`initialize_node`). That task is a fresh Python that
+imports torch, transformers and vLLM again before it looks at a single file (20-35 s of CPU on a
+2-core node, and 0.7 GB its idle worker keeps), even for a pvc:// model it does not copy. When
+every bundle is on the replica's own node, the callback runs the same fetch in the replica,
+which has imported all of that already. Across nodes (multi-host TPU slices, pipeline
+parallelism over nodes) Ray's task runs as before. (vLLM on CPU keeps its multiprocessing
+executor even when asked for the in-process one: OMP needs it, platforms/cpu.py.)
 """
 
 from __future__ import annotations
@@ -26,7 +24,7 @@ from .. import labels as keys
 MODULE = "llmservice_ray_hooks"
 DIR = "/opt/llmservice/ray-hooks"
 VOLUME = "llmservice-ray-hooks"
-# A replica's start without the extra Pythons Ray Serve LLM would spawn (see above).
+# A replica's start without Ray's node-initialization task (see above).
 CALLBACK = f"{MODULE}:ReplicaInit"
 
 
