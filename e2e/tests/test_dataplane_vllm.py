@@ -117,6 +117,17 @@ def test_a_short_first_prompt_is_answered_by_a_fresh_engine(real: Real):
         assert out.usage.completion_tokens > 0, prompt
 
 
+def test_each_replica_fetched_its_model_in_its_own_process(real: Real):
+    """The operator's callback (render/ray_hooks.py) in Ray Serve LLM: no node-initialization
+    task, a Python importing torch and vLLM again, ran beside the replicas."""
+    logs = real.dp.workdir / "ray" / "session_latest" / "logs"
+    text = "\n".join(
+        p.read_text(errors="replace") for p in logs.rglob("*") if p.is_file() and p.suffix in (".out", ".err", ".log")
+    )
+    assert text.count("model files fetched in the replica's own process") >= REPLICAS
+    assert ":task_name:initialize_remote_node" not in text
+
+
 @dataclass
 class PrefixTraffic:
     prefixes: dict[str, str]  # name -> a long prompt prefix
