@@ -127,12 +127,26 @@ def haproxy_views(cluster: Cluster) -> dict[str, str]:
     return out
 
 
+def _settled(cluster: Cluster) -> dict[str, float]:
+    """The engines' counters once they stopped moving for longer than Ray's metrics export
+    interval (10 s): a request finished just before (the trickle's last) counts before, not
+    in the next spread (one did: 7 to 4 for 10 requests, round robin)."""
+    last, since = served_by_pod(cluster), time.monotonic()
+    deadline = since + 60
+    while time.monotonic() - since < 12 and time.monotonic() < deadline:
+        time.sleep(2)
+        now = served_by_pod(cluster)
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
+
+
 def _spread(cluster: Cluster, ep: Endpoint, sessions: list[str | None], per: int) -> dict[str | None, dict[str, float]]:
     """Per session: how many of its `per` requests each pod served (the engines' counters
     settle within Ray's metrics export interval)."""
     out = {}
+    before = _settled(cluster)
     for s in sessions:
-        before = served_by_pod(cluster)
         codes = [ep.complete(s) for _ in range(per)]
         assert codes == [200] * per, codes
         want = sum(before.values()) + per
@@ -143,6 +157,7 @@ def _spread(cluster: Cluster, ep: Endpoint, sessions: list[str | None], per: int
                 break
             time.sleep(1)
         out[s] = {p: after[p] - before.get(p, 0) for p in after if after[p] - before.get(p, 0)}
+        before = after
     return out
 
 
