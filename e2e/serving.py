@@ -221,12 +221,17 @@ print(urllib.request.urlopen(req, timeout=10).read().decode())
 """
 
 
+def running_head(cluster: Cluster, namespace: str, name: str) -> str:
+    """The name of the LLMService's running head pod."""
+    heads = cluster.get_json("pods", "-n", namespace, "-l", f"llmservice.dev/name={name},ray.io/node-type=head")
+    [head] = [p for p in heads["items"] if p["status"].get("phase") == "Running"]
+    return head["metadata"]["name"]
+
+
 def serve_deployment(cluster: Cluster, namespace: str, name: str, deployment: str) -> dict[str, Any]:
     """Serve's view of one deployment of the LLMService's app, from its running head pod:
     `deployment_config` as Serve applies it and `replicas` (replica_id, state, pid)."""
-    heads = cluster.get_json("pods", "-n", namespace, "-l", f"llmservice.dev/name={name},ray.io/node-type=head")
-    [head] = [p for p in heads["items"] if p["status"].get("phase") == "Running"]
-    out = cluster.kubectl("exec", "-n", namespace, head["metadata"]["name"], "-c", "ray", "--",
+    out = cluster.kubectl("exec", "-n", namespace, running_head(cluster, namespace, name), "-c", "ray", "--",
                           "python3", "-c", _SERVE_DETAILS).stdout  # fmt: skip
     # The app and the deployment are absent while Serve (re)builds the app.
     app = json.loads(out).get("applications", {}).get("llm") or {}

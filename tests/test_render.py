@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import importlib
 import importlib.util
 import json
 import math
@@ -21,7 +22,7 @@ from ray.serve.schema import ServeDeploySchema
 from llmservice_operator import labels as keys
 from llmservice_operator.api import parse
 from llmservice_operator.api.quantity import cpu_cores
-from llmservice_operator.render import edge, nodepools, render
+from llmservice_operator.render import edge, nodepools, ray_hooks, render
 from llmservice_operator.render.plan import plan
 from llmservice_operator.render.serve_config import llm_deployment_name
 from llmservice_operator.render.shape import worker_bounds
@@ -246,6 +247,8 @@ def test_every_ray_container_can_import_the_callback_the_serve_config_names(sett
         (tmp_path / item["path"]).write_text(template["metadata"]["annotations"][annotation])
     monkeypatch.syspath_prepend(str(tmp_path))
     assert issubclass(load_class(callback), CallbackBase)
+    # The line it logs is the one the start's ModelFetched step is read from.
+    assert importlib.import_module(module).FETCHED == ray_hooks.FETCHED
 
 
 def test_serving_containers_drain_before_they_stop(settings):

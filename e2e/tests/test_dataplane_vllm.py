@@ -31,6 +31,7 @@ from e2e.build import model
 from e2e.dataplane.harness import LORA_CACHE, DataPath
 from e2e.fake_s3 import FakeS3
 from llmservice_operator.api import parse
+from llmservice_operator.render import ray_hooks
 from tests.conftest import sample_doc, with_spec
 
 from .conftest import MEASURED
@@ -124,7 +125,7 @@ def test_each_replica_fetched_its_model_in_its_own_process(real: Real):
     text = "\n".join(
         p.read_text(errors="replace") for p in logs.rglob("*") if p.is_file() and p.suffix in (".out", ".err", ".log")
     )
-    assert text.count("model files fetched in the replica's own process") >= REPLICAS
+    assert text.count(ray_hooks.FETCHED) >= REPLICAS
     assert ":task_name:initialize_remote_node" not in text
 
 

@@ -59,8 +59,7 @@ def _model_loads(cluster: Cluster) -> list[dict[str, float]]:
     count of reading the weights."""
     details = serving.serve_deployment(cluster, NS, NAME, llm_deployment_name(serving.MODEL))
     replicas = sorted(details.get("replicas", []), key=lambda r: r.get("start_time_s") or 0)
-    heads = cluster.get_json("pods", "-n", NS, "-l", f"llmservice.dev/name={NAME},ray.io/node-type=head")["items"]
-    head = next(p["metadata"]["name"] for p in heads if p["status"].get("phase") == "Running")
+    head = serving.running_head(cluster, NS, NAME)
     out = []
     for replica in replicas:
         logs = cluster.kubectl("exec", "-n", NS, head, "-c", "ray", "--", "python3", "-c", _ACTOR_LOG,

@@ -32,7 +32,7 @@ import pytest
 from e2e import serving
 from e2e.build import image
 from e2e.cluster import Cluster
-from llmservice_operator.render import edge
+from llmservice_operator.render import edge, ray_hooks
 from llmservice_operator.render.serve_config import llm_deployment_name
 from monitoring import queried_metrics
 
@@ -200,9 +200,9 @@ def test_the_status_and_events_tell_where_the_cold_start_went(served: Served):
     # The replica fetched its model files from s3:// itself (render/ray_hooks.py): no second
     # Python imported torch and vLLM for Ray's node-initialization task on the worker.
     logs = cluster.kubectl("exec", "-n", NS, worker["metadata"]["name"], "-c", "ray", "--", "grep", "-rhoE",
-                           "initialize_remote_node|model files fetched in the replica's own process",
-                           "/tmp/ray/session_latest/logs", check=False).stdout  # fmt: skip
-    assert "model files fetched in the replica's own process" in logs, logs
+                           f"initialize_remote_node|{ray_hooks.FETCHED}", "/tmp/ray/session_latest/logs",
+                           check=False).stdout  # fmt: skip
+    assert ray_hooks.FETCHED in logs, logs
     assert "initialize_remote_node" not in logs, "Ray's node-initialization task ran on the worker"
     events = cluster.get_json("events", "-n", NS, "--field-selector", f"involvedObject.name={NAME},reason=ColdStart")[
         "items"

@@ -26,6 +26,8 @@ DIR = "/opt/llmservice/ray-hooks"
 VOLUME = "llmservice-ray-hooks"
 # A replica's start without Ray's node-initialization task (see above).
 CALLBACK = f"{MODULE}:ReplicaInit"
+# What the callback logs once it fetched the files (its own FETCHED): the start's ModelFetched step.
+FETCHED = "model files fetched in the replica's own process"
 
 
 @cache

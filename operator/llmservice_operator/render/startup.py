@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import labels as keys
 from ..api.status import StartupStatus, StartupStep
+from . import ray_hooks
 
 # (step, the pod it is read from, what it reads, what it means to a user)
 STEPS: tuple[tuple[str, str, str, str], ...] = (
@@ -31,7 +32,7 @@ STEPS: tuple[tuple[str, str, str, str], ...] = (
 ENGINE_STEPS: tuple[tuple[str, str, str], ...] = (
     # Logged by the operator's callback (templates/llmservice_ray_hooks.py), when the replica
     # fetches its files itself: Ray up on the worker, the Serve app built, the replica started.
-    ("ModelFetched", "model files fetched in the replica's own process", "the replica runs and has its model files"),
+    ("ModelFetched", ray_hooks.FETCHED, "the replica runs and has its model files"),
     ("EngineInitializing", "Initializing a V1 LLM engine", "the replica creates its vLLM engine (model files found)"),
     ("LoadingWeights", "Starting to load model", "the engine loads the weights"),
     ("WeightsLoaded", "Loading weights took", "weights loaded"),
