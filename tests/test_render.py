@@ -251,6 +251,21 @@ def test_every_ray_container_can_import_the_callback_the_serve_config_names(sett
     assert importlib.import_module(module).FETCHED == ray_hooks.FETCHED
 
 
+def test_ray_containers_are_probed_with_kuberays_checks_every_two_seconds(settings):
+    """KubeRay injects its readiness checks only where none is set: the rendered ones are the
+    same checks (the head's dashboard agent; a worker's raylet and Serve proxy) sooner and more
+    often, since KubeRay deploys the Serve app only to a Ready head."""
+    cluster = render(parse(sample_doc("cpu-tiny.yaml")), settings).ray_service["spec"]["rayClusterConfig"]
+    [head] = [c for c in cluster["headGroupSpec"]["template"]["spec"]["containers"] if c["name"] == "ray"]
+    assert head["readinessProbe"]["httpGet"] == {"path": "/api/healthz", "port": 52365}
+    worker, edge_c = cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"]
+    command = worker["readinessProbe"]["exec"]["command"][-1]
+    assert "52365/api/local_raylet_healthz" in command and "8000/-/healthz" in command
+    for probe in (head["readinessProbe"], worker["readinessProbe"], edge_c["readinessProbe"]):
+        assert probe["periodSeconds"] == 2 and probe.get("initialDelaySeconds", 0) <= 2, probe
+    assert "livenessProbe" not in head and "livenessProbe" not in worker  # KubeRay's own
+
+
 def test_serving_containers_drain_before_they_stop(settings):
     """A terminating pod leaves the Service's endpoints asynchronously: its sidecar and Ray
     keep answering a few seconds (preStop sleep) so late connections are served."""

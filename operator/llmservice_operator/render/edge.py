@@ -21,7 +21,7 @@ from .. import labels as keys
 from ..api.resource import LLMService
 from ..api.spec import LLMServiceSpec
 from ..settings import OperatorSettings
-from . import names
+from . import names, probes
 from .plan import Plan
 from .serve_config import SERVE_PORT
 
@@ -253,10 +253,12 @@ def readiness(p: Plan, head: bool) -> dict[str, Any]:
     head that serves (replicas.min 0) would wait for itself forever (seen on the real node); the
     head joins the Service only once KubeRay has found its Serve proxy healthy (its ray.io/serve
     label)."""
+    # As often as the Ray container's (render/probes.py): the pod is Ready when both are.
     if head:
-        return {"httpGet": {"path": "/livez", "port": EDGE_METRICS_PORT}, "periodSeconds": 5}
+        return {"httpGet": {"path": "/livez", "port": EDGE_METRICS_PORT}, "periodSeconds": probes.PERIOD_SECONDS}
     scheme = "HTTPS" if p.spec.ingress.tls_secret else "HTTP"
-    return {"httpGet": {"path": "/-/healthz", "port": EDGE_PORT, "scheme": scheme}, "periodSeconds": 5}
+    probe = {"path": "/-/healthz", "port": EDGE_PORT, "scheme": scheme}
+    return {"httpGet": probe, "periodSeconds": probes.PERIOD_SECONDS}
 
 
 def container(p: Plan, settings: OperatorSettings, head: bool = False) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from ..api.quantity import GIB, memory_bytes
 from ..api.spec import LLMServiceSpec, PodOverrides
 from ..catalog import Accelerator
 from ..settings import OperatorSettings
-from . import edge, names, ray_hooks, scheduling
+from . import edge, names, probes, ray_hooks, scheduling
 from .plan import MODELS_MOUNT, Plan
 from .serve_config import SERVE_PORT, engine_digest, serve_config
 from .shape import Shape, WorkerBounds
@@ -217,6 +217,7 @@ def head_group(p: Plan, settings: OperatorSettings) -> dict[str, Any]:
             {"name": "metrics", "containerPort": 8080},
         ],
         "resources": {"requests": res, "limits": limits},
+        "readinessProbe": probes.head_readiness(),
     }
     # A CPU service's head goes to the service's CPU machines (GPU/TPU heads to any CPU node).
     selector = scheduling.cpu_machine_selector(svc.spec, p.shape)
@@ -248,6 +249,7 @@ def worker_group(p: Plan, settings: OperatorSettings, wb: WorkerBounds) -> dict[
         # opens it by name: an undeclared name resolves to no port (an endpoint without one).
         "ports": [{"name": "serve", "containerPort": SERVE_PORT}],
         "resources": {"requests": requests, "limits": limits},
+        "readinessProbe": probes.worker_readiness(),
     }
     extra: dict[str, Any] = {}
     selector = scheduling.node_selector(svc.spec, sh)
