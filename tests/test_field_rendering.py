@@ -10,7 +10,7 @@ import yaml
 
 from llmservice_operator.api import parse
 from llmservice_operator.catalog.labels import TOPOLOGY_LEVELS
-from llmservice_operator.render import render
+from llmservice_operator.render import ray_hooks, render
 from llmservice_operator.render.nodepools import node_pools
 from llmservice_operator.render.plan import plan
 
@@ -254,6 +254,23 @@ def test_a_node_cache_is_every_ray_containers_hugging_face_cache_owned_by_ray():
         assert env["HF_HUB_CACHE"].startswith(mount["mountPath"] + "/")
         [owner] = pod["initContainers"]
         assert owner["image"] == ray["image"] and owner["securityContext"]["runAsUser"] == 0
-        assert owner["command"][-1] == env["HF_HUB_CACHE"] and "1000" in owner["command"]
+        assert env["HF_HUB_CACHE"] in owner["command"] and "1000" in owner["command"]
+        assert ray_hooks.BUCKET_CACHE_ENV not in env  # a Hub model: huggingface_hub's cache only
     plain = _rs(with_spec(sample_doc("cpu-tiny.yaml"), model__source="acme/tiny-llama"))
     assert "model-cache" not in yaml.safe_dump(plain) and "HF_HUB_CACHE" not in yaml.safe_dump(plain)
+
+
+@pytest.mark.parametrize("source", ["s3://weights/tiny", "gs://weights/tiny"])
+def test_a_node_cache_for_a_bucket_model_is_where_the_callback_keeps_the_folder(source):
+    """model.nodeCache with a gs:// or s3:// model: the operator's callback (render/ray_hooks.py)
+    is told the directory, under the mount, that the init container gives to Ray's user."""
+    doc = with_spec(sample_doc("cpu-tiny.yaml"), model__source=source, model__nodeCache={"path": "/data/models"})
+    cluster = _rs(doc)["spec"]["rayClusterConfig"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        pod = group["template"]["spec"]
+        [ray] = [c for c in pod["containers"] if c["name"] == "ray"]
+        [mount] = [m for m in ray["volumeMounts"] if m["name"] == "model-cache"]
+        env = {e["name"]: e.get("value") for e in ray["env"]}
+        assert env[ray_hooks.BUCKET_CACHE_ENV].startswith(mount["mountPath"] + "/")
+        [owner] = pod["initContainers"]
+        assert env[ray_hooks.BUCKET_CACHE_ENV] in owner["command"]

@@ -248,7 +248,11 @@ def test_every_ray_container_can_import_the_callback_the_serve_config_names(sett
     monkeypatch.syspath_prepend(str(tmp_path))
     assert issubclass(load_class(callback), CallbackBase)
     # The line it logs is the one the start's ModelFetched step is read from.
-    assert importlib.import_module(module).FETCHED == ray_hooks.FETCHED
+    hooks = importlib.import_module(module)
+    assert hooks.FETCHED == ray_hooks.FETCHED
+    # The variable the render sets for a bucket model's node cache, and the error the status reads.
+    assert hooks.BUCKET_CACHE_ENV == ray_hooks.BUCKET_CACHE_ENV
+    assert hooks.ModelSourceError.__name__ == ray_hooks.SOURCE_ERROR
 
 
 def test_ray_containers_are_probed_with_kuberays_checks_every_two_seconds(settings):

@@ -74,7 +74,13 @@ CASES = [
     (GPU, {"engine__speculative": {"method": "eagle"}}, "spec.engine.speculative.model", "eagle"),
     (GPU, {"model__source": "gs://weights/gemma", "model__revision": "v2"}, "spec.model.revision", "Hugging Face"),
     (GPU, {"model__loadFormat": "stream"}, "spec.model.loadFormat", "gs:// or s3://"),
-    (GPU, {"model__source": "s3://weights/gemma", "model__nodeCache": {}}, "spec.model.nodeCache", "Hugging Face"),
+    (GPU, {"model__source": "pvc://weights/gemma", "model__nodeCache": {}}, "spec.model.nodeCache", "in place"),
+    (
+        GPU,
+        {"model__source": "s3://weights/gemma", "model__loadFormat": "stream", "model__nodeCache": {}},
+        "spec.model.nodeCache",
+        "loadFormat download",
+    ),
     (
         GPU,
         {"model__storage": {"gcs": {"endpoint": "http://gcs.storage:4443"}}},

@@ -42,6 +42,7 @@ from llmservice_operator.render import ray_hooks
 from llmservice_operator.render.plan import MODELS_MOUNT, plan
 from llmservice_operator.render.rayservice import RAY_CONTAINER, ray_env, ray_service
 from llmservice_operator.render.serve_config import llm_deployment_name, serve_config
+from llmservice_operator.render.storage import NODE_CACHE_MOUNT
 from llmservice_operator.settings import OperatorSettings
 
 from .sidecars import Sidecars
@@ -107,7 +108,8 @@ class DataPath:
         `engine="vllm"`: Ray and vLLM from the CPU serving image's packages (a virtualenv,
         `e2e.build.engine`) with the image's env, the worker group's rendered env (this one
         Ray node is head and worker: VLLM_CPU_KVCACHE_SPACE, spec.ray.env ...) and
-        HF_HUB_OFFLINE=1; the rendered serve config runs unchanged through its builder
+        HF_HUB_OFFLINE=1 unless the model is a Hub id (model.hfEndpoint then names a stand-in;
+        model.nodeCache's mount is its host path); the rendered serve config runs unchanged through its builder
         (`ray.serve.llm:build_openai_app`) except what cannot apply on a host: `http_options`
         (127.0.0.1 on a free port) and a `model_source` under the pods' model mount
         (/mnt/models/...), which points into `models_dir` instead (default: the tiny model's
@@ -166,7 +168,12 @@ class DataPath:
             cluster = ray_service(plan(self.svc), OperatorSettings())["spec"]["rayClusterConfig"]
             pod = cluster["workerGroupSpecs"][0]["template"]["spec"]
             env = next(c for c in pod["containers"] if c["name"] == RAY_CONTAINER)["env"]
-        return {e["name"]: e["value"] for e in env if "value" in e}
+        out = {e["name"]: e["value"] for e in env if "value" in e}
+        # model.nodeCache: the pods mount the node's directory; this host uses it where it is.
+        cache = self.svc.spec.model.node_cache
+        if cache and out.get("HF_HUB_CACHE", "").startswith(NODE_CACHE_MOUNT):
+            out["HF_HUB_CACHE"] = cache.path + out["HF_HUB_CACHE"].removeprefix(NODE_CACHE_MOUNT)
+        return out
 
     def _engine_env(self) -> dict[str, str]:
         """The serving image's env, and vLLM's and Hugging Face's files kept in the work dir."""
@@ -176,7 +183,9 @@ class DataPath:
             **engine_venv.ENV,
             "VIRTUAL_ENV": str(self.bin.parent),
             "PATH": f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}",
-            "HF_HUB_OFFLINE": "1",
+            # Nothing reaches a hub from here, but a model by Hub id from the stand-in that
+            # model.hfEndpoint names.
+            **({} if plan(self.svc).source.scheme == "hf" else {"HF_HUB_OFFLINE": "1"}),
             "VLLM_NO_USAGE_STATS": "1",
             "DO_NOT_TRACK": "1",
             **{var: str(self.workdir / "scratch" / sub) for var, sub in SCRATCH.items()},

@@ -28,10 +28,13 @@ import pytest
 from openai import OpenAI
 
 from e2e.build import model
+from e2e.cluster import free_port
 from e2e.dataplane.harness import LORA_CACHE, DataPath
 from e2e.fake_s3 import FakeS3
+from e2e.hub import FakeHub
 from llmservice_operator.api import parse
 from llmservice_operator.render import ray_hooks
+from testkit.fake_hub import Repo
 from tests.conftest import sample_doc, with_spec
 
 from .conftest import MEASURED
@@ -39,6 +42,7 @@ from .conftest import MEASURED
 pytestmark = pytest.mark.e2e
 MODEL = "tiny-llama"
 KEY = "sk-team-a"
+REPO = "acme/tiny-llama"
 REPLICAS = 2
 ROUTER = "PrefixCacheAffinityRouter"
 
@@ -67,20 +71,29 @@ print(json.dumps(out))
 class Real:
     dp: DataPath
     lora: str  # the adapter's model id: <model>:<adapter folder>
+    hub: FakeHub  # where the model comes from
+    commit: str  # the revision the service pins
 
     def client(self, key: str = KEY) -> OpenAI:
         return OpenAI(base_url=f"{self.dp.edge_url}/v1", api_key=key, max_retries=0, timeout=120)
 
 
 @pytest.fixture(scope="module")
-def real() -> Iterator[Real]:
+def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Real]:
     built = model.ensure()
-    with FakeS3.local() as s3:
+    with FakeS3.local() as s3, FakeHub(None, {REPO: built.model_dir}, port=free_port()) as hub:
         uri = s3.upload(built.lora_dir, "loras", f"adapters/{built.lora_dir.name}")
+        sha = Repo(REPO, built.model_dir).sha
         doc = with_spec(
             sample_doc("cpu-tiny.yaml"),
             routing={"policy": "prefix-aware", "directStreaming": False},
             replicas={"min": REPLICAS, "max": REPLICAS},
+            # By its Hugging Face id at a pinned commit, from the Hub stand-in as from a company
+            # mirror, into a cache both replicas share as the pods of one node do.
+            model__source=REPO,
+            model__revision=sha,
+            model__hfEndpoint=hub.endpoint,
+            model__nodeCache={"path": str(tmp_path_factory.mktemp("node-model-cache"))},
             model__lora={"source": uri.rsplit("/", 1)[0], "maxAdaptersPerReplica": 2},
             ray__env=s3.env(),
         )
@@ -88,7 +101,7 @@ def real() -> Iterator[Real]:
         dp = DataPath(parse(doc), api_keys={KEY: "team-a"}, engine="vllm")
         with dp:
             MEASURED[f"real vLLM data path, {REPLICAS} replicas: start (s)"] = round(time.monotonic() - start, 1)
-            yield Real(dp, f"{MODEL}:{built.lora_dir.name}")
+            yield Real(dp, f"{MODEL}:{built.lora_dir.name}", hub, sha)
 
 
 def _routing(dp: DataPath, prefixes: dict[str, str]) -> dict[str, Any]:
@@ -127,6 +140,14 @@ def test_each_replica_fetched_its_model_in_its_own_process(real: Real):
     )
     assert text.count(ray_hooks.FETCHED) >= REPLICAS
     assert ":task_name:initialize_remote_node" not in text
+
+
+def test_two_replicas_sharing_the_node_cache_download_the_weights_from_the_hub_once(real: Real):
+    """model.source by Hugging Face id, model.revision, model.hfEndpoint and model.nodeCache with
+    the real huggingface_hub, vLLM and Ray Serve LLM: both replicas serve the pinned commit's
+    weights, which the Hub stand-in sent once (its access log)."""
+    assert real.hub.downloads(REPO, "model.safetensors", real.commit) == 1, real.hub.log()[-3000:]
+    assert real.client().models.list().data[0].id == MODEL
 
 
 @dataclass

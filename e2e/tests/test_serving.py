@@ -204,6 +204,9 @@ def test_the_status_and_events_tell_where_the_cold_start_went(served: Served):
                            check=False).stdout  # fmt: skip
     assert ray_hooks.FETCHED in logs, logs
     assert "initialize_remote_node" not in logs, "Ray's node-initialization task ran on the worker"
+    # ...into the node cache (model.nodeCache): the bucket folder, complete, in the node's directory.
+    cached = list((cluster.workdir / serving.NODE_CACHE / "buckets").glob("*/*/config.json"))
+    assert len(cached) == 1 and (cached[0].parent / ".complete").exists(), cached
     events = cluster.get_json("events", "-n", NS, "--field-selector", f"involvedObject.name={NAME},reason=ColdStart")[
         "items"
     ]
@@ -553,7 +556,8 @@ def test_an_engine_change_upgrades_to_a_new_cluster_without_failing_requests(ser
     # by vLLM's Run:ai streamer: the new cluster reads the weights from the bucket.
     patch = {
         "spec": {
-            "model": {"source": served.stores.gcs_model_uri, "loadFormat": "stream"},
+            # (No node cache: a streamed model is never on the node's disk.)
+            "model": {"source": served.stores.gcs_model_uri, "loadFormat": "stream", "nodeCache": None},
             "engine": {"maxModelLen": 384},
             "ingress": {"rateLimit": {"requestsPerMinute": RATE_LIMIT}},
         }

@@ -321,7 +321,10 @@ def scenario(cluster: Cluster, story: Story) -> None:
     cluster.kubectl("patch", "llmsvc", NAME, "-n", NS, "--type=merge", "-p", json.dumps({"spec": {"suspend": False}}))
     t = time.monotonic()
     serving.wait_ready(cluster, NS, NAME, timeout=900)
-    _, pieces = Endpoint(cluster, ca).stream(first=True)  # a new Service: the RayService was deleted
+    try:
+        _, pieces = Endpoint(cluster, ca).stream(first=True)  # a new Service: the RayService was deleted
+    except httpx.TransportError as e:  # say where the request stopped
+        raise ClusterError(f"{e!r}: {json.dumps(serving.reachability(cluster, NS, NAME, 8000), indent=1)}") from e
     story.done("resumed", resume_to_first_token=round(time.monotonic() - t, 1), pieces=pieces)
     cluster.kubectl("delete", "llmsvc", NAME, "-n", NS, "--wait=false")
 

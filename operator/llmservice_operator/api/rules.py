@@ -224,10 +224,16 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "model.nodeCache",
-        "holds Hugging Face downloads: a gs:// or s3:// model is downloaded by each replica (Ray's "
-        "loader), a pvc:// one is read in place; remove it, or use loadFormat stream or mount for buckets",
-        lambda s: s.model.node_cache is not None and re.match(_NOT_HF, s.model.source) is not None,
-        f"!has(self.model.nodeCache) || !self.model.source.matches(r'{_NOT_HF}')",
+        "keeps downloads, and a pvc:// model is read in place: remove it",
+        lambda s: s.model.node_cache is not None and s.model.source.startswith("pvc://"),
+        "!has(self.model.nodeCache) || !self.model.source.startsWith('pvc://')",
+    ),
+    Rule(
+        "model.nodeCache",
+        "keeps downloads, and with loadFormat stream or mount nothing is downloaded to the node: "
+        "remove it, or use loadFormat download",
+        lambda s: s.model.node_cache is not None and s.model.load_format != "download",
+        "!has(self.model.nodeCache) || !has(self.model.loadFormat) || self.model.loadFormat == 'download'",
     ),
     Rule(
         "model.loadFormat",

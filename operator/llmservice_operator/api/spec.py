@@ -116,9 +116,12 @@ class NodeCacheSpec(Model):
         pattern=r"^/[^\s]*$",
         max_length=256,
         description="Absolute directory on the node (created if missing), mounted into every Ray "
-        "container as the Hugging Face cache (HF_HUB_CACHE). Keyed by repo and revision, so services "
-        "on a node share it. It is a hostPath: the namespace must allow hostPath volumes (Pod Security "
-        "'privileged'; not on GKE Autopilot), and it stays on the node when the service goes.",
+        "container. Hugging Face models: the Hugging Face cache (HF_HUB_CACHE), keyed by repo and "
+        "revision. gs:// and s3:// models: a copy of the bucket folder, keyed by its URI and by what "
+        "the bucket lists (paths, sizes, modification times), so a changed object is fetched again "
+        "and the older copy removed. Services on a node share it. It is a hostPath: the namespace "
+        "must allow hostPath volumes (Pod Security 'privileged'; not on GKE Autopilot), and it stays "
+        "on the node when the service goes.",
     )
 
 
@@ -167,8 +170,9 @@ class ModelSpec(Model):
     )
     node_cache: NodeCacheSpec | None = Field(
         None,
-        description="Hugging Face sources only: one download per node. Replicas on a node read the "
-        "weights a replica there fetched before (at the same revision) instead of fetching them again.",
+        description="One download per node, for Hugging Face, gs:// and s3:// sources with loadFormat "
+        "download. Replicas on a node read the weights a replica there fetched before (the same "
+        "revision, or the same bucket objects) instead of fetching them again.",
     )
     lora: LoraSpec | None = Field(None, description="Serve LoRA adapters on top of the base model.")
 

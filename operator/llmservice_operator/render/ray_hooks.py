@@ -9,7 +9,14 @@ imports torch, transformers and vLLM again before it looks at a single file (20-
 2-core node, and 0.7 GB its idle worker keeps), even for a pvc:// model it does not copy. When
 every bundle is on the replica's own node, the callback runs the same fetch in the replica,
 which has imported all of that already. Across nodes (multi-host TPU slices, pipeline
-parallelism over nodes) Ray's task runs as before. (vLLM on CPU keeps its multiprocessing
+parallelism over nodes) Ray's task runs as before.
+
+For a gs:// or s3:// model (loadFormat download) it lists the bucket folder first, so a wrong
+bucket, path or credential stops the replica with one line that names the field to fix
+(`ModelSourceError`, shown as is in the status). With model.nodeCache it keeps the folder on
+the node, keyed by its URI and what the bucket lists: a later replica on the node reads that
+copy (Ray's own loader downloads again every time), one pod of the node downloads while the
+others wait on a lock, and a changed bucket is fetched again. (vLLM on CPU keeps its multiprocessing
 executor even when asked for the in-process one: OMP needs it, platforms/cpu.py.)
 """
 
@@ -28,6 +35,11 @@ VOLUME = "llmservice-ray-hooks"
 CALLBACK = f"{MODULE}:ReplicaInit"
 # What the callback logs once it fetched the files (its own FETCHED): the start's ModelFetched step.
 FETCHED = "model files fetched in the replica's own process"
+# Where the callback keeps gs:// and s3:// model folders on the node (model.nodeCache), as its
+# own BUCKET_CACHE_ENV names it.
+BUCKET_CACHE_ENV = "LLMSERVICE_BUCKET_CACHE"
+# The exception class the callback raises for a bucket model it cannot read.
+SOURCE_ERROR = "ModelSourceError"
 
 
 @cache

@@ -28,6 +28,7 @@ from ..api.status import ConditionType as C
 from ..api.status import Phase as P
 from ..api.status import Reason as R
 from ..settings import OperatorSettings
+from . import ray_hooks
 from .plan import Plan, plan
 from .serve_config import SERVE_PORT
 from .startup import timeline
@@ -84,6 +85,8 @@ def exception_line(message: str) -> str:
 
 # pydantic's "1 validation error for ModelConfig" says what failed on the lines after it (vLLM
 # refuses a model it cannot find that way; Ray Serve LLM re-raises the text as a RuntimeError).
+# The operator's callback's refusal of a bucket model (render/ray_hooks.py), as a traceback ends.
+_SOURCE_ERROR = re.compile(rf"^(?:\w+\.)*{ray_hooks.SOURCE_ERROR}: ")
 _VALIDATION = re.compile(r"\d+ validation errors? for \w+$")
 
 
@@ -144,6 +147,8 @@ def explain(p: Plan, cause: str) -> str:
     """The cause, with the field to fix in front where it is known from vLLM's or the hub
     client's words (vLLM takes a path that does not exist for a Hugging Face repo id)."""
     src = p.source
+    if said := _SOURCE_ERROR.match(cause):  # the callback named the field already
+        return cause[said.end() :]
     if src.scheme == "pvc" and str(src.serve_source) in cause:
         return f"spec.model.source {src.uri}: no model at '{src.path}' in PersistentVolumeClaim {src.claim} ({cause})"
     if src.scheme == "hf":

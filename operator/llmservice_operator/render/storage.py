@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..api.spec import LLMServiceSpec
+from . import ray_hooks
 
 # Keys of model.storage.s3.credentialsSecret: the names boto3 and the streamer read.
 S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
@@ -33,6 +34,9 @@ def storage_env(spec: LLMServiceSpec) -> dict[str, str]:
             env["AWS_REGION"] = env["AWS_DEFAULT_REGION"] = s3.region
     if m.node_cache:
         env["HF_HUB_CACHE"] = HF_HUB_CACHE
+        if m.source.startswith(("gs://", "s3://")):
+            # The operator's callback keeps the bucket folder there (render/ray_hooks.py).
+            env[ray_hooks.BUCKET_CACHE_ENV] = BUCKET_CACHE
     if gcs := m.storage.gcs:
         if gcs.endpoint:
             # pyarrow's GcsFileSystem and the streamer (google-cloud-cpp) read the first, the
@@ -108,6 +112,7 @@ def gcsfuse_volume(uri: str) -> dict[str, Any]:
 NODE_CACHE_VOLUME = "model-cache"
 NODE_CACHE_MOUNT = "/mnt/model-cache"
 HF_HUB_CACHE = f"{NODE_CACHE_MOUNT}/hub"
+BUCKET_CACHE = f"{NODE_CACHE_MOUNT}/buckets"
 RAY_UID = 1000  # the Ray images' user (rayproject/ray and images/ray-cpu)
 
 
@@ -123,11 +128,12 @@ def node_cache_volume(spec: LLMServiceSpec) -> tuple[dict[str, Any], dict[str, A
 def node_cache_owner(image: str) -> dict[str, Any]:
     """An init container that gives the cache to the Ray user: the kubelet creates a missing
     hostPath directory as root, and Ray runs as RAY_UID. huggingface_hub's own file locks in
-    the cache keep two pods from fetching the same file at once."""
+    the cache, and the callback's for bucket folders, keep two pods from fetching the same
+    files at once."""
     return {
         "name": "model-cache-owner",
         "image": image,
-        "command": ["install", "-d", "-o", str(RAY_UID), "-g", str(RAY_UID), HF_HUB_CACHE],
+        "command": ["install", "-d", "-o", str(RAY_UID), "-g", str(RAY_UID), HF_HUB_CACHE, BUCKET_CACHE],
         "securityContext": {"runAsUser": 0, "runAsNonRoot": False},
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
         "volumeMounts": [{"name": NODE_CACHE_VOLUME, "mountPath": NODE_CACHE_MOUNT}],
