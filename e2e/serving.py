@@ -362,7 +362,9 @@ def stream(
     body = {"model": MODEL, "prompt": "def main():", "max_tokens": max_tokens, "stream": True, "temperature": 0}
     hdrs = {"Authorization": f"Bearer {key}", **(headers or {})}
     ext = {"sni_hostname": sni} if sni else {}
-    start, first, pieces = time.monotonic(), 0.0, []
+    # (The first token's time has its own name: it once reused `first`, which turned the
+    # retries of a first request off before they were asked for.)
+    start, ttft, pieces = time.monotonic(), 0.0, []
     with (
         httpx.Client(verify=verify, **first_contact(timeout, verify) if first else {"timeout": timeout}) as http,
         http.stream("POST", f"{url}/completions", json=body, headers=hdrs, extensions=ext) as resp,
@@ -374,9 +376,9 @@ def stream(
                 continue
             text = json.loads(line[6:])["choices"][0].get("text") or ""
             if text:
-                first = first or time.monotonic() - start
+                ttft = ttft or time.monotonic() - start
                 pieces.append(text)
-    return first, pieces
+    return ttft, pieces
 
 
 class Clients:
