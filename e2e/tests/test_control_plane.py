@@ -142,7 +142,9 @@ def _alive(pid: int) -> bool:
 
 
 def _iptables_host() -> str:
-    return subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+    """The host's rules, without iptables-save's comments (they carry the time it ran)."""
+    out = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+    return "".join(ln for ln in out.splitlines(keepends=True) if not ln.startswith("#"))
 
 
 def _host_mounts() -> set[str]:
