@@ -24,7 +24,7 @@ TIERS = ("unit", "component", "cluster", "serving")
 # Seconds of test time (setup + call + teardown) per tier in one run of everything, on a
 # 2-core machine; and each test's timeout.
 BUDGET = {"unit": 60, "component": 300, "cluster": 400, "serving": 1000}
-# Measured 2026-12-07, warm, this machine: unit 12.3, component 246.5, cluster 232.4, serving 355.3 s.
+# Measured 2026-12-07, warm, this machine: unit 11.4, component 238.0, cluster 238.9, serving 347.2 s.
 TIMEOUT = {"unit": 10, "component": 180, "cluster": 300, "serving": 900}
 # Modules of tests/ that run real binaries or import Ray.
 COMPONENT_MODULES = {
