@@ -8,7 +8,7 @@ STAMP := .venv-installed
 # links .venv to it and installs only itself (editable), instead of every dependency again.
 VENV_CACHE := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/llmservice-operator/venvs/dev-$(shell sha256sum pyproject.toml | cut -c1-16)
 
-.PHONY: venv test test-unit test-stories lint fmt crds dashboards kind-demo manifests bench-dataplane bench-controlplane render-samples e2e-bins node-deps images test-images image-lock cluster-up cluster-down demo clean
+.PHONY: venv test test-unit test-stories lint fmt crds dashboards kind-demo manifests bench-dataplane bench-controlplane bench-coldstart render-samples e2e-bins node-deps images test-images image-lock cluster-up cluster-down demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV_CACHE)/bin/python || $(PY) -m venv $(VENV_CACHE)
@@ -85,6 +85,10 @@ bench-controlplane: venv e2e-bins
 ## The request path side by side (Python proxy, HAProxy ingress, + edge sidecar, direct): table + PNG.
 bench-dataplane: venv
 	$(BIN)/python -m e2e.dataplane.bench --concurrency 1,16,64,256 --png bench-dataplane.png
+
+## Cold start on the real node per model source and loading mode (pvc, s3, gs, gs streamed, hf, node cache).
+bench-coldstart: venv e2e-bins images
+	$(BIN)/python -m e2e.bench_coldstart
 
 ## Golden files for the samples (tests compare against them).
 render-samples: venv
