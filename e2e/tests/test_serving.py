@@ -23,6 +23,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,7 +33,7 @@ import pytest
 from e2e import serving
 from e2e.build import image
 from e2e.cluster import Cluster
-from llmservice_operator.render import edge, ray_hooks
+from llmservice_operator.render import edge, ray_hooks, storage
 from llmservice_operator.render.serve_config import llm_deployment_name
 from monitoring import queried_metrics
 
@@ -205,7 +206,8 @@ def test_the_status_and_events_tell_where_the_cold_start_went(served: Served):
     assert ray_hooks.FETCHED in logs, logs
     assert "initialize_remote_node" not in logs, "Ray's node-initialization task ran on the worker"
     # ...into the node cache (model.nodeCache): the bucket folder, complete, in the node's directory.
-    cached = list((cluster.workdir / serving.NODE_CACHE / "buckets").glob("*/*/config.json"))
+    buckets = Path(storage.BUCKET_CACHE).relative_to(storage.NODE_CACHE_MOUNT)
+    cached = list((cluster.workdir / serving.NODE_CACHE / buckets).glob("*/*/config.json"))
     assert len(cached) == 1 and (cached[0].parent / ".complete").exists(), cached
     events = cluster.get_json("events", "-n", NS, "--field-selector", f"involvedObject.name={NAME},reason=ColdStart")[
         "items"

@@ -14,12 +14,14 @@ import pytest
 from e2e import serving
 from e2e.cluster import Cluster
 from e2e.story import Story
+from llmservice_operator.render import names
 
 from .conftest import MEASURED
 
 pytestmark = [pytest.mark.e2e, pytest.mark.local_cluster, pytest.mark.story]  # make test-stories
 NS = "serving-plain"
 NAME = "plain"
+EDGE_CONFIG = names.child(NAME, "edge")  # the ConfigMap the sidecars mount
 STEPS = ["ready", "sidecar-off"]
 
 
@@ -59,7 +61,7 @@ def scenario(cluster: Cluster, story: Story) -> None:
     # The pods that read the edge config: the old workers (the head serves no requests here, so
     # it has no sidecar and mounts nothing; it may run on after the config goes).
     mounting = {p["metadata"]["name"] for p in before if any(
-        (v.get("configMap") or {}).get("name") == f"{NAME}-edge" for v in p["spec"].get("volumes") or [])}  # fmt: skip
+        (v.get("configMap") or {}).get("name") == EDGE_CONFIG for v in p["spec"].get("volumes") or [])}  # fmt: skip
     assert mounting and mounting < old, (mounting, old)
     seen: dict[str, float] = {}
     with probe(url) as probing:
@@ -71,7 +73,7 @@ def scenario(cluster: Cluster, story: Story) -> None:
             # The config first, then the pods: a config seen missing and then, later, an old pod
             # still running is a config deleted under a running pod. (Listed the other way round
             # in one round, a pod that stopped in between looked like one: 316.8 s both.)
-            cm = cluster.kubectl("get", "configmap", f"{NAME}-edge", "-n", NS, check=False).returncode == 0
+            cm = cluster.kubectl("get", "configmap", EDGE_CONFIG, "-n", NS, check=False).returncode == 0
             if not cm and "edge config deleted" not in seen:
                 seen["edge config deleted"] = time.monotonic() - t
             pods = cluster.get_json("pods", "-n", NS)["items"]

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..api.spec import LLMServiceSpec
 from . import ray_hooks
+from .plan import parse_source
 
 # Keys of model.storage.s3.credentialsSecret: the names boto3 and the streamer read.
 S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
@@ -34,7 +35,7 @@ def storage_env(spec: LLMServiceSpec) -> dict[str, str]:
             env["AWS_REGION"] = env["AWS_DEFAULT_REGION"] = s3.region
     if m.node_cache:
         env["HF_HUB_CACHE"] = HF_HUB_CACHE
-        if m.source.startswith(("gs://", "s3://")):
+        if parse_source(m.source).scheme in ("gs", "s3"):
             # The operator's callback keeps the bucket folder there (render/ray_hooks.py).
             env[ray_hooks.BUCKET_CACHE_ENV] = BUCKET_CACHE
     if gcs := m.storage.gcs:

@@ -40,6 +40,11 @@ def _nodes_of(placement_group: Any) -> set[str] | None:
         return None
 
 
+def _as_written(uri: str) -> str:
+    """The URI as the spec has it: the render adds `anonymous@` for Ray's pyarrow loader."""
+    return uri.replace("://anonymous@", "://")
+
+
 def listing(uri: str) -> list[tuple[str, int, int]]:
     """(path under the folder, size, mtime in ns) of each object under the bucket folder `uri`,
     through the client Ray's loader uses (pyarrow, with the pod's endpoint and credentials).
@@ -47,7 +52,7 @@ def listing(uri: str) -> list[tuple[str, int, int]]:
     from pyarrow import fs as pa_fs
     from ray.llm._internal.common.utils.cloud_filesystem.pyarrow_filesystem import PyArrowFileSystem
 
-    shown = uri.replace("://anonymous@", "://")  # as the user wrote it
+    shown = _as_written(uri)
     field = f"spec.model.source {shown}"
     creds = "spec.model.storage.s3.credentialsSecret" if uri.startswith("s3://") else "spec.ray.serviceAccountName"
     fs, root = PyArrowFileSystem.get_fs_and_path(uri)
@@ -106,18 +111,15 @@ def cached(uri: str, root: Path) -> tuple[Path, bool]:
         if (final / COMPLETE).exists():  # another pod of the node fetched it meanwhile
             return final, True
         partial = base / f".partial-{os.getpid()}"
-        for old in base.iterdir():  # a dead pod's partial download, or an older version
-            if old != final:
-                shutil.rmtree(old, ignore_errors=True)
-        shutil.rmtree(final, ignore_errors=True)
+        for old in base.iterdir():  # an older version, a dead pod's partial download or an incomplete copy
+            shutil.rmtree(old, ignore_errors=True)
         try:
             CloudFileSystem.download_files(path=str(partial), bucket_uri=uri)
             # Only a whole copy is kept: a short one would be served until the bucket changes.
             short = [p for p, size, _ in files if not (partial / p).is_file() or (partial / p).stat().st_size != size]
             if short:
-                shown = uri.replace("://anonymous@", "://")
                 raise ModelSourceError(
-                    f"spec.model.source {shown}: {len(short)} of {len(files)} files did not download whole "
+                    f"spec.model.source {_as_written(uri)}: {len(short)} of {len(files)} files did not download whole "
                     f"({', '.join(short[:3])})"
                 )
             (partial / COMPLETE).write_text(f"{uri}\n")
