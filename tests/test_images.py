@@ -25,15 +25,17 @@ def test_the_dockerfile_and_the_offline_recipe_install_the_same_things():
     text = DOCKERFILE.read_text()
     assert f"FROM debian:{image.SUITE}-slim" in text, "the suite mmdebstrap builds from"
     copies = _copies(text)
-    # install.sh, its package list and pins; the source the recipe copies to src/.
+    # install.sh, its package list and pins; then the operator's packages where the recipe lays them.
     assert (["images/operator/"], "/tmp/build/") in copies
-    copied_src = {src.rstrip("/") for sources, dest in copies if dest.startswith("/tmp/build/src") for src in sources}
-    assert copied_src == set(image.OPERATOR.sources)
     assert "RUN /tmp/build/install.sh" in text
+    packages = [(src, dest) for sources, dest in copies if not dest.startswith("/tmp/") for src in sources]
+    assert packages == list(image.OPERATOR.packages)
+    assert text.index("RUN /tmp/build/install.sh") < text.index(f"COPY {packages[0][0]}")
+    assert all(f"compileall -q --invalidation-mode checked-hash \\\n      {dest}" in text for _, dest in packages)
     assert image.OPERATOR.dockerfile == DOCKERFILE
     # Non-root by number (runAsNonRoot can check it), the operator's command line.
     config = oci.parse_dockerfile(text)
     assert config.user == "65532:65532" and config.entrypoint == ["llmservice"] and config.cmd == ["run"]
     # .dockerignore keeps the build context to what the image needs.
     ignored = (ROOT / ".dockerignore").read_text().split()
-    assert {"e2e", "tests", ".venv", ".git"} <= set(ignored)
+    assert {"e2e", "tests", ".venv", ".git", "**/__pycache__", "**/*.egg-info"} <= set(ignored)

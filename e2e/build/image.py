@@ -25,6 +25,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -49,37 +50,51 @@ class ImageRecipe:
     name: str  # image reference the archive carries
     context: Path  # directory with install.sh, packages.txt, requirements.txt (and a Dockerfile)
     dockerfile: Path | None = None  # default: context/Dockerfile
-    # Repository paths copied to src/ beside install.sh (the Dockerfile COPYs them there too).
-    sources: tuple[str, ...] = ()
+    # Python packages laid over the root as a layer of their own, compiled, as (repository
+    # path, path in the image): the part that changes with every commit, so a change there
+    # rebuilds only that layer (the Dockerfile COPYs them after its RUN the same way).
+    packages: tuple[tuple[str, str], ...] = ()
 
     @property
     def recipe_file(self) -> Path:
         return self.dockerfile or self.context / "Dockerfile"
 
-    def _files(self, path: Path) -> list[Path]:
+    @staticmethod
+    def _files(path: Path) -> list[Path]:
         if path.is_file():
             return [path]
-        return sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+        skip = ("__pycache__", ".egg-info")  # as .dockerignore does
+        return sorted(p for p in path.rglob("*") if p.is_file() and not any(s in q for q in p.parts for s in skip))
 
-    @property
-    def inputs(self) -> list[Path]:
-        own = [Path(__file__), Path(oci.__file__)]
-        found = self._files(self.context) + [f for src in self.sources for f in self._files(ROOT / src)]
-        if self.dockerfile is not None:
-            found.append(self.dockerfile)
-        return own + sorted(set(found) - set(own))
-
-    @property
-    def digest(self) -> str:
-        h = hashlib.sha256()
-        for p in self.inputs:
+    def _digest(self, files: list[Path], seed: str = "") -> str:
+        h = hashlib.sha256(seed.encode())
+        for p in files:
             h.update(p.relative_to(ROOT).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
         return h.hexdigest()[:16]
 
     @property
+    def root_digest(self) -> str:
+        """Of what makes the root layer: this builder, the context, the Dockerfile."""
+        own = [Path(__file__), Path(oci.__file__)]
+        found = self._files(self.context) + ([self.dockerfile] if self.dockerfile is not None else [])
+        return self._digest(own + sorted(set(found) - set(own)))
+
+    @property
+    def digest(self) -> str:
+        return self._digest([f for src, _ in self.packages for f in self._files(ROOT / src)], self.root_digest)
+
+    @property
     def archive(self) -> Path:
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.name)
-        return cache_root() / "images" / f"{slug}-{self.digest}.oci.tar"
+        return cache_root() / "images" / f"{self.slug}-{self.digest}.oci.tar"
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.name)
+
+    @property
+    def root(self) -> Path:
+        """The root layer's tarball, kept while only the packages above it change."""
+        return cache_root() / "images" / f"{self.slug}-root-{self.root_digest}.tar"
 
     @property
     def ready(self) -> bool:
@@ -92,7 +107,7 @@ OPERATOR = ImageRecipe(
     "llmservice.dev/operator:0.1.0",
     ROOT / "images" / "operator",
     dockerfile=ROOT / "Dockerfile",
-    sources=("pyproject.toml", "README.md", "operator"),
+    packages=(("operator/llmservice_operator", "/opt/llmservice/lib/python3.11/site-packages/llmservice_operator"),),
 )
 # The pod sandbox image the local node's containerd is configured with (`sandbox_image`).
 PAUSE = ImageRecipe("llmservice.dev/pause:1", Path(__file__).with_name("pause"))
@@ -122,10 +137,8 @@ def _rootfs(recipe: ImageRecipe, wheels: Path, out: Path) -> None:
     """A bookworm root with the packages, then install.sh run inside it, as one tarball."""
     inside = "/tmp/build"
     hooks = [
-        f'mkdir -p "$1{inside}/src" "$1/tmp/wheels"',
+        f'mkdir -p "$1{inside}" "$1/tmp/wheels"',
         f"copy-in {' '.join(str(p) for p in sorted(recipe.context.iterdir()) if p.is_file())} {inside}",
-        *(f"copy-in {ROOT / src} {inside}/src" for src in recipe.sources),
-        f'find "$1{inside}/src" -name __pycache__ -prune -exec rm -rf {{}} +',  # as .dockerignore does
         f'mount --bind {wheels} "$1/tmp/wheels"',
         # A clean environment, as in a Dockerfile RUN: nothing of this machine's (PIP_*, ...) leaks in.
         f'chroot "$1" env -i PATH={DOCKER_PATH} HOME=/root {inside}/install.sh',
@@ -188,16 +201,51 @@ def _build(recipe: ImageRecipe) -> Path:
     if not shutil.which("mmdebstrap"):
         raise SystemExit("e2e.build.image: mmdebstrap is missing (make node-deps installs it)")
     recipe.archive.parent.mkdir(parents=True, exist_ok=True)
-    wheels = download_wheels(recipe)
     with tempfile.TemporaryDirectory(prefix="image-", dir=recipe.archive.parent) as tmp:
-        rootfs = Path(tmp) / "rootfs.tar"
-        _rootfs(recipe, wheels, rootfs)
+        if recipe.packages:  # the root is kept for the next change of the packages
+            root = recipe.root
+            if not root.exists():
+                _rootfs(recipe, download_wheels(recipe), Path(tmp) / "rootfs.tar")
+                shutil.move(Path(tmp) / "rootfs.tar", root)
+            layers = [root, _packages_layer(recipe, Path(tmp))]
+        else:
+            layers = [Path(tmp) / "rootfs.tar"]
+            _rootfs(recipe, download_wheels(recipe), layers[0])
         config = oci.parse_dockerfile(recipe.recipe_file.read_text())
-        oci.write_archive(recipe.name, [rootfs], config, recipe.archive)
-    for stale in recipe.archive.parent.glob(recipe.archive.name.rsplit("-", 1)[0] + "-*.oci.tar"):
-        if stale != recipe.archive:
-            stale.unlink()
+        oci.write_archive(recipe.name, layers, config, recipe.archive)
+    for pattern, keep in ((f"{recipe.slug}-*.oci.tar", recipe.archive), (f"{recipe.slug}-root-*.tar", recipe.root)):
+        for stale in recipe.archive.parent.glob(pattern):
+            if stale != keep:
+                stale.unlink()
     return recipe.archive
+
+
+def _packages_layer(recipe: ImageRecipe, tmp: Path) -> Path:
+    """The recipe's Python packages at their image paths, compiled as the Dockerfile's
+    compileall does (checked-hash: valid whatever the files' times; this interpreter is the
+    image's CPython 3.11)."""
+    stage = tmp / "packages"
+    for src, inside in recipe.packages:
+        dest = stage / inside.lstrip("/")
+        for f in ImageRecipe._files(ROOT / src):
+            (dest / f.relative_to(ROOT / src)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, dest / f.relative_to(ROOT / src))
+    compile_cmd = [sys.executable, "-m", "compileall", "-q", "--invalidation-mode", "checked-hash", "-s", str(stage),
+                   "-p", "/", str(stage)]  # fmt: skip
+    subprocess.run(compile_cmd, check=True)
+    out = tmp / "packages.tar"
+
+    def owned_by_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        info.mtime = 0
+        info.mode = 0o755 if info.isdir() else 0o644
+        return info
+
+    with tarfile.open(out, "w") as tar:
+        for top in sorted(stage.iterdir()):
+            tar.add(top, top.name, filter=owned_by_root)
+    return out
 
 
 def _resolve(*requirements: str) -> list[tuple[str, str]]:
@@ -231,9 +279,8 @@ def lock(recipe: ImageRecipe = RAY_CPU) -> None:
 
 
 def lock_operator(recipe: ImageRecipe = OPERATOR) -> None:
-    """The operator's runtime dependencies (pyproject.toml, no extras) pinned, and the
-    setuptools its build needs (ensurepip's is too old for the PEP 639 license field)."""
-    pins = [(n, v) for n, v in _resolve(str(ROOT), "setuptools>=77") if n != "llmservice-operator"]
+    """The operator's runtime dependencies (pyproject.toml, no extras) pinned."""
+    pins = [(n, v) for n, v in _resolve(str(ROOT)) if n != "llmservice-operator"]
     (recipe.context / "requirements.txt").write_text(HEADER + "".join(f"{n}=={v}\n" for n, v in pins))
     print(f"{len(pins)} pins written to {recipe.context / 'requirements.txt'}")
 

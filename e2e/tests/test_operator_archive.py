@@ -11,6 +11,7 @@ import json
 import re
 import subprocess
 import tarfile
+from dataclasses import replace
 
 from e2e.build import image, oci
 
@@ -51,8 +52,25 @@ def test_the_built_archive_holds_what_the_dockerfile_says():
         if line and not line.startswith("#"):
             name, version = line.split("==")
             pins[name.lower().replace("_", "-")] = version
-    # Every pin at its version, the operator itself; the installers removed after use.
-    assert installed == {k: v for k, v in pins.items() if k not in ("setuptools", "pip")} | {
-        "llmservice-operator": "0.1.0"
-    }
+    # Every pin at its version; the installers removed after use.
+    assert installed == {k: v for k, v in pins.items() if k not in ("setuptools", "pip")}
+    # The operator's package over them, every module compiled, and its command.
+    package = site + "llmservice_operator/"
+    sources = {n for n in names if n.startswith(package) and n.endswith(".py")}
+    assert package + "cli.py" in sources and package + "render/templates/llmservice_ray_hooks.py" in sources
+    compiled = {n for n in names if n.startswith(package) and n.endswith(".cpython-311.pyc")}
+    assert len(compiled) == len(sources), "a module of the operator is not compiled"
     assert "opt/llmservice/bin/llmservice" in names
+
+
+def test_a_code_change_rebuilds_only_the_operators_own_layer():
+    """The dependencies' root is kept while only the operator's code changes: CI's build of a
+    new commit is a small layer, not a Debian root and 60 packages again."""
+    image.build(image.OPERATOR)
+    assert image.OPERATOR.root.exists()
+    with tarfile.open(image.OPERATOR.archive) as tar:
+        index = json.load(tar.extractfile("index.json"))
+        manifest = json.loads(tar.extractfile("blobs/sha256/" + index["manifests"][0]["digest"].split(":")[1]).read())
+    assert len(manifest["layers"]) == 2
+    edited = replace(image.OPERATOR, packages=(("e2e/build", "/opt/x"),))  # other code, same root
+    assert edited.root == image.OPERATOR.root and edited.archive != image.OPERATOR.archive
