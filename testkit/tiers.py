@@ -111,5 +111,5 @@ class Tiers:
 def pytest_configure(config: pytest.Config) -> None:
     for t in TIERS:
         config.addinivalue_line("markers", f"{t}: the {t} test tier (testkit/tiers.py)")
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     config.pluginmanager.register(Tiers(), "llmservice-tiers")

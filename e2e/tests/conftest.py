@@ -57,7 +57,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 # test_serving_end.py after test_dataplane.py: the upgrade's old cluster goes meanwhile (about
 # 100 s of KubeRay's delay and the pods' drain, little CPU), not while the suite waits; and its
-# delete goes while test_dataplane_vllm.py runs (test_serving_gone.py checks it).
+# delete goes while test_dataplane_vllm.py runs (test_serving_gone.py checks it). (`make test`
+# runs those two data-path modules in a pytest of their own beside this one.)
 _LAST = ("test_in_cluster_operator.py", "test_serving.py", "test_dataplane.py", SERVED_END, "test_dataplane_vllm.py",
          SERVED_GONE, "test_failures.py", "test_switches.py", "test_sidecar_off.py", "test_hub_model.py")  # fmt: skip
 

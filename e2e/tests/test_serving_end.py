@@ -1,8 +1,8 @@
-"""The served sample's end, after the host-side data-path tests: its upgrade's old Ray cluster
-went without failing a request of the load test_serving.py left running (KubeRay keeps it
-for upgrade.drainSeconds, then its pods drain: about 100 s of waiting, spent on the data-path
-tests instead); then the LLMService is deleted (test_serving_gone.py, after the real-vLLM data
-path, checks that nothing of it is left)."""
+"""The served sample's end: its upgrade's old Ray cluster went without failing a request of the
+load test_serving.py left running (KubeRay keeps it for upgrade.drainSeconds, then its pods
+drain: about 100 s of waiting, spent on the host's data-path tests when they run in the same
+pytest); then the LLMService is deleted (test_serving_gone.py checks that nothing of it is
+left)."""
 
 from __future__ import annotations
 
