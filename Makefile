@@ -35,9 +35,11 @@ TEST_CLUSTER_UP = export E2E_CLUSTER_STATE=$(TEST_CLUSTER)/state.json E2E_KUBECO
 	mkdir -p $(TEST_CLUSTER); $(BIN)/python -m e2e.cluster down >/dev/null; \
 	$(BIN)/python -m e2e.cluster up --images pause --kubeconfig-out $$E2E_KUBECONFIG > $(TEST_CLUSTER)/up.log 2>&1
 
-# The tests that need no cluster: unit and component tests, and the request path run on this host
-# (Ray Serve, HAProxy, the sidecar; the engine stand-in and real vLLM).
-HOST_TESTS := tests e2e/tests/test_dataplane.py e2e/tests/test_dataplane_vllm.py e2e/tests/test_operator_archive.py
+# The tests that need none of the shared cluster: unit and component tests, the request path run on
+# this host (Ray Serve, HAProxy, the sidecar; the engine stand-in and real vLLM), Ray's own code
+# against the rendered configs, and the tests that start clusters of their own.
+HOST_TESTS := tests e2e/tests/test_dataplane.py e2e/tests/test_dataplane_vllm.py e2e/tests/test_operator_archive.py \
+  e2e/tests/test_ray_dp_bounds.py e2e/tests/test_cluster_lifecycle.py
 RESULTS := .test-results
 
 ## Lint, build the local cluster's binaries and images (cached outside the repo), run all tests.

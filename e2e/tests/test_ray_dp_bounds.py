@@ -1,8 +1,8 @@
 """The rendered Serve configs checked against Ray's own code: the deployments Ray Serve LLM's
 builders make, and for data parallelism, Serve bounds, worker pods and node pools agree with
-DPServer's arithmetic. Not an end-to-end test (no cluster), but it runs in the end-to-end phase,
-beside the CPU service's deploy: importing DPServer imports vLLM, 10-35 s on 2 cores, from
-the engine venv that `make images` builds."""
+DPServer's arithmetic. Not an end-to-end test (no cluster): `make test` runs it in the host's
+pytest, beside the cluster's; importing DPServer imports vLLM, 10-35 s on 2 cores, from the
+engine venv that `make images` builds."""
 
 from __future__ import annotations
 
