@@ -71,7 +71,7 @@ def _port_open(port: int) -> bool:
         return s.connect_ex((HOST, port)) == 0
 
 
-SERVING_NAMESPACES = ("serving", "serving-switches", "serving-fail", "serving-plain", "serving-hub")
+SERVING_NAMESPACES = ("serving", "serving-switches", "serving-fail", "serving-plain", "serving-hub", "serving-sources")
 
 
 class ClusterError(RuntimeError):

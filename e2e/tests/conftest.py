@@ -60,7 +60,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 # delete goes while test_dataplane_vllm.py runs (test_serving_gone.py checks it). (`make test`
 # runs those two data-path modules in a pytest of their own beside this one.)
 _LAST = ("test_in_cluster_operator.py", "test_serving.py", "test_dataplane.py", SERVED_END, "test_dataplane_vllm.py",
-         SERVED_GONE, "test_failures.py", "test_switches.py", "test_sidecar_off.py", "test_hub_model.py")  # fmt: skip
+         SERVED_GONE, "test_model_sources.py", "test_failures.py", "test_switches.py", "test_sidecar_off.py",
+         "test_hub_model.py")  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -90,6 +91,7 @@ def _deploy_the_served_services_early(request: pytest.FixtureRequest) -> None:
 
 
 SERVED_NS = "serving"  # the namespace of the CPU service, reconciled by the in-cluster operator
+SOURCES_NS = "serving-sources"  # test_model_sources.py's services
 
 
 @pytest.fixture(scope="session")
@@ -303,6 +305,18 @@ def served(
     cluster.kubectl(
         "delete", "llmsvc", serving.SERVICE, "-n", SERVED_NS, "--ignore-not-found", "--wait=false", check=False
     )
+
+
+@pytest.fixture(scope="session")
+def sourced(cluster: Cluster, served: Served) -> Iterator[Story]:
+    """test_model_sources.py's services (a Hub id; a missing bucket), in the background from when
+    test_serving_end.py asks for them: while the served sample's upgrade drains its old cluster
+    and the sample is deleted, instead of after."""
+    from . import test_model_sources as mod
+
+    story = Story("sources", mod.STEPS).run(lambda s: mod.scenario(cluster, s, served.stores.model_spec["storage"]))
+    yield story
+    story.join(5)
 
 
 # The cluster starts as soon as the run is known to need it, in a thread, so that its start

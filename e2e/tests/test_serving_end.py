@@ -18,6 +18,13 @@ NS = SERVED_NS
 NAME = serving.SERVICE
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _sources_start_meanwhile(request: pytest.FixtureRequest) -> None:
+    """test_model_sources.py's services start while this module waits for the old cluster."""
+    if any(i.path.name == "test_model_sources.py" for i in request.session.items):
+        request.getfixturevalue("sourced")
+
+
 def test_the_upgrades_old_cluster_went_without_failing_a_request(served: Served):
     up: Upgrading | None = served.handover.get("upgrade")
     if up is None:
