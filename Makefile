@@ -46,13 +46,12 @@ RESULTS := .test-results
 ## The end-to-end tests run against a local cluster started beside them by `e2e.cluster up`, through
 ## its kubeconfig (E2E_KUBECONFIG), as against any cluster. Two pytest runs side by side: the
 ## cluster's (its tests mostly wait on controllers, kubelet and Ray starting) and the host's
-## (HOST_TESTS, printed after it); one alone left a third of the 2 cores idle.
+## (HOST_TESTS, printed after it); one alone left a third of the 2 cores idle. The cluster starts
+## first, while ruff and mypy run.
 test: venv e2e-bins test-images
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
-	$(BIN)/mypy
 	mkdir -p $(RESULTS)/host $(RESULTS)/cluster
 	$(TEST_CLUSTER_UP) & \
+	{ $(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy; } || { wait; $(BIN)/python -m e2e.cluster down; exit 1; }; \
 	LLMSERVICE_TEST_RESULTS=$(RESULTS)/host $(BIN)/pytest -m "not story" --junitxml=$(RESULTS)/host/junit.xml \
 	  $(HOST_TESTS) > $(RESULTS)/host.log 2>&1 & host=$$!; \
 	LLMSERVICE_TEST_RESULTS=$(RESULTS)/cluster $(BIN)/pytest -m "not story" --junitxml=$(RESULTS)/cluster/junit.xml \

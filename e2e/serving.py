@@ -288,6 +288,20 @@ def small_service(namespace: str, name: str, **spec: Any) -> dict[str, Any]:
     return doc
 
 
+def hub_service(cluster: Cluster, namespace: str, name: str, repo: str, commit: str, endpoint: str) -> dict[str, Any]:
+    """The test-size CPU sample serving the Hub's `repo` at `commit` through the mirror at
+    `endpoint` (spec.model.hfEndpoint), into the node cache (which goes with the cluster)."""
+    return small_service(
+        namespace,
+        name,
+        model__source=repo,
+        model__revision=commit,
+        model__hfEndpoint=endpoint,
+        ray__workerResources={"cpu": "100m", "memory": "4Gi"},  # at 3Gi vLLM refused its KV cache
+        model__nodeCache={"path": str(cluster.workdir / NODE_CACHE)},
+    )
+
+
 def prepare(cluster: Cluster, namespace: str) -> None:
     """A namespace for CPU services: the tiny model's volume and the API keys Secret."""
     cluster.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}])

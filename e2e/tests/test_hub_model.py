@@ -81,15 +81,7 @@ def scenario(cluster: Cluster, story: Story) -> None:
     hub = FakeHub(cluster.node, {REPO: built.model_dir}, gated={REPO: TOKEN}).start()
     try:
         commit = Repo(REPO, built.model_dir).sha
-        doc = serving.small_service(
-            NS,
-            NAME,
-            model__source=REPO,
-            model__revision=commit,
-            model__hfEndpoint=hub.endpoint,
-            ray__workerResources={"cpu": "100m", "memory": "4Gi"},  # at 3Gi vLLM refused its KV cache
-            model__nodeCache={"path": str(cluster.workdir / "node-model-cache")},  # goes with the cluster
-        )
+        doc = serving.hub_service(cluster, NS, NAME, REPO, commit, hub.endpoint)
         applied = time.monotonic()
         cluster.apply([doc])
         seen: list[dict[str, Any]] = []  # each status the user could have read, in turn

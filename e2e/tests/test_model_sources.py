@@ -44,15 +44,7 @@ def scenario(cluster: Cluster, story: Story, storage: dict[str, Any]) -> None:
     hub = FakeHub(cluster.node, {REPO: built.model_dir}).start()
     try:
         commit = Repo(REPO, built.model_dir).sha
-        doc = serving.small_service(
-            NS,
-            HUB,
-            model__source=REPO,
-            model__revision=commit,
-            model__hfEndpoint=hub.endpoint,
-            ray__workerResources={"cpu": "100m", "memory": "4Gi"},  # at 3Gi vLLM refused its KV cache
-            model__nodeCache={"path": str(cluster.workdir / serving.NODE_CACHE)},
-        )
+        doc = serving.hub_service(cluster, NS, HUB, REPO, commit, hub.endpoint)
         applied = time.monotonic()
         cluster.apply([doc])
 
