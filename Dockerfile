@@ -1,7 +1,7 @@
 # The operator image. For users with Docker (kind, Artifact Registry):
 #   docker build -t llmservice.dev/operator:0.1.0 .
-# Machines without Docker build the same contents as an OCI archive with
-# `python -m e2e.build.image --operator` (mmdebstrap + the same install.sh and pins).
+# Machines without Docker build the same contents as an OCI archive with `make images`
+# (mmdebstrap + the same install.sh and pins, then the operator's package as its own layer).
 # Only the operator's runtime dependencies are installed (Ray, vLLM and HAProxy run in the
 # Ray pods, not here).
 FROM debian:bookworm-slim

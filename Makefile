@@ -53,7 +53,8 @@ test: venv e2e-bins test-images
 	$(TEST_CLUSTER_UP) & \
 	{ $(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy; } || { wait; $(BIN)/python -m e2e.cluster down; exit 1; }; \
 	LLMSERVICE_TEST_RESULTS=$(RESULTS)/host $(BIN)/pytest -m "not story" --junitxml=$(RESULTS)/host/junit.xml \
-	  $(HOST_TESTS) > $(RESULTS)/host.log 2>&1 & host=$$!; \
+	  -o cache_dir=.pytest_cache/host $(HOST_TESTS) > $(RESULTS)/host.log 2>&1 & host=$$!; \
+	trap 'kill $$host 2>/dev/null; wait; $(BIN)/python -m e2e.cluster down; exit 130' INT TERM; \
 	LLMSERVICE_TEST_RESULTS=$(RESULTS)/cluster $(BIN)/pytest -m "not story" --junitxml=$(RESULTS)/cluster/junit.xml \
 	  e2e/tests $(addprefix --ignore=,$(HOST_TESTS)); rc=$$?; \
 	wait $$host; host_rc=$$?; echo "=== the host's tests ($(RESULTS)/host.log) ==="; cat $(RESULTS)/host.log; \

@@ -257,7 +257,7 @@ class Cluster:
         present = {n for node in nodes for img in (node["status"].get("images") or []) for n in img["names"]}
         missing = [r for r in recipes if r.name not in present and f"docker.io/{r.name}" not in present]
         self.images = tuple(recipes)
-        # Two at a time: one image may still be building (the operator's, see _load_image).
+        # Two at a time: one image may still be building (see _load_image).
         pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="image-load")
         self._imports = [
             pool.submit(self._load_image, r) if r in missing else _done() for r in recipes
@@ -265,8 +265,7 @@ class Cluster:
         pool.shutdown(wait=False)
 
     def _load_image(self, recipe: image.ImageRecipe) -> None:
-        """Built first if its archive is missing: `make test` leaves the operator image, which
-        changes with every commit, to be built here while the unit tests run."""
+        """Built first if its archive is missing (`make images` builds them all before)."""
         kind = os.environ.get("E2E_KIND_CLUSTER")
         if self.node is None and not kind:
             raise ClusterError(

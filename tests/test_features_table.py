@@ -20,7 +20,7 @@ LEVELS = ("rendered", "cluster", "served", "none")
 # Known gaps: spec fields no test sets or asserts (Proven: none). Remove a field when a test covers it.
 UNPROVEN: set[str] = set()  # fields nothing proves: none today; a gap goes here, visibly
 # e2e/tests modules that run no cluster: the component ones, and Ray's own DPServer arithmetic
-# (in the end-to-end phase only for its import time).
+# (in the host's pytest under `make test`).
 NO_CLUSTER = COMPONENT_MODULES | {"test_ray_dp_bounds.py"}
 ROW = re.compile(r"^\| `(?P<field>[^`]+)` \| (?P<proven>\w+) \| (?P<tests>.*?) \| (?P<notes>.*) \|$")
 

@@ -9,8 +9,10 @@ How: `mmdebstrap` makes a Debian bookworm (minbase, docs and man pages left out 
 debian:bookworm-slim) root from the machine's apt mirror with the image's packages, then runs
 the image's own `install.sh` inside it (chroot, private mount namespace), with the wheels
 downloaded once into the cache and mounted at /tmp/wheels. The root becomes one zstd layer;
-the runtime config (ENV, USER, WORKDIR) is read from the Dockerfile. The archive is cached
-under `<cache>/images/` by a hash of every input file, so only the first run pays.
+a recipe's Python packages (the operator's) are laid over it as a second one, and the root is
+kept, so a change to them rebuilds only that layer. The runtime config (ENV, USER, WORKDIR) is
+read from the Dockerfile. The archive is cached under `<cache>/images/` by a hash of every
+input file, so only the first run pays.
 """
 
 from __future__ import annotations
@@ -179,8 +181,8 @@ def build_pause(recipe: ImageRecipe = PAUSE) -> Path:
 
 @contextlib.contextmanager
 def _building(recipe: ImageRecipe) -> Iterator[None]:
-    """One build of a recipe at a time on this machine: `make test` builds the operator image
-    beside the unit tests while a test may ask for it; the second caller waits, then finds it."""
+    """One build of a recipe at a time on this machine (`make test` and `make demo` may share
+    the cache): the second caller waits, then finds it."""
     recipe.archive.parent.mkdir(parents=True, exist_ok=True)
     with (recipe.archive.parent / f".{recipe.archive.name.rsplit('-', 1)[0]}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -194,17 +196,17 @@ def build(recipe: ImageRecipe = RAY_CPU, force: bool = False) -> Path:
     with _building(recipe):
         if recipe.ready and not force:
             return recipe.archive
-        return _build(recipe)
+        return _build(recipe, force)
 
 
-def _build(recipe: ImageRecipe) -> Path:
+def _build(recipe: ImageRecipe, force: bool = False) -> Path:
     if not shutil.which("mmdebstrap"):
         raise SystemExit("e2e.build.image: mmdebstrap is missing (make node-deps installs it)")
     recipe.archive.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="image-", dir=recipe.archive.parent) as tmp:
         if recipe.packages:  # the root is kept for the next change of the packages
             root = recipe.root
-            if not root.exists():
+            if force or not root.exists():
                 _rootfs(recipe, download_wheels(recipe), Path(tmp) / "rootfs.tar")
                 shutil.move(Path(tmp) / "rootfs.tar", root)
             layers = [root, _packages_layer(recipe, Path(tmp))]
@@ -224,6 +226,7 @@ def _packages_layer(recipe: ImageRecipe, tmp: Path) -> Path:
     """The recipe's Python packages at their image paths, compiled as the Dockerfile's
     compileall does (checked-hash: valid whatever the files' times; this interpreter is the
     image's CPython 3.11)."""
+    assert sys.version_info[:2] == (3, 11), "the image's Python is 3.11: its .pyc files are this interpreter's"
     stage = tmp / "packages"
     for src, inside in recipe.packages:
         dest = stage / inside.lstrip("/")

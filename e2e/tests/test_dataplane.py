@@ -213,8 +213,13 @@ def test_a_changed_limit_reaches_the_running_sidecar(dataplane: DataPath):
         assert new_master == master and new_workers - workers, "a new worker under the same master"
         MEASURED["edge: config changed -> in effect (s)"] = round(took, 2)
     finally:
+        # Back to the old limit without spending the key's budget (RPM per key): every 200 the
+        # old worker still answers counts, and a 429 hides the 413. So wait for the reload
+        # first (a newer worker), then ask slowly.
+        _, reloaded = _haproxies(dataplane)
         _replace(path, before)
-        until("the old body limit back", lambda: post() == 413)
+        until("the sidecar to reload the old config", lambda: bool(_haproxies(dataplane)[1] - reloaded), 60, 0.1)
+        until("the old body limit back", lambda: post() == 413, 60, 0.5)
 
 
 def test_a_broken_config_leaves_the_running_one_serving(dataplane: DataPath):

@@ -49,6 +49,6 @@ def test_the_upgrades_old_cluster_went_without_failing_a_request(served: Served)
 
 def test_deleting_the_llmservice_is_taken_at_once(served: Served):
     """The delete returns at once (its finalizer has no node pools to wait for); what it removes
-    goes while the real-vLLM data path runs, and test_serving_gone.py checks nothing is left."""
+    goes meanwhile, and test_serving_gone.py checks nothing is left."""
     served.cluster.kubectl("delete", "llmsvc", NAME, "-n", NS, "--wait=false")
     served.handover["deleted"] = True

@@ -1,5 +1,5 @@
-"""The served sample, deleted by test_serving_end.py while the real-vLLM data path ran, left
-nothing behind: no pod, Service, ConfigMap, RayService, RayCluster, PDB, NetworkPolicy or
+"""The served sample, deleted by test_serving_end.py (while the real-vLLM data path runs when
+both are in one pytest), left nothing behind: no pod, Service, ConfigMap, RayService, RayCluster, PDB, NetworkPolicy or
 Secret of its own (the user's Secrets stay)."""
 
 from __future__ import annotations
