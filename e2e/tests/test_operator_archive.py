@@ -19,24 +19,24 @@ ROOT = image.ROOT
 DOCKERFILE = ROOT / "Dockerfile"
 
 
-def _archive_files() -> tuple[dict, set[str]]:
-    """The archive's image config and the paths of its layer."""
+def _archive_files(layers: bool = True) -> tuple[dict, dict, set[str]]:
+    """The archive's manifest, image config and (unless `layers` is false) the paths of its layers."""
     with tarfile.open(image.OPERATOR.archive) as tar:
         index = json.load(tar.extractfile("index.json"))
         blob = lambda digest: tar.extractfile("blobs/sha256/" + digest.split(":")[1]).read()  # noqa: E731
         manifest = json.loads(blob(index["manifests"][0]["digest"]))
         config = json.loads(blob(manifest["config"]["digest"]))
         names: set[str] = set()
-        for layer in manifest["layers"]:
+        for layer in manifest["layers"] if layers else []:
             raw = subprocess.run(["zstd", "-dc"], input=blob(layer["digest"]), capture_output=True, check=True).stdout
             with tarfile.open(fileobj=io.BytesIO(raw), mode="r|") as inner:
                 names.update(m.name.lstrip("./") for m in inner)
-    return config, names
+    return manifest, config, names
 
 
 def test_the_built_archive_holds_what_the_dockerfile_says():
     image.build(image.OPERATOR)  # built already by `make images`, or now
-    config, names = _archive_files()
+    _, config, names = _archive_files()
     want = oci.parse_dockerfile(DOCKERFILE.read_text()).oci()
     assert {k: config["config"].get(k) for k in want} == want
     # The allocator the image's LD_PRELOAD names is there (a missing one is only a warning).
@@ -67,11 +67,7 @@ def test_a_code_change_rebuilds_only_the_operators_own_layer():
     """The dependencies' root is kept while only the operator's code changes: CI's build of a
     new commit is a small layer over the cached root, not a Debian root and 60 packages again."""
     image.build(image.OPERATOR)
-    with tarfile.open(image.OPERATOR.archive) as tar:
-        index = json.load(tar.extractfile("index.json"))
-        blob = lambda digest: tar.extractfile("blobs/sha256/" + digest.split(":")[1]).read()  # noqa: E731
-        manifest = json.loads(blob(index["manifests"][0]["digest"]))
-        config = json.loads(blob(manifest["config"]["digest"]))
+    manifest, config, _ = _archive_files(layers=False)
     # Two layers: the first is the cached root, byte for byte.
     assert len(manifest["layers"]) == 2
     assert config["rootfs"]["diff_ids"][0] == "sha256:" + hashlib.sha256(image.OPERATOR.root.read_bytes()).hexdigest()
